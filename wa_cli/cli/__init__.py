@@ -1,0 +1,1 @@
+"""The Typer command line. The only part of wa that imports typer or rich."""
