@@ -1,0 +1,84 @@
+"""Options shared by every command, declared once so they mean the same everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+Inputs = Annotated[
+    list[str],
+    typer.Argument(
+        help="Checkpoints: .safetensors files, sharded folders or their index.json, .pt/.pth/"
+        ".bin/.ckpt pickles, folders of checkpoints, or quoted globs (expanded in natural order).",
+        show_default=False,
+    ),
+]
+Output = Annotated[
+    Path,
+    typer.Option(
+        "-o",
+        "--output",
+        help="Output .safetensors file (a folder with --max-shard-size).",
+        show_default=False,
+    ),
+]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
+DType = Annotated[
+    str | None,
+    typer.Option(
+        "--dtype",
+        help="Output dtype of floating tensors: float32, float16, bfloat16, "
+        "float64 (default: each tensor's own).",
+    ),
+]
+Precision = Annotated[
+    Literal["auto", "float32", "float64"],
+    typer.Option(
+        "--precision",
+        help="Accumulator: auto = float32 for 16-bit inputs, float64 for float32 inputs.",
+    ),
+]
+Device = Annotated[
+    str,
+    typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto: the GPU when there is one)."),
+]
+NonFloat = Annotated[
+    Literal["last", "first", "error"],
+    typer.Option(
+        "--non-float",
+        help="Non-float tensors (num_batches_tracked, masks) are never "
+        "interpolated: copy them from the last or first input, or fail if inputs differ.",
+    ),
+]
+Keys = Annotated[
+    Literal["strict", "intersection", "union"],
+    typer.Option(
+        "--keys",
+        help="strict: all inputs hold the same keys; intersection: keep shared "
+        "keys; union: each key over the inputs that hold it.",
+    ),
+]
+MaxShardSize = Annotated[
+    str | None,
+    typer.Option(
+        "--max-shard-size",
+        help="Write Hugging Face style shards of at most this size "
+        "(e.g. 5GB) plus model.safetensors.index.json into the -o folder.",
+    ),
+]
+PickleKey = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        help="For .pt inputs: the nested dict holding the state dict "
+        "(auto-detects state_dict, model, state_dict_ema, module).",
+    ),
+]
+StripPrefix = Annotated[
+    bool, typer.Option("--strip-prefix", help="Drop 'module.' and '_orig_mod.' key prefixes.")
+]
+Json = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar, no hints.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]

@@ -1,0 +1,88 @@
+"""Terminal output: results on stdout, progress, warnings and hints on stderr."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+stderr = Console(stderr=True, highlight=False)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def warn(message: str) -> None:
+    sys.stderr.write(f"wa: warning: {message}\n")
+
+
+def hint(message: str, quiet: bool) -> None:
+    if not quiet:
+        sys.stderr.write(f"hint: {message}\n")
+
+
+@contextlib.contextmanager
+def byte_progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A bytes + throughput bar on stderr, only on a terminal and not with -q.
+
+    Yields a ``progress(advance, total)`` callback for the library, or None.
+    """
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=stderr, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def advance(n: int, total: int) -> None:
+            bar.update(task, advance=n, total=total)
+
+        yield advance
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def emit_run_report(report: Any, as_json: bool, quiet: bool) -> None:
+    """The report of a reducing command (average, ema, graft)."""
+    for message in report.warnings:
+        warn(message)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        s = report.stats
+        rate = f" ({s.bytes_read / s.seconds / 1e9:.2f} GB/s)" if s.seconds > 0 else ""
+        out = report.outputs[0] if len(report.outputs) == 1 else f"{len(report.outputs)} files"
+        print(
+            f"wrote {out}: {report.method} of {len(report.inputs)} input(s), {report.keys} tensors "
+            f"({s.combined} combined, {s.copied} copied), read {human_bytes(s.bytes_read)} "
+            f"in {s.seconds:.2f} s{rate}"
+        )
+        for note in report.notes:
+            print(f"  {note}")
+    for message in report.hints:
+        hint(message, quiet)

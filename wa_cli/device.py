@@ -1,0 +1,36 @@
+"""``--device auto|cpu|cuda[:N]``: where the reduction (or the forward passes) run."""
+
+from __future__ import annotations
+
+import torch
+
+from wa_cli.errors import WaError
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` picks the first GPU when there is one, else the CPU.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if isinstance(spec, torch.device):
+        return spec
+    if spec is None or spec == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise WaError(f"unknown device {spec!r} (expected auto, cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise WaError(f"unsupported device {spec!r} (expected auto, cpu, cuda or cuda:N)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise WaError(
+                f"--device {spec} asked for a GPU, but CUDA is not available here "
+                "(use --device cpu or auto)"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise WaError(f"--device {spec}: only {count} GPU(s) are visible (cuda:0..{count - 1})")
+    return device

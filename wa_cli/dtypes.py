@@ -1,0 +1,106 @@
+"""Dtype policy: safetensors dtype names, which tensors are interpolated, and in what precision.
+
+Floating tensors are accumulated in a type wider than their own (float32 for 8/16-bit floats,
+float64 for float32): fairseq and mergekit sum bf16 in bf16 and lose about 3 significant digits.
+Non-float tensors (``num_batches_tracked``, masks) are never interpolated.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from wa_cli.errors import ExitCode, WaError
+
+# The dtype names of the safetensors format (its header's "dtype" field).
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+for _name, _attr in [
+    ("F8_E4M3", "float8_e4m3fn"),
+    ("F8_E5M2", "float8_e5m2"),
+    ("U16", "uint16"),
+    ("U32", "uint32"),
+    ("U64", "uint64"),
+]:
+    if hasattr(torch, _attr):
+        SAFETENSORS_DTYPES[_name] = getattr(torch, _attr)
+SAFETENSORS_NAMES: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+
+Precision = Literal["auto", "float32", "float64"]
+USER_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+}
+
+
+def from_safetensors_name(name: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype name; ``WaError`` for one torch cannot hold."""
+    try:
+        return SAFETENSORS_DTYPES[name]
+    except KeyError:
+        raise WaError(
+            f"unsupported tensor dtype {name!r} (supported: {', '.join(SAFETENSORS_DTYPES)})",
+            ExitCode.BAD_INPUT,
+        ) from None
+
+
+def safetensors_name(dtype: torch.dtype) -> str:
+    """The safetensors header name of a torch dtype."""
+    try:
+        return SAFETENSORS_NAMES[dtype]
+    except KeyError:
+        raise WaError(f"dtype {dtype} cannot be written to safetensors", ExitCode.OUTPUT) from None
+
+
+def parse_user_dtype(name: str | None) -> torch.dtype | None:
+    """``--dtype`` values: float32, float16, bfloat16, float64 (and fp32, fp16, bf16, fp64)."""
+    if name is None:
+        return None
+    try:
+        return USER_DTYPES[name.lower()]
+    except KeyError:
+        raise WaError(
+            f"unknown dtype {name!r} (expected one of float32, float16, bfloat16, float64)"
+        ) from None
+
+
+def is_interpolable(dtype: torch.dtype) -> bool:
+    """Floating tensors are averaged; integers and booleans are copied by policy."""
+    return dtype.is_floating_point
+
+
+def accumulator_dtype(dtype: torch.dtype, precision: Precision = "auto") -> torch.dtype:
+    """The type sums of ``dtype`` tensors are kept in: wider than the input unless overridden.
+
+    Example:
+        >>> accumulator_dtype(torch.bfloat16)
+        torch.float32
+    """
+    if precision == "float32":
+        return torch.float32
+    if precision == "float64":
+        return torch.float64
+    if dtype == torch.float64 or dtype == torch.float32:
+        return torch.float64
+    return torch.float32
+
+
+def element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()

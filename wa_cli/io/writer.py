@@ -1,0 +1,205 @@
+"""Streaming, atomic safetensors writer.
+
+Every tensor's dtype and shape are known from the plan before any tensor is computed, so the header
+is written first and each tensor's bytes are appended as soon as they are ready (in chunks, if the
+producer likes): the output is never held in memory. Output goes to a temporary sibling that is
+fsynced and renamed into place only when complete (``wa_cli.io.atomic``). With a maximum shard size
+the output is a folder of Hugging Face style shards plus ``model.safetensors.index.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from wa_cli.errors import ExitCode, WaError
+from wa_cli.io.atomic import atomic_destination
+from wa_cli.io.safetensors_header import build_header
+
+INDEX_NAME = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    key: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+def parse_size(text: str) -> int:
+    """``5GB``, ``500MB``, ``2GiB``, ``1000000`` → bytes (decimal units as Hugging Face uses)."""
+    units = {
+        "": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+        "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+    }  # fmt: skip
+    s = text.strip().upper().replace(" ", "")
+    number = s.rstrip("KMGTIB")
+    unit = s[len(number) :]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in units or value <= 0:
+        raise WaError(f"cannot read size {text!r} (expected e.g. 5GB, 500MB, 2GiB)")
+    return int(value * units[unit])
+
+
+class _FileSink:
+    """Writes one safetensors file: header first, then exactly the announced bytes per tensor."""
+
+    def __init__(self, path: Path, tensors: list[OutputTensor], metadata: dict[str, str]):
+        header, self.sizes = build_header([(t.key, t.dtype, t.shape) for t in tensors], metadata)
+        self.keys = [t.key for t in tensors]
+        self.file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self.file.write(header)
+
+    def close(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+
+
+def write_safetensors(
+    destination: str | os.PathLike[str],
+    tensors: list[OutputTensor],
+    chunks: Iterable[tuple[str, torch.Tensor]],
+    metadata: dict[str, str],
+    *,
+    force: bool = False,
+    max_shard_size: int | None = None,
+) -> list[Path]:
+    """Stream ``chunks`` into a safetensors file (or a folder of shards) atomically.
+
+    Args:
+        destination: the output file, or the output folder when ``max_shard_size`` is set.
+        tensors: every output tensor, in the order their chunks will arrive.
+        chunks: ``(key, tensor)`` pairs; a key's chunks arrive consecutively and, flattened and
+            concatenated, make its tensor (a whole tensor is one chunk).
+        metadata: string metadata for the header (and the index, when sharded).
+        force: replace an existing destination.
+        max_shard_size: bytes per shard; ``None`` writes one file.
+
+    Returns:
+        The files written (final paths).
+
+    Example:
+        >>> t = torch.ones(2, 3)
+        >>> write_safetensors("x.safetensors", [OutputTensor("t", t.dtype, (2, 3))],
+        ...                   [("t", t)], {"format": "pt"})  # doctest: +SKIP
+    """
+    destination = Path(destination)
+    if max_shard_size is None and destination.is_dir():
+        raise WaError(
+            f"output '{destination}' is a folder (give a file name, or --max-shard-size to "
+            "write shards into a folder)",
+            ExitCode.OUTPUT,
+        )
+    groups = _shard_groups(tensors, max_shard_size) if max_shard_size else [tensors]
+    try:
+        with atomic_destination(destination, force) as tmp:
+            if max_shard_size is None:
+                names = [tmp]
+            else:
+                tmp.mkdir()
+                total = len(groups)
+                names = [
+                    tmp / f"model-{i + 1:05d}-of-{total:05d}.safetensors" for i in range(total)
+                ]
+            _write_groups(names, groups, chunks, metadata)
+            if max_shard_size is not None:
+                _write_index(tmp / INDEX_NAME, names, groups, metadata)
+                names.append(tmp / INDEX_NAME)
+    except OSError as e:
+        raise WaError(f"cannot write '{destination}': {e.strerror or e}", ExitCode.OUTPUT) from e
+    if max_shard_size is None:
+        return [destination]
+    return [destination / n.name for n in names]
+
+
+def _write_groups(
+    paths: list[Path],
+    groups: list[list[OutputTensor]],
+    chunks: Iterable[tuple[str, torch.Tensor]],
+    metadata: dict[str, str],
+) -> None:
+    # Zero-byte chunks carry nothing (zero-sized tensors may send one or none).
+    stream = ((key, chunk) for key, chunk in chunks if chunk.numel())
+    for path, group in zip(paths, groups):
+        sink = _FileSink(path, group, metadata)
+        try:
+            for spec, size in zip(group, sink.sizes):
+                remaining = size
+                while remaining:
+                    key, chunk = next(stream, ("", None))
+                    if chunk is None or key != spec.key:
+                        raise RuntimeError(f"writer expected data for {spec.key!r}, got {key!r}")
+                    data = _as_bytes(chunk)
+                    if len(data) > remaining:
+                        raise RuntimeError(f"writer got too many bytes for {key!r}")
+                    sink.file.write(data)
+                    remaining -= len(data)
+        except BaseException:
+            sink.file.close()
+            raise
+        sink.close()
+    extra = next(stream, None)
+    if extra is not None:
+        raise RuntimeError(f"writer got data for {extra[0]!r} after the last tensor")
+
+
+def _nbytes(t: OutputTensor) -> int:
+    n = t.dtype.itemsize
+    for d in t.shape:
+        n *= d
+    return n
+
+
+def _as_bytes(chunk: torch.Tensor) -> memoryview:
+    if chunk.device.type != "cpu":
+        chunk = chunk.cpu()
+    flat = chunk.contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+
+
+def _shard_groups(tensors: list[OutputTensor], max_bytes: int) -> list[list[OutputTensor]]:
+    """Greedy shards in order; a tensor larger than the limit gets a shard of its own."""
+    groups: list[list[OutputTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        n = _nbytes(t)
+        if groups[-1] and size + n > max_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(t)
+        size += n
+    return groups
+
+
+def _write_index(
+    path: Path, shards: list[Path], groups: list[list[OutputTensor]], metadata: dict[str, str]
+) -> None:
+    weight_map = {t.key: shard.name for shard, group in zip(shards, groups) for t in group}
+    total = sum(_nbytes(t) for group in groups for t in group)
+    index = {"metadata": {"total_size": total, **metadata}, "weight_map": weight_map}
+    path.write_text(json.dumps(index, indent=2) + "\n")
+
+
+def write_state_dict(
+    destination: str | os.PathLike[str],
+    state_dict: dict[str, torch.Tensor],
+    metadata: dict[str, str] | None = None,
+    *,
+    force: bool = False,
+    max_shard_size: int | None = None,
+) -> list[Path]:
+    """Write an in-memory state dict atomically (for notebook users and small outputs)."""
+    specs = [OutputTensor(k, v.dtype, tuple(v.shape)) for k, v in state_dict.items()]
+    pairs = ((k, v) for k, v in state_dict.items() if v.numel())
+    return write_safetensors(
+        destination, specs, pairs, metadata or {}, force=force, max_shard_size=max_shard_size
+    )
