@@ -75,7 +75,7 @@ def linear_combination(
 
     Example:
         >>> chunks = linear_combination(plan, lambda e: [1.0] * len(e.sources))  # doctest: +SKIP
-        >>> write_safetensors("avg.safetensors", plan.output_tensors(), chunks, {})  # doctest: +SKIP
+        >>> write_safetensors("a.safetensors", plan.output_tensors(), chunks, {})  # doctest: +SKIP
     """
     stats = stats if stats is not None else CombineStats()
     device = device or torch.device("cpu")

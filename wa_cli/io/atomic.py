@@ -32,7 +32,7 @@ def fsync_path(path: Path) -> None:
 
 
 def check_destination(destination: Path, force: bool) -> None:
-    """Refuse an existing destination without ``force`` and a destination whose folder is missing."""
+    """Refuse an existing destination without ``force``, and a missing or read-only folder."""
     if destination.exists() and not force:
         raise WaError(
             f"output '{destination}' already exists (pass --force to replace it)", ExitCode.OUTPUT

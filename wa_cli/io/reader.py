@@ -1,4 +1,4 @@
-"""Lazy checkpoint readers: headers at open, tensor bytes only when a key (or a chunk of it) is read.
+"""Lazy checkpoint readers: headers at open, tensor bytes only when a key (or chunk) is read.
 
 Accepted inputs (DESIGN.md): a ``.safetensors`` file; a Hugging Face style sharded folder or its
 ``*.safetensors.index.json``; a PyTorch pickle (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) loaded with
@@ -211,7 +211,7 @@ class ShardedCheckpoint(Checkpoint):
 
 
 class PickleCheckpoint(Checkpoint):
-    """A ``torch.save`` file, loaded with ``weights_only=True`` (and ``mmap=True`` where possible)."""
+    """A ``torch.save`` file, loaded with ``weights_only=True`` (``mmap=True`` where possible)."""
 
     key_order_known = True
 
@@ -272,7 +272,8 @@ def _pick_state_dict(
     if key is not None:
         if key not in obj:
             raise WaError(
-                f"'{path}' has no entry {key!r} (its top-level keys: {listing(sorted(map(str, obj)))})",
+                f"'{path}' has no entry {key!r} "
+                f"(its top-level keys: {listing(sorted(map(str, obj)))})",
                 ExitCode.BAD_INPUT,
             )
         chosen = obj[key]
@@ -312,11 +313,11 @@ def open_checkpoint(
     Args:
         path: a ``.safetensors`` file, a sharded folder, an ``*.safetensors.index.json``, or a
             PyTorch pickle (``.pt``, ``.pth``, ``.bin``, ``.ckpt``).
-        key: for pickles, the nested dict that holds the state dict (auto-detected when unambiguous).
+        key: for pickles, the nested dict holding the state dict (auto-detected if unambiguous).
         strip_prefixes: drop ``module.`` and ``_orig_mod.`` key prefixes.
 
     Example:
-        >>> ckpt = open_checkpoint("sample_checkpoints/run_a/ckpt_1000.safetensors")  # doctest: +SKIP
+        >>> ckpt = open_checkpoint("run_a/ckpt_1000.safetensors")  # doctest: +SKIP
         >>> ckpt.tensor("fc.weight").shape  # doctest: +SKIP
     """
     p = Path(path)
