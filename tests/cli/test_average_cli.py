@@ -1,0 +1,177 @@
+"""`wa average` through the CLI: results on stdout, one-line errors, nothing written on failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.helpers import assert_one_line_error, make_trajectory, run_wa, run_wa_process
+
+
+class Unsafe:
+    pass
+
+
+def test_average_writes_output_and_a_summary(tmp_path, capsys):
+    traj = make_trajectory(tmp_path, n=3)
+    out = tmp_path / "swa.safetensors"
+    r = run_wa(["average", *traj.paths, "-o", out], capsys)
+    assert r.code == 0, r.stderr
+    assert r.stdout.startswith(f"wrote {out}")
+    assert "bn-recalibrate" in r.stderr  # the hint goes to stderr
+    expected = (
+        traj.states[0]["0.weight"] + traj.states[1]["0.weight"] + traj.states[2]["0.weight"]
+    ) / 3
+    torch.testing.assert_close(load_file(out)["0.weight"], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_json_report_is_the_only_stdout(tmp_path, capsys):
+    traj = make_trajectory(tmp_path, n=2)
+    r = run_wa(["average", *traj.paths, "-o", tmp_path / "o.safetensors", "--json", "-q"], capsys)
+    report = json.loads(r.stdout)
+    assert report["method"] == "mean" and report["weights"] == [0.5, 0.5]
+    assert report["copied"] == 1 and report["outputs"] == [str(tmp_path / "o.safetensors")]
+    assert r.stderr == ""  # -q silences the hint
+
+
+def test_quoted_glob_and_folder_expand_in_natural_order(tmp_path, capsys):
+    for step in (2, 10, 1):
+        save_file({"w": torch.full((2,), float(step))}, tmp_path / f"ckpt_{step}.safetensors")
+    out = tmp_path.parent / f"{tmp_path.name}_out.safetensors"
+    r = run_wa(["average", str(tmp_path / "ckpt_*.safetensors"), "-o", out, "--json"], capsys)
+    assert json.loads(r.stdout)["inputs"] == [
+        str(tmp_path / f"ckpt_{s}.safetensors") for s in (1, 2, 10)
+    ]
+    r = run_wa(["average", tmp_path, "-o", out, "--json", "--force", "--weights", "1,0,0"], capsys)
+    assert torch.equal(load_file(out)["w"], torch.full((2,), 1.0))
+
+
+def test_sharded_output(tmp_path, capsys):
+    traj = make_trajectory(tmp_path, n=2)
+    out = tmp_path / "sharded"
+    r = run_wa(["average", *traj.paths, "-o", out, "--max-shard-size", "200B"], capsys)
+    assert r.code == 0, r.stderr
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    r = run_wa(["average", out, out, "-o", tmp_path / "again.safetensors"], capsys)
+    assert r.code == 0, r.stderr
+
+
+def _bad_inputs(tmp_path):
+    good = make_trajectory(tmp_path / "good", n=2).paths
+    (tmp_path / "text.safetensors").write_text("hello, not a checkpoint")
+    trunc = tmp_path / "trunc.safetensors"
+    save_file({"w": torch.randn(100)}, trunc)
+    trunc.write_bytes(trunc.read_bytes()[:-40])
+    (tmp_path / "corrupt.safetensors").write_bytes(struct.pack("<Q", 6) + b"{oops}")
+    (tmp_path / "empty_dir").mkdir()
+    save_file({"other": torch.ones(1)}, tmp_path / "keys.safetensors")
+    state = dict(load_file(good[0]))
+    state["0.weight"] = torch.ones(1, 2, 3, 4)
+    save_file(state, tmp_path / "shape.safetensors")
+    torch.save({"w": torch.ones(1), "x": Unsafe()}, tmp_path / "unsafe.pt")
+    return good
+
+
+CASES = [
+    # (arguments after 'average', exit code, fragments of the one error line)
+    (["{tmp}/missing.safetensors"], 3, ["missing.safetensors", "does not exist"]),
+    (["{tmp}/text.safetensors"], 3, ["not a valid safetensors file"]),
+    (["{tmp}/trunc.safetensors"], 3, ["truncated"]),
+    (["{tmp}/corrupt.safetensors"], 3, ["not JSON"]),
+    (["{tmp}/empty_dir"], 3, ["empty_dir", "no checkpoint"]),
+    (["{tmp}/nomatch_*.safetensors"], 3, ["nomatch_*"]),
+    (["{g0}", "{tmp}/keys.safetensors"], 4, ["key sets differ", "--keys"]),
+    (["{g0}", "{tmp}/shape.safetensors"], 4, ["shape mismatch", "'0.weight'", "(1, 2, 3, 4)"]),
+    (["{g0}", "{g1}", "--weights", "1,-2"], 2, ["non-negative"]),
+    (["{g0}", "{g1}", "--weights", "0,0"], 2, ["all zero"]),
+    (["{g0}", "{g1}", "--weights", "1,2,3"], 2, ["3 weights for 2 inputs"]),
+    (["{g0}", "{g1}", "--weights", "a,b"], 2, ["--weights"]),
+    (["{tmp}/unsafe.pt"], 3, ["Unsafe", "weights_only"]),
+    (["{g0}", "--dtype", "int8"], 2, ["unknown dtype"]),
+    (["{g0}", "--keys", "some"], 2, ["--keys"]),
+    (["{g0}", "--max-shard-size", "big"], 2, ["cannot read size"]),
+    (["{g0}", "--device", "tpu"], 2, ["device"]),
+]
+
+
+@pytest.mark.parametrize("args, code, fragments", CASES)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, code, fragments):
+    good = _bad_inputs(tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    fmt = {"tmp": tmp_path, "g0": good[0], "g1": good[1]}
+    out = tmp_path / "out.safetensors"
+    r = run_wa(["average", *[a.format(**fmt) for a in args], "-o", out], capsys)
+    assert_one_line_error(r, code, *fragments)
+    assert not out.exists()
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+def test_zero_inputs_is_a_usage_error(tmp_path, capsys):
+    r = run_wa(["average", "-o", tmp_path / "o.safetensors"], capsys)
+    assert_one_line_error(r, 2, "Missing argument")
+
+
+def test_existing_output_needs_force(tmp_path, capsys):
+    traj = make_trajectory(tmp_path, n=2)
+    out = tmp_path / "o.safetensors"
+    out.write_bytes(b"keep me")
+    r = run_wa(["average", *traj.paths, "-o", out], capsys)
+    assert_one_line_error(r, 5, "already exists", "--force")
+    assert out.read_bytes() == b"keep me"
+    assert run_wa(["average", *traj.paths, "-o", out, "--force"], capsys).code == 0
+    assert "0.weight" in load_file(out)
+
+
+def test_output_equal_to_an_input_is_refused_even_with_force(tmp_path, capsys):
+    traj = make_trajectory(tmp_path, n=2)
+    before = traj.paths[0].read_bytes()
+    r = run_wa(["average", *traj.paths, "-o", traj.paths[0], "--force"], capsys)
+    assert_one_line_error(r, 5, "would overwrite the input")
+    assert traj.paths[0].read_bytes() == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_folder(tmp_path, capsys):
+    traj = make_trajectory(tmp_path / "in", n=2)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    r = run_wa(["average", *traj.paths, "-o", locked / "o.safetensors"], capsys)
+    assert_one_line_error(r, 5, "not writable")
+
+
+def test_missing_output_folder(tmp_path, capsys):
+    traj = make_trajectory(tmp_path, n=2)
+    r = run_wa(["average", *traj.paths, "-o", tmp_path / "no" / "o.safetensors"], capsys)
+    assert_one_line_error(r, 5, "does not exist")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    r = run_wa_process(
+        ["average", tmp_path / "missing.safetensors", "-o", tmp_path / "o", "--debug"]
+    )
+    assert r.code != 0 and "Traceback" in r.stderr and "WaError" in r.stderr
+
+
+def test_help_and_version_do_not_import_torch():
+    code = (
+        "import sys; from wa_cli.cli.app import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "try:\n    main(['average', '--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'help imported torch'\n"
+    )
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "average" in proc.stdout
+    r = run_wa_process(["--version"])
+    assert r.code == 0 and r.stdout.startswith("wa ")

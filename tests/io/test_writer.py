@@ -1,0 +1,115 @@
+"""The streaming writer: exact round trips, shards, atomicity, overwrite safety."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from wa_cli.errors import WaError
+from wa_cli.io.writer import OutputTensor, parse_size, write_safetensors, write_state_dict
+
+ROUND_TRIP = {
+    "f32": torch.randn(7, 3),
+    "f16": torch.randn(5).half(),
+    "bf16": torch.randn(4, 4).bfloat16(),
+    "f64": torch.randn(3, dtype=torch.float64),
+    "i64": torch.arange(6).reshape(2, 3),
+    "bool": torch.tensor([True, False, True]),
+    "scalar": torch.tensor(3.5),
+    "empty": torch.empty(0, 4),
+}
+
+
+def test_round_trip_is_bit_exact_for_every_dtype(tmp_path):
+    out = tmp_path / "o.safetensors"
+    write_state_dict(out, ROUND_TRIP, {"format": "pt", "note": "x"})
+    loaded = load_file(out)
+    assert set(loaded) == set(ROUND_TRIP)
+    for k, v in ROUND_TRIP.items():
+        assert loaded[k].dtype == v.dtype and loaded[k].shape == v.shape
+        assert torch.equal(loaded[k], v), k
+    with safe_open(out, "pt") as f:
+        assert f.metadata() == {"format": "pt", "note": "x"}
+
+
+def test_chunks_stream_into_one_tensor(tmp_path):
+    t = torch.randn(10, 10)
+    chunks = [("t", t.reshape(-1)[i : i + 7]) for i in range(0, 100, 7)]
+    write_safetensors(
+        tmp_path / "o.safetensors", [OutputTensor("t", t.dtype, (10, 10))], chunks, {}
+    )
+    assert torch.equal(load_file(tmp_path / "o.safetensors")["t"], t)
+
+
+def test_shards_and_index(tmp_path):
+    state = {f"w{i}": torch.full((250,), float(i)) for i in range(5)}  # 1000 bytes each
+    files = write_state_dict(tmp_path / "out", state, {"format": "pt"}, max_shard_size=2500)
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert shards == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    assert index["metadata"]["total_size"] == 5000
+    assert len(files) == 4
+    for k, v in state.items():
+        assert torch.equal(load_file(tmp_path / "out" / index["weight_map"][k])[k], v)
+
+
+def test_existing_output_needs_force_and_force_replaces(tmp_path):
+    out = tmp_path / "o.safetensors"
+    out.write_bytes(b"old")
+    with pytest.raises(WaError, match="already exists"):
+        write_state_dict(out, {"a": torch.ones(1)})
+    assert out.read_bytes() == b"old"
+    write_state_dict(out, {"a": torch.ones(1)}, force=True)
+    assert torch.equal(load_file(out)["a"], torch.ones(1))
+
+
+def test_error_mid_write_leaves_no_output_and_no_temporary(tmp_path):
+    out = tmp_path / "o.safetensors"
+    out.write_bytes(b"previous")
+
+    def failing():
+        yield "a", torch.ones(100)
+        raise RuntimeError("disk on fire")
+
+    specs = [OutputTensor("a", torch.float32, (100,)), OutputTensor("b", torch.float32, (100,))]
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_safetensors(out, specs, failing(), {}, force=True)
+    assert out.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.safetensors"]
+
+
+def test_interrupt_mid_shards_leaves_nothing(tmp_path):
+    def interrupted():
+        yield "a", torch.ones(300)
+        raise KeyboardInterrupt
+
+    specs = [OutputTensor(k, torch.float32, (300,)) for k in "ab"]
+    with pytest.raises(KeyboardInterrupt):
+        write_safetensors(tmp_path / "out", specs, interrupted(), {}, max_shard_size=1000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_producer_stopping_early_is_a_bug_not_a_partial_file(tmp_path):
+    specs = [OutputTensor("a", torch.float32, (4,))]
+    with pytest.raises(RuntimeError, match="expected data"):
+        write_safetensors(tmp_path / "o.safetensors", specs, iter([]), {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_output_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(WaError, match="does not exist"):
+        write_state_dict(tmp_path / "nope" / "o.safetensors", {"a": torch.ones(1)})
+
+
+@pytest.mark.parametrize("text, expected", [("5GB", 5 * 10**9), ("2GiB", 2 * 2**30), ("100", 100)])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+def test_parse_size_rejects_nonsense():
+    with pytest.raises(WaError, match="cannot read size"):
+        parse_size("lots")
