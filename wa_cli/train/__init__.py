@@ -12,6 +12,7 @@ from wa_cli.train.centralization import (
     enable_gradient_centralization,
 )
 from wa_cli.train.lookahead import Lookahead
+from wa_cli.train.swap import all_reduce_mean, average_across_processes
 from wa_cli.train.trajectory import TrajectoryWriter, checkpoint_metadata, save_checkpoint
 from wa_cli.train.warmup import (
     goyal_warmup,
@@ -24,7 +25,9 @@ from wa_cli.train.warmup import (
 __all__ = [
     "Lookahead",
     "TrajectoryWriter",
+    "all_reduce_mean",
     "applies_to",
+    "average_across_processes",
     "centralize_gradients",
     "checkpoint_metadata",
     "enable_gradient_centralization",
