@@ -1,0 +1,100 @@
+"""Gradient Centralization (Yong et al., ECCV 2020, arXiv 2004.01461).
+
+For a gradient G whose dim 0 indexes output channels, Phi(G)[o] = G[o] - mean(G[o]): every row of
+a weight gradient gets zero mean, which constrains each weight row to a hyperplane (its row mean
+never moves under SGD). GC applies to tensors with ndim > 1, GCC (``conv_only``) to ndim > 3; 1-D
+tensors (biases, norm-layer scales and shifts) and tensors with fan-in 1 (Phi would zero them) are
+left alone.
+
+Where it acts. The paper's SGD applies Phi after L2 weight decay is added and before momentum:
+d = Phi(g + wd * w). An optimizer *step pre-hook* runs before ``optimizer.step()``, i.e. before the
+optimizer adds ``wd * w`` itself, so a plain pre-hook computes Phi(g) + wd * w: the row means of
+the weights then shrink by weight decay instead of staying fixed. With ``fold_weight_decay=True``
+the hook writes g' = Phi(g) - wd * mean_row(w) instead; the optimizer then adds wd * w and obtains
+Phi(g) + wd * (w - mean_row(w)) = Phi(g + wd * w), exactly the paper's update, without touching
+the optimizer's settings. This is only right for coupled L2 decay (SGD, Adam, RMSprop, ...);
+decoupled decay (AdamW) never enters the gradient, so folding is refused there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+from torch.utils.hooks import RemovableHandle
+
+from wa_cli.errors import ExitCode, WaError
+
+logger = logging.getLogger(__name__)
+
+
+def applies_to(tensor: torch.Tensor, conv_only: bool = False) -> bool:
+    """Whether GC centralizes a tensor of this shape (ndim > 1, or > 3 for GCC; fan-in > 1).
+
+    Example:
+        >>> applies_to(torch.empty(16, 3, 3, 3)), applies_to(torch.empty(16))
+        (True, False)
+    """
+    min_ndim = 4 if conv_only else 2
+    return tensor.ndim >= min_ndim and tensor[0].numel() > 1
+
+
+def _row_mean(t: torch.Tensor) -> torch.Tensor:
+    return t.mean(dim=tuple(range(1, t.ndim)), keepdim=True)
+
+
+def centralize_gradients(params: Iterable[torch.Tensor], conv_only: bool = False) -> None:
+    """Replace each eligible parameter's ``.grad`` by Phi(grad), in place.
+
+    Example:
+        >>> loss.backward()  # doctest: +SKIP
+        >>> centralize_gradients(model.parameters())
+        >>> optimizer.step()
+    """
+    with torch.no_grad():
+        for p in params:
+            if p.grad is not None and applies_to(p, conv_only):
+                p.grad.sub_(_row_mean(p.grad))
+
+
+def enable_gradient_centralization(
+    optimizer: Optimizer, conv_only: bool = False, fold_weight_decay: bool = False
+) -> RemovableHandle:
+    """Centralize gradients before every ``optimizer.step()``; returns the hook handle.
+
+    Args:
+        optimizer: any torch optimizer (or a :class:`~wa_cli.train.lookahead.Lookahead`).
+        conv_only: GCC, only tensors with ndim > 3.
+        fold_weight_decay: make the optimizer's own L2 term centralized too (see the module
+            docstring), so the update is Phi(g + wd * w) as in the paper. Needs coupled decay.
+
+    Example:
+        >>> handle = enable_gradient_centralization(opt)  # doctest: +SKIP
+        >>> handle.remove()  # switch it off again
+    """
+    if fold_weight_decay:
+        for i, group in enumerate(optimizer.param_groups):
+            if group.get("decoupled_weight_decay") and group.get("weight_decay", 0):
+                raise WaError(
+                    f"param group {i} of {type(optimizer).__name__} uses decoupled weight decay, "
+                    "which never enters the gradient (use fold_weight_decay=False)",
+                    ExitCode.USAGE,
+                )
+
+    def hook(opt: Optimizer, args: Any, kwargs: Any) -> None:
+        with torch.no_grad():
+            for group in opt.param_groups:
+                wd = float(group.get("weight_decay", 0.0)) if fold_weight_decay else 0.0
+                if group.get("maximize"):
+                    wd = -wd  # the optimizer adds wd * w to -grad: fold with the opposite sign
+                for p in group["params"]:
+                    if p.grad is None or not applies_to(p, conv_only):
+                        continue
+                    p.grad.sub_(_row_mean(p.grad))
+                    if wd:
+                        p.grad.sub_(_row_mean(p), alpha=wd)
+
+    return optimizer.register_step_pre_hook(hook)
