@@ -11,8 +11,9 @@ running_mean = (1/B) Σ_b μ_b and running_var = (1/B) Σ_b s²_b (unbiased per-
 ``weighting="sample"`` is the SWA authors' own variant (timgaripov/swa ``utils.bn_update``): a batch
 of b samples after n seen gets momentum b/(n + b), which weights batch statistics by batch size.
 Unlike ``update_bn`` this also takes a ``forward(model, batch)`` for dict batches and multi-input
-models (pytorch/pytorch#49082), restores every module's mode and the old statistics on error, and
-returns a report of how much each layer's statistics moved.
+models (pytorch/pytorch#49082), restores every module's mode and the old statistics on error,
+leaves the statistics of InstanceNorm layers it was not asked to re-estimate as they were (update_bn
+lets them drift in train mode), and returns a report of how much each layer's statistics moved.
 """
 
 from __future__ import annotations
@@ -127,6 +128,13 @@ def recalibrate_bn(
         return BNReport(weighting=weighting, note="the model has no BatchNorm layer")
     start = time.perf_counter()
     before = {module: _snapshot(module) for module in names}
+    # Train mode makes InstanceNorm layers that were not asked for drift with their own momentum
+    # (update_bn lets them); they keep their statistics, so only the chosen layers change.
+    bystanders = {
+        module: _snapshot(module)
+        for module in model.modules()
+        if isinstance(module, _InstanceNorm) and module.track_running_stats and module not in names
+    }
     momenta = {module: module.momentum for module in names}
     modes = {module: module.training for module in model.modules()}
     done = False
@@ -147,6 +155,8 @@ def recalibrate_bn(
         # Per module, not model.train(was_training): a frozen submodule may have been in eval mode.
         for module, training in modes.items():
             module.training = training
+        for module, saved in bystanders.items():
+            _restore(module, saved)
         if not done:
             for module, saved in before.items():
                 _restore(module, saved)
