@@ -1,4 +1,4 @@
-"""resolve_callable, call_factory, load_state_dict_strict: user code and weights, one-line errors."""
+"""resolve_callable, call_factory, load_state_dict_strict: user code, weights, one-line errors."""
 
 from __future__ import annotations
 
