@@ -218,7 +218,9 @@ def _run(
     instance_norms = [m for m in names if isinstance(m, _InstanceNorm)]
     count = samples = 0
     for batch in _batches(batches, max_batches):
-        size = _leading_size(batch if forward is not None else _model_input(batch, count))
+        # What is fed: the whole batch to a forward function, else update_bn's choice.
+        payload = batch if forward is not None else _model_input(batch, count)
+        size = _leading_size(payload)
         if weighting == "sample":
             if not size:
                 raise WaError(
@@ -231,7 +233,7 @@ def _run(
         else:
             for module in instance_norms:
                 module.momentum = 1.0 / (count + 1)
-        _forward(model, batch, count, device, forward)
+        _forward(model, batch, _to_device(payload, device), count, forward)
         count += 1
         samples += size or 0
         if progress is not None:
@@ -286,15 +288,16 @@ def _model_input(batch: Any, index: int) -> Any:
 def _forward(
     model: nn.Module,
     batch: Any,
+    payload: Any,
     index: int,
-    device: str | int | torch.device | None,
     forward: Callable[[nn.Module, Any], Any] | None,
 ) -> None:
+    """One forward pass; ``batch`` as the loader gave it names the batch in an error message."""
     try:
         if forward is None:
-            model(_to_device(_model_input(batch, index), device))
+            model(payload)
         else:
-            forward(model, _to_device(batch, device))
+            forward(model, payload)
     except WaError:
         raise
     except Exception as e:
