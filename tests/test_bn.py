@@ -307,3 +307,14 @@ def test_describe_batch() -> None:
         "list of [Tensor (2, 3) float32, Tensor (2,) float32, Tensor (1,) float32, ... 1 more]"
     )
     assert BNReport().to_json()["layers"] == []
+
+
+@pytest.mark.gpu
+def test_cpu_batches_moved_to_the_gpu() -> None:
+    model = tiny_cnn().cuda()
+    reference = copy.deepcopy(model)
+    batches = labelled_batches((3, 6, 6))
+    update_bn(batches, reference, device="cuda")
+    nested = [{"inputs": [x]} for x, _ in batches]
+    recalibrate_bn(model, nested, device="cuda", forward=lambda m, b: m(b["inputs"][0]))
+    assert_same_state(model, reference)
