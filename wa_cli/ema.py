@@ -82,8 +82,15 @@ def ema_decays(
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise WaError(f"an EMA needs at least one checkpoint, got {n!r}", ExitCode.USAGE)
-    given = [f for f, v in (("--decay", decay), ("--decay-per-step", decay_per_step),
-                            ("--half-life", half_life)) if v is not None]  # fmt: skip
+    given = [
+        f
+        for f, v in (
+            ("--decay", decay),
+            ("--decay-per-step", decay_per_step),
+            ("--half-life", half_life),
+        )
+        if v is not None
+    ]
     if len(given) != 1:
         which = f"got {' and '.join(given)}" if given else "got none"
         raise WaError(
