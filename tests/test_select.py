@@ -429,15 +429,18 @@ def test_top_k_applies_after_last() -> None:
     assert steps_of(got) == [700, 800]
 
 
-def test_top_k_with_a_metrics_map_keyed_by_name_stem_and_path() -> None:
+def test_top_k_with_a_metrics_map_keyed_by_name_stem_path_and_absolute_path() -> None:
     entries = with_name_steps()
     table = {}
     for e in entries:
         value = losses()[e.step]
-        key = [e.name, e.name.removesuffix(".safetensors"), f"./runs/a/{e.name}"][
-            e.step % 300 // 100
+        forms = [
+            e.name,
+            e.name.removesuffix(".safetensors"),
+            f"./runs/a/{e.name}",
+            str(Path(f"runs/a/{e.name}").absolute()),
         ]
-        table[key] = value
+        table[forms[e.step // 100 % 4]] = value
     got = select_trajectory(entries, top_k=3, metrics=table, mode="min")
     assert steps_of(got) == [300, 500, 700]
 

@@ -580,11 +580,12 @@ def _read_values(
         used: dict[str, str] = {}
         for e in entries:
             path = os.path.normpath(str(e.item.path))
-            for key in (path, e.name, _stem(e.item)):
+            exact = (path, os.path.abspath(path))
+            for key in (*exact, e.name, _stem(e.item)):
                 if key in table:
                     # A bare name shared by two runs (run_a/last.pt, run_b/last.pt) would give
                     # both the same value: refuse rather than guess.
-                    if key != path and used.get(key, path) != path:
+                    if key not in exact and used.get(key, path) != path:
                         raise WaError(
                             f"metrics entry '{key}' matches both '{used[key]}' and '{path}' "
                             "(key the metrics file by path)",
