@@ -191,6 +191,8 @@ class ShardedCheckpoint(Checkpoint):
             metadata = {**shard.metadata, **metadata}
         super().__init__(display_path, tensors, metadata)
         self.index_path = index_path
+        if display_path == index_path:  # named by its index: the folder names the checkpoint
+            self.name = index_path.parent.name
 
     @property
     def files(self) -> list[Path]:
