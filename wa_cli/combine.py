@@ -6,17 +6,22 @@ one key. This module computes ``Σ w_i θ_i / Σ w_i`` chunk by chunk, so the me
 few chunk-sized buffers, whatever the number of checkpoints or the size of a tensor.
 
 Precision (DESIGN.md): sums are kept in a wider type than the input (float32 for 16-bit inputs,
-float64 for float32) and cast once to the output dtype. Summing the raw weights and dividing once by
-their total keeps k identical inputs bit-identical to themselves (k·x and k·x/k are exact).
-On CPU the time goes to page faults of fresh allocations and dtype conversion, not the additions
-(PEERS.md), so buffers are allocated once per run and reused for every key and chunk, and chunks are
-sized to stay in cache across the N inputs.
+float64 for float32) and rounded once to the output dtype. Summing the raw weights and dividing once
+by their total keeps k identical inputs bit-identical to themselves (k·x and k·x/k are exact).
+
+Speed: on CPU the time goes to page faults of fresh allocations and to dtype conversion, not to the
+additions (PEERS.md). So every buffer is allocated once per run and reused; a chunk is converted
+into a reused accumulator-typed buffer before it is added (a mixed-dtype ``add_`` is about twice as
+slow); chunks are small enough for the accumulator to stay in cache across the N inputs; and a
+background thread reads the next chunks from disk while the current one is summed.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -24,9 +29,11 @@ import torch
 from wa_cli.dtypes import Precision, accumulator_dtype
 from wa_cli.plan import KeyPlan, Plan
 
-# Elements per chunk: 1M float32 (4 MB) keeps the accumulator and a staging chunk in L2/L3 while
-# the N inputs are added into it.
-DEFAULT_CHUNK_ELEMENTS = 1 << 20
+# Elements per chunk: 256K keeps a float32 accumulator, its conversion buffer and the staging
+# bytes (about 2.5 MB together) in cache while the N inputs are added into it.
+DEFAULT_CHUNK_ELEMENTS = 1 << 18
+# Reads in flight ahead of the reduction (each holds one staging buffer).
+PREFETCH_DEPTH = 4
 
 WeightsFn = Callable[[KeyPlan], Sequence[float]]
 ProgressFn = Callable[[int], None]
@@ -44,16 +51,49 @@ class CombineStats:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class ChunkTask:
+    """One output chunk: elements [start, start + count) of ``entry``, from weighted inputs."""
+
+    entry: KeyPlan
+    start: int
+    count: int
+    inputs: tuple[tuple[int, float], ...]  # (input index, weight); zero weights left out
+    total: float  # Σ w over the key's sources: the divisor
+
+    @property
+    def byte_offset(self) -> int:
+        return self.start * self.entry.dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * self.entry.dtype.itemsize
+
+
+def schedule(plan: Plan, weights: WeightsFn, chunk_elements: int) -> list[ChunkTask]:
+    """Every chunk of every key, in output order; the reads follow this order exactly."""
+    tasks = []
+    for entry in plan.keys:
+        if entry.interpolate:
+            w = [float(x) for x in weights(entry)]
+            if len(w) != len(entry.sources):
+                raise ValueError(f"{len(w)} weights for {len(entry.sources)} sources")
+            if sum(w) <= 0:
+                raise ValueError(f"weights for {entry.key!r} sum to {sum(w)}")
+            inputs = tuple((s, x) for s, x in zip(entry.sources, w) if x != 0)
+            total = sum(w)
+        else:
+            inputs, total = ((entry.copy_from, 1.0),), 1.0
+        for start in range(0, entry.numel, chunk_elements):
+            count = min(chunk_elements, entry.numel - start)
+            tasks.append(ChunkTask(entry, start, count, inputs, total))
+    return tasks
+
+
 def planned_read_bytes(plan: Plan, weights: WeightsFn) -> int:
     """How many input bytes a combination will read (for progress bars)."""
-    total = 0
-    for entry in plan.keys:
-        nbytes = entry.numel * entry.dtype.itemsize
-        if entry.interpolate:
-            total += nbytes * sum(1 for w in weights(entry) if w != 0)
-        else:
-            total += nbytes
-    return total
+    tasks = schedule(plan, weights, chunk_elements=1 << 62)
+    return sum(t.nbytes * len(t.inputs) for t in tasks)
 
 
 def linear_combination(
@@ -80,115 +120,149 @@ def linear_combination(
     stats = stats if stats is not None else CombineStats()
     device = device or torch.device("cpu")
     start = time.perf_counter()
+    tasks = schedule(plan, weights, chunk_elements)
     if device.type == "cuda":
         from wa_cli.combine_cuda import CudaReducer
 
-        reducer: _Reducer = CudaReducer(device, chunk_elements)
+        reducer: Reducer = CudaReducer(plan, tasks, chunk_elements, device)
     else:
-        reducer = _Reducer(chunk_elements)
-    for entry in plan.keys:
-        if entry.numel == 0:
-            continue
-        if entry.interpolate:
-            w = [float(x) for x in weights(entry)]
-            if len(w) != len(entry.sources):
-                raise ValueError(f"{len(w)} weights for {len(entry.sources)} sources")
-            yield from reducer.combine(
-                plan, entry, w, accumulator_dtype(entry.dtype, precision), stats, progress
-            )
-            stats.combined += 1
-        else:
-            yield from reducer.copy(plan, entry, stats, progress)
-            stats.copied += 1
-    stats.seconds = time.perf_counter() - start
+        reducer = Reducer(plan, tasks, chunk_elements)
+    try:
+        for task in tasks:
+            entry = task.entry
+            if entry.interpolate:
+                out = reducer.combine(task, accumulator_dtype(entry.dtype, precision), stats)
+            else:
+                out = reducer.next_input(task, entry.copy_from)
+            if task.start == 0:
+                if entry.interpolate:
+                    stats.combined += 1
+                else:
+                    stats.copied += 1
+            read = task.nbytes * len(task.inputs)
+            stats.bytes_read += read
+            stats.bytes_written += out.numel() * out.element_size()
+            if progress:
+                progress(read)
+            yield entry.key, out
+    finally:
+        reducer.close()
+        stats.seconds = time.perf_counter() - start
 
 
-class _Reducer:
-    """CPU reduction with buffers allocated once and reused for every key and chunk."""
+class Prefetcher:
+    """Reads the chunks a schedule needs, in order, on a background thread.
 
-    def __init__(self, chunk_elements: int):
-        self.chunk = chunk_elements
-        self._buffers: dict[str, torch.Tensor] = {}
+    ``depth`` buffers form a ring: up to ``depth - 1`` reads run ahead while the caller uses the
+    buffer it was last given, which stays valid until it asks for the next one.
+    """
 
-    def buffer(self, name: str, nbytes: int) -> torch.Tensor:
-        """A reusable uint8 buffer of at least ``nbytes`` (grown, never shrunk)."""
-        buf = self._buffers.get(name)
-        if buf is None or buf.numel() < nbytes:
-            buf = torch.empty(max(nbytes, 1), dtype=torch.uint8)
-            self._buffers[name] = buf
-        return buf[:nbytes]
-
-    def work_buffer(self, name: str, nbytes: int) -> torch.Tensor:
-        """A buffer on the compute device (the CPU here)."""
-        return self.buffer(name, nbytes)
-
-    def release(self, x: torch.Tensor) -> None:
-        """Called once the reduction has consumed ``x`` (the GPU path reuses its staging slot)."""
-
-    def read(self, plan: Plan, source: int, entry: KeyPlan, start: int, count: int) -> torch.Tensor:
-        """A chunk of one input on the compute device."""
-        size = entry.dtype.itemsize
-        staging = self.buffer("staging", count * size)
-        plan.checkpoints[source].read_into(entry.key, staging, start * size)
-        return staging.view(entry.dtype)
-
-    def combine(
+    def __init__(
         self,
         plan: Plan,
-        entry: KeyPlan,
-        weights: list[float],
-        acc_dtype: torch.dtype,
-        stats: CombineStats,
-        progress: ProgressFn | None,
-    ) -> Iterator[tuple[str, torch.Tensor]]:
-        total = sum(weights)
-        if total <= 0:
-            raise ValueError(f"weights for {entry.key!r} sum to {total}")
-        active = [(s, w) for s, w in zip(entry.sources, weights) if w != 0]
-        for start in range(0, entry.numel, self.chunk):
-            count = min(self.chunk, entry.numel - start)
-            acc = self.work_buffer("acc", count * acc_dtype.itemsize).view(acc_dtype)
-            for n, (source, w) in enumerate(active):
-                x = self.read(plan, source, entry, start, count)
-                if n == 0:
-                    acc.copy_(x)
-                    if w != 1.0:
-                        acc.mul_(w)
-                else:
-                    acc.add_(x, alpha=w)
-                self.release(x)
-                stats.bytes_read += x.numel() * x.element_size()
-                if progress:
-                    progress(x.numel() * x.element_size())
-            if total != 1.0:
-                acc.div_(total)
-            out = self.finish(entry, acc, stats)
-            yield entry.key, out
+        tasks: list[ChunkTask],
+        buffer_bytes: int,
+        depth: int = PREFETCH_DEPTH,
+        pin_memory: bool = False,
+    ):
+        self.checkpoints = plan.checkpoints
+        self.reads = ((t, i) for t in tasks for i, _ in t.inputs)
+        self.ring = [
+            torch.empty(max(buffer_bytes, 1), dtype=torch.uint8, pin_memory=pin_memory)
+            for _ in range(depth)
+        ]
+        self.slot = 0
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wa-read")
+        self.pending: deque[tuple[ChunkTask, int, Future[None], torch.Tensor]] = deque()
+        for _ in range(depth - 1):
+            self._submit()
 
-    def finish(self, entry: KeyPlan, acc: torch.Tensor, stats: CombineStats) -> torch.Tensor:
-        """Cast the accumulator chunk to the output dtype, once, and count non-finite values."""
-        if entry.out_dtype == acc.dtype:
-            out = acc
+    def _submit(self) -> None:
+        item = next(self.reads, None)
+        if item is None:
+            return
+        task, source = item
+        buf = self.ring[self.slot][: task.nbytes]
+        self.slot = (self.slot + 1) % len(self.ring)
+        read = self.checkpoints[source].read_into
+        future = self.pool.submit(read, task.entry.key, buf, task.byte_offset)
+        self.pending.append((task, source, future, buf))
+
+    def next(self, task: ChunkTask, source: int) -> torch.Tensor:
+        """The bytes of ``source``'s chunk of ``task`` (must be the next read in the schedule)."""
+        expected, expected_source, future, buf = self.pending.popleft()
+        if expected is not task or expected_source != source:
+            raise RuntimeError("reads requested out of schedule order")
+        future.result()
+        self._submit()
+        return buf
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Reducer:
+    """CPU reduction with buffers allocated once per run and reused for every key and chunk."""
+
+    def __init__(self, plan: Plan, tasks: list[ChunkTask], chunk_elements: int):
+        widest = max((t.entry.dtype.itemsize for t in tasks), default=1)
+        self.prefetcher = self.make_prefetcher(plan, tasks, chunk_elements * widest)
+        # Accumulator, conversion and output buffers, sized for float64 (the widest accumulator).
+        self.work = {name: self.empty(chunk_elements * 8) for name in ("acc", "tmp", "out")}
+
+    def make_prefetcher(self, plan: Plan, tasks: list[ChunkTask], nbytes: int) -> Prefetcher:
+        return Prefetcher(plan, tasks, nbytes)
+
+    def empty(self, nbytes: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8)
+
+    def work_buffer(self, name: str, count: int, dtype: torch.dtype) -> torch.Tensor:
+        return self.work[name][: count * dtype.itemsize].view(dtype)
+
+    def next_input(self, task: ChunkTask, source: int) -> torch.Tensor:
+        """A chunk of one input, typed, on the compute device."""
+        return self.prefetcher.next(task, source).view(task.entry.dtype)
+
+    def done_with(self, x: torch.Tensor) -> None:
+        """Called once the reduction has consumed ``x`` (the GPU path reuses its staging)."""
+
+    def combine(self, task: ChunkTask, acc_dtype: torch.dtype, stats: CombineStats) -> torch.Tensor:
+        acc = self.work_buffer("acc", task.count, acc_dtype)
+        for n, (source, w) in enumerate(task.inputs):
+            x = self.next_input(task, source)
+            if n == 0:
+                acc.copy_(x)
+                if w != 1.0:
+                    acc.mul_(w)
+            elif x.dtype == acc_dtype:
+                acc.add_(x, alpha=w)
+            else:
+                tmp = self.work_buffer("tmp", task.count, acc_dtype)
+                tmp.copy_(x)
+                acc.add_(tmp, alpha=w)
+            self.done_with(x)
+        return self.finish(task, acc, stats)
+
+    def finish(self, task: ChunkTask, acc: torch.Tensor, stats: CombineStats) -> torch.Tensor:
+        """Divide by the total weight and round once to the output dtype; count non-finite values."""
+        out_dtype = task.entry.out_dtype
+        if out_dtype == acc.dtype:
+            out = acc.div_(task.total) if task.total != 1.0 else acc
         else:
-            out = self.work_buffer("out", acc.numel() * entry.out_dtype.itemsize)
-            out = out.view(entry.out_dtype)
-            out.copy_(acc)
-        if not bool(torch.isfinite(out.sum(dtype=acc.dtype))):
-            bad = int(out.numel() - torch.isfinite(out).sum())
+            out = self.work_buffer("out", task.count, out_dtype)
+            if task.total != 1.0:
+                torch.div(acc, task.total, out=out)  # computed in acc's precision, rounded once
+            else:
+                out.copy_(acc)
+        # A finite sum of the accumulator means no NaN or inf in it; only a narrower output
+        # dtype (--dtype float16) can still overflow when rounding, so that case is counted.
+        narrower = torch.finfo(out_dtype).max < torch.finfo(task.entry.dtype).max
+        if narrower or not bool(torch.isfinite(acc.sum())):
+            bad = int(out.numel() - int(torch.isfinite(out).sum()))
             if bad:
-                stats.non_finite[entry.key] = stats.non_finite.get(entry.key, 0) + bad
-        stats.bytes_written += out.numel() * out.element_size()
+                key = task.entry.key
+                stats.non_finite[key] = stats.non_finite.get(key, 0) + bad
         return out
 
-    def copy(
-        self, plan: Plan, entry: KeyPlan, stats: CombineStats, progress: ProgressFn | None
-    ) -> Iterator[tuple[str, torch.Tensor]]:
-        for start in range(0, entry.numel, self.chunk):
-            count = min(self.chunk, entry.numel - start)
-            x = self.read(plan, entry.copy_from, entry, start, count)
-            nbytes = x.numel() * x.element_size()
-            stats.bytes_read += nbytes
-            stats.bytes_written += nbytes
-            if progress:
-                progress(nbytes)
-            yield entry.key, x
+    def close(self) -> None:
+        self.prefetcher.close()
