@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 
 
-def _check_bins(bins: int) -> None:
+def check_bins(bins: int) -> None:
+    """Raise ``WaError`` unless ``bins`` is an integer >= 2 (a histogram needs two bins)."""
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
         raise WaError(
             f"bins must be an integer >= 2, got {bins!r} (the paper uses 10)", code=ExitCode.USAGE
@@ -62,7 +63,7 @@ def bin_counts(
         >>> bin_counts(torch.tensor([0.0, 0.0, 0.0, 1.0]), bins=2)
         [3, 1]
     """
-    _check_bins(bins)
+    check_bins(bins)
     what = f"tensor {name!r}" if name else "tensor"
     if t.is_complex():
         raise WaError(f"{what} is complex; entropy needs real values", code=ExitCode.BAD_INPUT)

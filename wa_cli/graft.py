@@ -41,7 +41,7 @@ from typing import Literal
 
 import torch
 
-from wa_cli.entropy import tensor_entropy
+from wa_cli.entropy import check_bins, tensor_entropy
 from wa_cli.errors import ExitCode, WaError, listing
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,7 @@ def plan_alphas(
         raise WaError(
             f"unknown graft rule {rule!r}; expected one of {', '.join(RULES)}", code=ExitCode.USAGE
         )
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
-        raise WaError(f"bins must be an integer >= 2, got {bins!r} (paper: 10)")
+    check_bins(bins)  # before any tensor is read
     float_keys = [k for k in keys if k in floating]
     source: dict[str, str | None] = {}
     if rule == "tensor":
