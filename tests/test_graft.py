@@ -393,3 +393,8 @@ def test_graft_state_dicts_rejects_mismatches() -> None:
         graft_state_dicts(u, u, {"a.weight": 0.5})
     with pytest.raises(WaError, match="not in the receiver: 'c'"):
         graft_state_dicts(u, u, {"a.weight": 0.5, "b.weight": 0.5, "c": 0.5})
+
+
+def test_plan_rejects_bad_bins_before_reading_tensors() -> None:
+    with pytest.raises(WaError, match="bins must be an integer >= 2"):
+        plan_alphas(["a.weight"], {"a.weight"}, bins=1)
