@@ -244,7 +244,7 @@ class Reducer:
         return self.finish(task, acc, stats)
 
     def finish(self, task: ChunkTask, acc: torch.Tensor, stats: CombineStats) -> torch.Tensor:
-        """Divide by the total weight and round once to the output dtype; count non-finite values."""
+        """Divide by the total weight, round once to the output dtype, count non-finite values."""
         out_dtype = task.entry.out_dtype
         if out_dtype == acc.dtype:
             out = acc.div_(task.total) if task.total != 1.0 else acc

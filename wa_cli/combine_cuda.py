@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from wa_cli.combine import CombineStats, ChunkTask, Prefetcher, Reducer
+from wa_cli.combine import ChunkTask, CombineStats, Prefetcher, Reducer
 from wa_cli.plan import Plan
 
 
 class CudaReducer(Reducer):
-    def __init__(self, plan: Plan, tasks: list[ChunkTask], chunk_elements: int, device: torch.device):
+    def __init__(
+        self, plan: Plan, tasks: list[ChunkTask], chunk_elements: int, device: torch.device
+    ):
         self.device = device
         self.copy_stream = torch.cuda.Stream(device)
         self.compute_stream = torch.cuda.current_stream(device)
