@@ -14,14 +14,25 @@ from wa_cli.cli.render import byte_progress, emit_run_report
 @app.command("average")
 def average_command(
     inputs: opt.Inputs,
-    output: opt.Output,
+    output: opt.OptionalOutput = None,
     weights: Annotated[
         str | None,
         typer.Option(
             "--weights",
-            help="Comma-separated non-negative weights, one per input (normalized), e.g. 1,2,1.",
+            help="Comma-separated non-negative weights (normalized), e.g. 1,2,1: one per selected "
+            "checkpoint, in the order --dry-run lists them.",
         ),
     ] = None,
+    order: opt.Order = None,
+    last: opt.Last = None,
+    every: opt.Every = None,
+    from_step: opt.FromStep = None,
+    to_step: opt.ToStep = None,
+    top_k: opt.TopK = None,
+    metric: opt.Metric = None,
+    mode: opt.Mode = "min",
+    metrics: opt.MetricsFile = None,
+    dry_run: opt.DryRun = False,
     keys: opt.Keys = "strict",
     non_float: opt.NonFloat = "last",
     dtype: opt.DType = None,
@@ -37,19 +48,46 @@ def average_command(
 ) -> None:
     """Average checkpoints (SWA): θ̄ = Σ w_i θ_i / Σ w_i, per tensor, streamed to -o.
 
-    Example: wa average runs/a/ckpt_*.safetensors -o swa.safetensors
+    The inputs keep their given order unless a selection flag (--last, --every, --from-step,
+    --to-step, --top-k) or --order is given; then they are put in trajectory order first.
+
+    Example: wa average runs/a/ckpt_*.safetensors --top-k 5 --metric val_loss -o swa.safetensors
     """
-    from wa_cli.average import average_to_file
-    from wa_cli.cli.inputs import open_inputs, parse_weight_list
+    from wa_cli.average import average_to_file, validate_weights
+    from wa_cli.cli.inputs import (
+        Selection,
+        emit_selection,
+        open_inputs,
+        parse_weight_list,
+        require_output,
+        select_inputs,
+        selection_report,
+    )
     from wa_cli.dtypes import parse_user_dtype
     from wa_cli.io.writer import parse_size
 
+    sel = Selection(order, last, every, from_step, to_step, top_k, metric, mode, metrics)
     ckpts = open_inputs(inputs, key=key, strip_prefix=strip_prefix)
+    # The mean does not depend on the order: keep the given one (and read no steps) unless a
+    # selection asks for trajectory order; --dry-run shows steps, so it reads them.
+    default_order = "auto" if sel.filters else ("given" if dry_run else None)
+    entries = select_inputs(ckpts, sel, default_order=default_order)
+    w = parse_weight_list(weights)
+    if dry_run:
+        raw = validate_weights(w, len(entries))
+        method = "mean" if len(set(raw)) == 1 else "weighted_mean"
+        total = sum(raw)
+        report = selection_report(
+            entries, [x / total for x in raw], method=method, total=len(ckpts), metric=metric
+        )
+        emit_selection(report, json)
+        return
+    output = require_output(output, "average")
     with byte_progress("averaging", quiet) as progress:
-        report = average_to_file(
-            ckpts,
+        result = average_to_file(
+            [e.item for e in entries],
             output,
-            weights=parse_weight_list(weights),
+            weights=w,
             keys=keys,
             non_float=non_float,
             dtype=parse_user_dtype(dtype),
@@ -59,4 +97,4 @@ def average_command(
             max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
             progress=progress,
         )
-    emit_run_report(report, json, quiet)
+    emit_run_report(result, json, quiet)

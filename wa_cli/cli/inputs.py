@@ -1,14 +1,24 @@
-"""Turning command-line arguments into opened checkpoints and parsed numbers."""
+"""Turning command-line arguments into opened checkpoints, a selection, and parsed numbers."""
 
 from __future__ import annotations
 
-from wa_cli.errors import WaError
-from wa_cli.io.reader import Checkpoint, open_checkpoints
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wa_cli.errors import ExitCode, WaError
 from wa_cli.select import expand_inputs
+
+if TYPE_CHECKING:  # the reader imports torch; `wa --help` must not
+    from wa_cli.io.reader import Checkpoint
+    from wa_cli.select import Entry
 
 
 def open_inputs(args: list[str], *, key: str | None, strip_prefix: bool) -> list[Checkpoint]:
     """Expand globs and folders (natural order) and open every checkpoint's header."""
+    from wa_cli.io.reader import open_checkpoints
+
     return open_checkpoints(expand_inputs(args), key=key, strip_prefixes=strip_prefix)
 
 
@@ -19,4 +29,140 @@ def parse_weight_list(text: str | None) -> list[float] | None:
     try:
         return [float(x) for x in text.split(",")]
     except ValueError:
-        raise WaError(f"cannot read --weights {text!r} (expected numbers like 1,2,1)") from None
+        raise WaError(
+            f"cannot read --weights {text!r} (expected numbers like 1,2,1)", ExitCode.USAGE
+        ) from None
+
+
+def require_output(output: Path | None, command: str) -> Path:
+    """``-o`` may be left out only with ``--dry-run``."""
+    if output is None:
+        raise WaError(
+            f"wa {command} needs -o/--output FILE (only --dry-run runs without one)",
+            ExitCode.USAGE,
+        )
+    return output
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The selection flags shared by ``wa average`` and ``wa ema``."""
+
+    order: str | None = None
+    last: int | None = None
+    every: int | None = None
+    from_step: int | None = None
+    to_step: int | None = None
+    top_k: int | None = None
+    metric: str | None = None
+    mode: str = "min"
+    metrics: Path | None = None
+
+    @property
+    def filters(self) -> bool:
+        """Whether a flag that picks checkpoints by position, step or rank is given."""
+        picks = (self.last, self.every, self.from_step, self.to_step, self.top_k)
+        return any(v is not None for v in picks)
+
+
+def select_inputs(
+    ckpts: list[Checkpoint], sel: Selection, *, default_order: str | None
+) -> list[Entry[Checkpoint]]:
+    """Order and filter opened checkpoints; the ones not selected are closed.
+
+    ``default_order`` applies when ``--order`` is not given; ``None`` keeps the given order and
+    reads no steps (so a plain ``wa average`` never depends on step metadata).
+    """
+    from wa_cli.select import Entry, load_metrics_file, order_trajectory, select_trajectory
+
+    order = sel.order or default_order
+    if order is None:
+        entries = [Entry(c, None, "order") for c in ckpts]
+    else:
+        entries = order_trajectory(ckpts, order)  # type: ignore[arg-type]
+    metrics = load_metrics_file(sel.metrics, sel.metric) if sel.metrics is not None else None
+    picked = select_trajectory(
+        entries,
+        last=sel.last,
+        every=sel.every,
+        from_step=sel.from_step,
+        to_step=sel.to_step,
+        top_k=sel.top_k,
+        metric=sel.metric,
+        mode=sel.mode,  # type: ignore[arg-type]
+        metrics=metrics,
+    )
+    kept = {id(e.item) for e in picked}
+    for c in ckpts:
+        if id(c) not in kept:
+            c.close()
+    return picked
+
+
+_SOURCES = {
+    "metadata": "steps from 'step' metadata",
+    "name": "steps from file names",
+    "order": "no steps",
+}
+
+
+def selection_report(
+    entries: Sequence[Entry[Checkpoint]],
+    weights: Sequence[float],
+    *,
+    method: str,
+    total: int,
+    metric: str | None,
+) -> dict[str, Any]:
+    """The ``--dry-run`` report (and the data of the per-checkpoint table of ``wa ema``)."""
+    from wa_cli.select import selection_rows
+
+    return {
+        "dry_run": True,
+        "method": method,
+        "selected": len(entries),
+        "of": total,
+        "metric": metric,
+        "checkpoints": selection_rows(entries, weights),
+    }
+
+
+def format_rows(rows: Sequence[dict[str, Any]], metric: str | None) -> list[str]:
+    """A plain-text table: checkpoint, step, metric value (when read), weight."""
+    show_value = any(r["value"] is not None for r in rows)
+    header = ["#", "checkpoint", "step"] + ([metric or "value"] if show_value else []) + ["weight"]
+    table = [header]
+    for i, r in enumerate(rows, start=1):
+        cells = [str(i), r["path"], "-" if r["step"] is None else str(r["step"])]
+        if show_value:
+            cells.append("-" if r["value"] is None else f"{r['value']:.6g}")
+        cells.append(f"{r['weight']:.6f}")
+        table.append(cells)
+    widths = [max(len(row[c]) for row in table) for c in range(len(header))]
+    lines = []
+    for row in table:
+        # Left-align names, right-align numbers.
+        cells = [
+            cell.ljust(w) if c == 1 else cell.rjust(w)
+            for c, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  " + "  ".join(cells).rstrip())
+    return lines
+
+
+def emit_selection(report: dict[str, Any], as_json: bool) -> None:
+    """Print a ``--dry-run`` report on stdout: JSON, or a summary line and a table."""
+    from wa_cli.cli.render import print_json
+
+    if as_json:
+        print_json(report)
+        return
+    rows = report["checkpoints"]
+    sources = {r["source"] for r in rows}
+    steps = _SOURCES[sources.pop()] if len(sources) == 1 else "steps"
+    print(
+        f"dry run: {report['method']} of {report['selected']} of {report['of']} checkpoint(s) "
+        f"({steps}); nothing written"
+    )
+    for line in format_rows(rows, report["metric"]):
+        print(line)

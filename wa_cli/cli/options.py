@@ -82,3 +82,92 @@ StripPrefix = Annotated[
 Json = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar, no hints.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+
+# Output for commands with --dry-run: required unless --dry-run is given (checked in the command).
+OptionalOutput = Annotated[
+    Path | None,
+    typer.Option(
+        "-o",
+        "--output",
+        help="Output .safetensors file (a folder with --max-shard-size); not needed for --dry-run.",
+        show_default=False,
+    ),
+]
+
+# Trajectory selection, shared by `wa average` and `wa ema` (applied in this order: step range,
+# every K-th, last N, top-k).
+_SELECT = "Selection"
+Order = Annotated[
+    str | None,
+    typer.Option(
+        "--order",
+        help="Trajectory order: auto (step metadata, else the last number in the file name, else "
+        "natural name order), step, name or given. Default: auto for ema; for average, auto when "
+        "a selection flag is given, else the given order.",
+        rich_help_panel=_SELECT,
+        show_default=False,
+    ),
+]
+Last = Annotated[
+    int | None,
+    typer.Option("--last", help="Keep the last N checkpoints.", rich_help_panel=_SELECT),
+]
+Every = Annotated[
+    int | None,
+    typer.Option(
+        "--every",
+        help="Keep every K-th checkpoint, counted from the first one kept (by position).",
+        rich_help_panel=_SELECT,
+    ),
+]
+FromStep = Annotated[
+    int | None,
+    typer.Option("--from-step", help="Keep steps >= S (inclusive).", rich_help_panel=_SELECT),
+]
+ToStep = Annotated[
+    int | None,
+    typer.Option("--to-step", help="Keep steps <= S (inclusive).", rich_help_panel=_SELECT),
+]
+TopK = Annotated[
+    int | None,
+    typer.Option(
+        "--top-k",
+        help="Keep the K best checkpoints by --metric (direction: --mode), in trajectory order.",
+        rich_help_panel=_SELECT,
+    ),
+]
+Metric = Annotated[
+    str | None,
+    typer.Option(
+        "--metric",
+        help="Metric for --top-k: a metadata entry of each checkpoint (e.g. val_loss), or a column "
+        "of the --metrics file.",
+        rich_help_panel=_SELECT,
+    ),
+]
+Mode = Annotated[
+    Literal["min", "max"],
+    typer.Option(
+        "--mode",
+        help="Which metric values are best: min (a loss) or max (an accuracy).",
+        rich_help_panel=_SELECT,
+    ),
+]
+MetricsFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--metrics",
+        help="CSV (file,value) or JSON ({file: value}) mapping checkpoints to metric values.",
+        rich_help_panel=_SELECT,
+        show_default=False,
+    ),
+]
+DryRun = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Print the ordered selection (steps, metric values, each checkpoint's weight) and "
+        "write nothing.",
+        rich_help_panel=_SELECT,
+    ),
+]

@@ -1,0 +1,58 @@
+"""Which checkpoints a run uses, and in what order: expand, order, select.
+
+SWA (Izmailov et al. 2018, arXiv 1803.05407) averages the checkpoints collected every ``c``
+epochs from ``swa_start`` on; an EMA over a saved trajectory (SPEC.md) needs the checkpoints in
+training order and, for step-aware decay, their step numbers. This package turns command-line
+arguments into that ordered, filtered list, before any tensor is read:
+
+1. :func:`expand_inputs`: paths, quoted globs and folders → checkpoint paths.
+2. :func:`order_trajectory`: checkpoints → :class:`Entry` items in training order, with steps.
+3. :func:`select_trajectory`: ``--from-step/--to-step`` → ``--every`` → ``--last`` → ``--top-k``.
+
+The wrong checkpoints selected is a common complaint against other tools (top-k that assumes
+higher is better, file-name conventions, "every file in the folder"), so every rule here is
+explicit, and every ambiguity is an error that says which flag resolves it.
+"""
+
+from wa_cli.select.expand import (
+    CHECKPOINT_SUFFIXES,
+    INDEX_SUFFIX,
+    expand_inputs,
+    is_checkpoint_file,
+    natural_key,
+    sharded_index,
+)
+from wa_cli.select.metrics import load_metrics_file
+from wa_cli.select.order import (
+    STEP_KEY,
+    CheckpointLike,
+    Entry,
+    Order,
+    StepSource,
+    order_trajectory,
+    step_from_metadata,
+    step_from_name,
+)
+from wa_cli.select.pick import Mode, SelectionRow, select_trajectory, selection_rows
+
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "INDEX_SUFFIX",
+    "STEP_KEY",
+    "CheckpointLike",
+    "Entry",
+    "Mode",
+    "Order",
+    "SelectionRow",
+    "StepSource",
+    "expand_inputs",
+    "is_checkpoint_file",
+    "load_metrics_file",
+    "natural_key",
+    "order_trajectory",
+    "select_trajectory",
+    "selection_rows",
+    "sharded_index",
+    "step_from_metadata",
+    "step_from_name",
+]

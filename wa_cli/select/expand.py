@@ -1,0 +1,204 @@
+"""Expand command-line inputs into checkpoint paths: files, quoted globs, folders, shards.
+
+Part of :mod:`wa_cli.select` (SWA, Izmailov et al. 2018, arXiv 1803.05407, averages a chosen
+subset of a saved trajectory; choosing it starts with finding the files). "Every file in the
+folder" is a common complaint against other tools, so a folder or glob keeps checkpoints only,
+lists a sharded checkpoint once, and sorts in natural order (``ckpt_2`` before ``ckpt_10``).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from wa_cli.errors import ExitCode, WaError, listing
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+"""File suffixes a folder is searched for."""
+
+INDEX_SUFFIX = ".safetensors.index.json"
+"""The index file that marks a Hugging Face style sharded checkpoint folder."""
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_DIGITS = re.compile(r"([0-9]+)")
+
+
+def natural_key(name: str) -> tuple[object, ...]:
+    """Sort key that orders embedded numbers by value: ``ckpt_2`` before ``ckpt_10``.
+
+    Text runs compare case-insensitively; names that tie (``ckpt_01`` and ``ckpt_1``) are
+    ordered by their exact spelling, so the order is total and reproducible.
+
+    Args:
+        name: A file name or path string.
+
+    Returns:
+        A tuple usable as a ``sorted`` key.
+
+    Example:
+        >>> sorted(["ckpt_10.pt", "ckpt_2.pt", "ckpt_1.pt"], key=natural_key)
+        ['ckpt_1.pt', 'ckpt_2.pt', 'ckpt_10.pt']
+    """
+    # re.split with a capture group alternates text, digits, text, ...: every position holds
+    # the same type in every key, so tuples never compare an int with a str.
+    parts = _DIGITS.split(name)
+    key = tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts))
+    return (key, name)
+
+
+def is_checkpoint_file(path: Path) -> bool:
+    """Whether ``path``'s name looks like a checkpoint a folder expands to (not hidden)."""
+    name = path.name
+    return not name.startswith(".") and name.lower().endswith(CHECKPOINT_SUFFIXES)
+
+
+def _index_files(folder: Path) -> list[Path]:
+    return sorted(
+        (p for p in folder.iterdir() if p.name.endswith(INDEX_SUFFIX) and p.is_file()),
+        key=lambda p: natural_key(p.name),
+    )
+
+
+def sharded_index(folder: Path) -> Path | None:
+    """The ``*.safetensors.index.json`` of a sharded checkpoint folder, or ``None``.
+
+    Raises:
+        WaError: (BAD_INPUT) the folder holds more than one such index.
+
+    Example:
+        >>> sharded_index(Path("runs/a/step_1000"))  # doctest: +SKIP
+        PosixPath('runs/a/step_1000/model.safetensors.index.json')
+    """
+    indexes = _index_files(folder)
+    if len(indexes) > 1:
+        names = listing([p.name for p in indexes])
+        raise WaError(
+            f"folder '{folder}' holds several sharded-checkpoint indexes ({names}); "
+            "pass the index file of the checkpoint you mean instead of the folder",
+            ExitCode.BAD_INPUT,
+        )
+    return indexes[0] if indexes else None
+
+
+def _expand_folder(folder: Path) -> list[Path]:
+    """A sharded folder is one checkpoint; any other folder expands to the checkpoints in it."""
+    if sharded_index(folder) is not None:
+        return [folder]
+    found: list[Path] = []
+    for child in folder.iterdir():
+        if child.is_dir() and not child.name.startswith("."):
+            # A folder of sharded checkpoints (runs/a/step_100/, runs/a/step_200/, ...).
+            if _index_files(child):
+                found.append(child)
+        elif child.is_file() and is_checkpoint_file(child):
+            found.append(child)
+    if not found:
+        raise WaError(
+            f"folder '{folder}' holds no checkpoint (expected files ending in "
+            f"{', '.join(CHECKPOINT_SUFFIXES)} or a *{INDEX_SUFFIX} sharded checkpoint)",
+            ExitCode.BAD_INPUT,
+        )
+    return sorted(found, key=lambda p: natural_key(p.name))
+
+
+def _shards_of(index: Path) -> set[Path]:
+    """The shard files an index names (so a glob matching both lists the checkpoint once)."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        return {index.parent / str(name) for name in weight_map.values()}
+    except (OSError, ValueError, AttributeError) as e:
+        raise WaError(
+            f"cannot read sharded-checkpoint index '{index}': {e} "
+            "(expected a JSON object with a 'weight_map')",
+            ExitCode.BAD_INPUT,
+        ) from e
+
+
+def _expand_glob(pattern: str) -> list[Path]:
+    matches = [Path(m) for m in glob.glob(pattern, recursive=True)]
+    if not matches:
+        raise WaError(
+            f"pattern '{pattern}' matches no file (check the path; quote it so that wa, "
+            "not the shell, expands it)",
+            ExitCode.BAD_INPUT,
+        )
+    # A glob over a folder catches bystanders (logs, configs): keep checkpoints only, and list
+    # a sharded checkpoint once, by its index, not once per shard.
+    indexes = [m for m in matches if m.is_file() and m.name.endswith(INDEX_SUFFIX)]
+    shards: set[Path] = set()
+    for index in indexes:
+        shards |= _shards_of(index)
+    kept: list[Path] = []
+    for m in matches:
+        if m.is_dir():
+            kept.extend(_expand_folder(m))
+        elif m in indexes or (is_checkpoint_file(m) and m not in shards):
+            kept.append(m)
+    if not kept:
+        raise WaError(
+            f"pattern '{pattern}' matches {len(matches)} path(s) but no checkpoint "
+            f"({listing([str(m) for m in sorted(matches, key=lambda p: natural_key(str(p)))])}); "
+            f"checkpoints end in {', '.join(CHECKPOINT_SUFFIXES)}",
+            ExitCode.BAD_INPUT,
+        )
+    return sorted(kept, key=lambda p: natural_key(str(p)))
+
+
+def expand_inputs(args: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Turn command-line inputs into checkpoint paths.
+
+    * A path that exists is taken as given, in the given order (the shell already expanded
+      and sorted it), even if its name holds glob characters.
+    * An argument with glob characters (``*``, ``?``, ``[``) that is not an existing path is a
+      quoted glob: wa expands it (``**`` recurses) in natural order, ``ckpt_2`` before
+      ``ckpt_10``, keeping only checkpoint files and folders.
+    * A folder holding a ``*.safetensors.index.json`` is one (sharded) checkpoint; any other
+      folder expands to its ``.safetensors``, ``.pt``, ``.pth``, ``.bin`` and ``.ckpt`` files
+      and its sharded sub-folders, in natural order, hidden names skipped.
+
+    Args:
+        args: Paths, globs or folders, as typed on the command line.
+
+    Returns:
+        The checkpoint paths, in expansion order (ordering by step is
+        :func:`order_trajectory`'s job).
+
+    Raises:
+        WaError: USAGE for no inputs; BAD_INPUT for a missing path, a glob matching nothing, a
+            folder holding no checkpoint.
+
+    Example:
+        >>> expand_inputs(["runs/a/ckpt_*.safetensors"])  # doctest: +SKIP
+        [PosixPath('runs/a/ckpt_2.safetensors'), PosixPath('runs/a/ckpt_10.safetensors')]
+    """
+    if not args:
+        raise WaError(
+            "no input checkpoints given (pass files, a folder, or a quoted glob such as "
+            "'runs/a/ckpt_*.safetensors')",
+            ExitCode.USAGE,
+        )
+    paths: list[Path] = []
+    for arg in args:
+        text = os.fspath(arg)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            paths.extend(_expand_folder(path))
+        elif path.exists():
+            paths.append(path)
+        elif _GLOB_CHARS.search(text):
+            paths.extend(_expand_glob(os.path.expanduser(text)))
+        else:
+            raise WaError(f"input '{text}' does not exist (check the path)", ExitCode.BAD_INPUT)
+    seen: set[Path] = set()
+    for p in paths:
+        if p in seen:
+            logger.warning("input '%s' is given more than once; it is used each time", p)
+        seen.add(p)
+    return paths

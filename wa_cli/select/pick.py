@@ -1,0 +1,253 @@
+"""Pick the checkpoints a run uses: step range, every K-th, last N, top-k by a metric.
+
+Part of :mod:`wa_cli.select`. SWA (Izmailov et al. 2018, arXiv 1803.05407) averages the
+checkpoints collected every ``c`` epochs from ``swa_start`` on; timm's ``avg_checkpoints.py``
+keeps the top-k by a metric (assuming higher is better). Here every filter is explicit, applies in
+a fixed order, keeps trajectory order, and top-k asks which direction is better.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Literal, TypedDict
+
+from wa_cli.errors import ExitCode, WaError, listing
+from wa_cli.select.metrics import parse_number
+from wa_cli.select.order import STEP_KEY, C, Entry, checkpoint_stem
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["min", "max"]
+
+
+def _positive(flag: str, value: int | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise WaError(f"{flag} must be a positive integer, got {value!r}", ExitCode.USAGE)
+
+
+def _read_values(
+    entries: list[Entry[C]], metric: str | None, metrics: Mapping[str, float] | None
+) -> list[Entry[C]]:
+    """Attach each entry's metric value, from the metrics map or else the metadata."""
+    label = metric or "value"
+    values: list[float | None] = []
+    missing: list[str] = []
+    if metrics is not None:
+        table = {os.path.normpath(k): float(v) for k, v in metrics.items()}
+        used: dict[str, str] = {}
+        for e in entries:
+            path = os.path.normpath(str(e.item.path))
+            exact = (path, os.path.abspath(path))
+            for key in (*exact, e.name, checkpoint_stem(e.item)):
+                if key in table:
+                    # A bare name shared by two runs (run_a/last.pt, run_b/last.pt) would give
+                    # both the same value: refuse rather than guess.
+                    if key not in exact and used.get(key, path) != path:
+                        raise WaError(
+                            f"metrics entry '{key}' matches both '{used[key]}' and '{path}' "
+                            "(key the metrics file by path)",
+                            ExitCode.BAD_INPUT,
+                        )
+                    used[key] = path
+                    values.append(table[key])
+                    break
+            else:
+                values.append(None)
+                missing.append(e.name)
+        if missing:
+            raise WaError(
+                f"the metrics file has no {label} for {listing(missing)} (add a row per "
+                "checkpoint, keyed by file name or path)",
+                ExitCode.BAD_INPUT,
+            )
+    else:
+        for e in entries:
+            raw = e.item.metadata.get(label)
+            if raw is None:
+                missing.append(e.name)
+                values.append(None)
+            else:
+                values.append(parse_number(raw, f"checkpoint '{e.name}': metadata '{label}'"))
+        if missing:
+            raise WaError(
+                f"metric '{label}' is missing from the metadata of {listing(missing)} "
+                "(pass --metrics FILE with one value per checkpoint)",
+                ExitCode.BAD_INPUT,
+            )
+    return [replace(e, value=v) for e, v in zip(entries, values, strict=True)]
+
+
+def select_trajectory(
+    entries: Sequence[Entry[C]],
+    *,
+    last: int | None = None,
+    every: int | None = None,
+    from_step: int | None = None,
+    to_step: int | None = None,
+    top_k: int | None = None,
+    metric: str | None = None,
+    mode: Mode = "min",
+    metrics: Mapping[str, float] | None = None,
+) -> list[Entry[C]]:
+    """Pick the checkpoints a run uses, keeping trajectory order.
+
+    Filters apply in this order, each to what the previous one kept:
+
+    1. ``from_step`` / ``to_step``: steps in ``[from_step, to_step]`` (inclusive; needs steps).
+    2. ``every`` K: positions 0, K, 2K, ... of what is left, counted from the first kept
+       checkpoint (SWA collects every c-th checkpoint from ``swa_start`` on). By position, not
+       by step number.
+    3. ``last`` N: the last N of what is left (all of them when fewer).
+    4. ``top_k`` k: the k best by the metric (``mode`` ``min``: lowest, e.g. a loss; ``max``:
+       highest, e.g. an accuracy); ties go to the earlier checkpoint; a NaN value ranks last
+       in both modes. The result stays in trajectory order.
+
+    The metric is read from ``metrics`` (a map from file name, name without suffix, or path,
+    as :func:`load_metrics_file` returns) when given, else from each checkpoint's ``metric``
+    metadata entry. With ``metric`` or ``metrics`` but no ``top_k``, the values are read and
+    attached (``Entry.value``) for the dry-run table.
+
+    Args:
+        entries: The ordered trajectory (:func:`order_trajectory`).
+        last: Keep the last N.
+        every: Keep every K-th.
+        from_step: First step to keep.
+        to_step: Last step to keep.
+        top_k: Keep the k best by the metric.
+        metric: Metric name (metadata key, or the column of a metrics file).
+        mode: ``min`` or ``max``: which direction is better.
+        metrics: Metric values by checkpoint name or path.
+
+    Returns:
+        The selected entries, in trajectory order, with ``value`` set when a metric was read.
+
+    Raises:
+        WaError: USAGE for N/K/k ≤ 0, a bad mode, ``top_k`` without a metric, a step range
+            on a trajectory without steps, or a selection left empty; BAD_INPUT for a metric
+            value that is missing or not a number.
+
+    Example:
+        >>> entries = order_trajectory(ckpts)  # doctest: +SKIP
+        >>> picked = select_trajectory(entries, every=2, last=5)  # doctest: +SKIP
+        >>> best = select_trajectory(entries, top_k=3, metric="val_loss")  # doctest: +SKIP
+    """
+    if mode not in ("min", "max"):
+        raise WaError(f"--mode must be 'min' or 'max', got {mode!r}", ExitCode.USAGE)
+    _positive("--last", last)
+    _positive("--every", every)
+    _positive("--top-k", top_k)
+    for flag, value in (("--from-step", from_step), ("--to-step", to_step)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise WaError(f"{flag} must be an integer step, got {value!r}", ExitCode.USAGE)
+    if from_step is not None and to_step is not None and from_step > to_step:
+        raise WaError(
+            f"--from-step {from_step} is after --to-step {to_step} (swap them)", ExitCode.USAGE
+        )
+    if top_k is not None and metric is None and metrics is None:
+        raise WaError(
+            "--top-k needs a metric: pass --metric NAME (read from each checkpoint's metadata) "
+            "or --metrics FILE, and --mode min|max",
+            ExitCode.USAGE,
+        )
+    kept = list(entries)
+    if not kept:
+        raise WaError("no checkpoints to select from", ExitCode.USAGE)
+
+    if from_step is not None or to_step is not None:
+        stepless = [e.name for e in kept if e.step is None]
+        if stepless:
+            raise WaError(
+                f"--from-step/--to-step need step numbers, but {listing(stepless)} have none "
+                f"(no '{STEP_KEY}' metadata and no number in the file name); "
+                "select with --last or --every instead",
+                ExitCode.USAGE,
+            )
+        lo = from_step if from_step is not None else -math.inf
+        hi = to_step if to_step is not None else math.inf
+        steps = [e.step for e in kept]
+        kept = [e for e in kept if lo <= e.step <= hi]  # type: ignore[operator]
+        if not kept:
+            flags = " ".join(
+                f"{flag} {v}"
+                for flag, v in (("--from-step", from_step), ("--to-step", to_step))
+                if v is not None
+            )
+            raise WaError(
+                f"{flags} keeps no checkpoint: the {len(steps)} checkpoints have steps "
+                f"{min(steps)} to {max(steps)}",  # type: ignore[type-var]
+                ExitCode.USAGE,
+            )
+    if every is not None:
+        kept = kept[::every]
+    if last is not None:
+        kept = kept[-last:]
+    if metric is not None or metrics is not None:
+        kept = _read_values(kept, metric, metrics)
+    if top_k is not None:
+        if top_k > len(kept):
+            logger.info("--top-k %d: only %d checkpoints; keeping all", top_k, len(kept))
+        sign = 1.0 if mode == "min" else -1.0
+
+        values = [math.nan if e.value is None else e.value for e in kept]
+
+        def rank(i: int) -> tuple[bool, float, int]:
+            # NaN (a diverged run) ranks last in both modes; ties go to the earlier checkpoint.
+            v = values[i]
+            return (math.isnan(v), 0.0 if math.isnan(v) else sign * v, i)
+
+        best = sorted(sorted(range(len(kept)), key=rank)[:top_k])
+        if any(math.isnan(values[i]) for i in best):
+            logger.warning("--top-k keeps checkpoints whose metric is NaN")
+        kept = [kept[i] for i in best]
+    return kept
+
+
+class SelectionRow(TypedDict):
+    """One row of the ``--dry-run`` table (and of its ``--json`` form)."""
+
+    name: str
+    path: str
+    step: int | None
+    source: str
+    value: float | None
+    weight: float | None
+
+
+def selection_rows(
+    entries: Sequence[Entry[C]], weights: Sequence[float] | None = None
+) -> list[SelectionRow]:
+    """The resolved selection as data for ``--dry-run``: name, step, metric value, weight.
+
+    Args:
+        entries: The selected entries (:func:`select_trajectory`).
+        weights: Each checkpoint's coefficient in the result (e.g.
+            :func:`wa_cli.ema.ema_coefficients`), or ``None``.
+
+    Returns:
+        One JSON-ready row per entry, in trajectory order.
+
+    Example:
+        >>> coefficients = ema_coefficients(len(picked), decay=0.9)  # doctest: +SKIP
+        >>> rows = selection_rows(picked, coefficients)  # doctest: +SKIP
+        >>> rows[0]["name"], rows[0]["weight"]  # doctest: +SKIP
+        ('ckpt_2.safetensors', 0.081)
+    """
+    if weights is not None and len(weights) != len(entries):
+        raise ValueError(f"{len(weights)} weights for {len(entries)} entries")
+    return [
+        SelectionRow(
+            name=e.name,
+            path=str(e.item.path),
+            step=e.step,
+            source=e.source,
+            value=e.value,
+            weight=None if weights is None else float(weights[i]),
+        )
+        for i, e in enumerate(entries)
+    ]
