@@ -224,3 +224,19 @@ def test_resolve_model_checks_what_the_factory_returns() -> None:
     with pytest.raises(WaError, match="returned a dict, not a torch.nn.Module") as info:
         resolve_model("builtins:dict")()
     assert info.value.code == ExitCode.USAGE
+
+
+@pytest.mark.gpu
+def test_forward_passes_on_the_gpu(tmp_path) -> None:
+    state = cnn_state(1)
+    save_file(state, tmp_path / "in.safetensors")
+    report = recalibrate_checkpoint(
+        tmp_path / "in.safetensors", tmp_path / "out.safetensors", tiny_cnn(0), batches(),
+        device="cuda",
+    )  # fmt: skip
+    assert report.device.startswith("cuda")
+    out, expected = load_file(tmp_path / "out.safetensors"), oracle(state, batches())
+    for key in state:
+        # cuDNN convolutions round differently from the CPU's: fp32 tolerance, not bit equality.
+        torch.testing.assert_close(out[key], expected[key], rtol=1e-5, atol=1e-5, msg=key)
+    assert torch.equal(out["0.weight"], state["0.weight"])
