@@ -301,6 +301,11 @@ def _error_cases(code: Path, ckpt: Path, tmp_path: Path) -> list[tuple[list, int
             ["unexpected keys '4.bias', '4.weight'", "shape mismatch '0.weight' (4, 3, 3, 3)"],
         ),
         (
+            ["--model", model, "--data", data, "--input", tmp_path / "nope.safetensors"],
+            3,
+            ["input", "nope.safetensors' does not exist"],
+        ),
+        (
             ["--model", model, "--data", data, "-o", ckpt, "--force"],
             5,
             ["would overwrite the input"],
