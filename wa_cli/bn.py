@@ -122,7 +122,7 @@ def recalibrate_bn(
         3
     """
     _check_arguments(weighting, max_batches)
-    names = _norm_layers(model, include_instancenorm)
+    names = norm_layers(model, include_instancenorm)
     if not names:
         logger.info("the model has no BatchNorm layer: nothing to re-estimate")
         return BNReport(weighting=weighting, note="the model has no BatchNorm layer")
@@ -190,8 +190,16 @@ def _check_arguments(weighting: str, max_batches: int | None) -> None:
         )
 
 
-def _norm_layers(model: nn.Module, include_instancenorm: bool) -> dict[nn.Module, str]:
-    """The layers to re-estimate, with their names, in model order."""
+def norm_layers(model: nn.Module, include_instancenorm: bool = False) -> dict[nn.Module, str]:
+    """The layers :func:`recalibrate_bn` re-estimates, with their names, in model order.
+
+    ``_BatchNorm`` instances, plus InstanceNorm layers that track running statistics when
+    ``include_instancenorm``; a model that is itself such a layer is named ``"(model)"``.
+
+    Example:
+        >>> list(norm_layers(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))).values())
+        ['1']
+    """
     layers = {}
     for name, module in model.named_modules():
         if isinstance(module, _BatchNorm) or (

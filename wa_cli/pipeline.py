@@ -8,7 +8,7 @@ atomic output, the report) is this module.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from wa_cli.combine import (
 )
 from wa_cli.dtypes import Precision
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.io.reader import Checkpoint
 from wa_cli.io.writer import write_safetensors
 from wa_cli.plan import Plan
 
@@ -70,12 +71,13 @@ class RunReport:
         }
 
 
-def check_output_is_not_input(output: Path, plan: Plan) -> None:
-    """An input is never overwritten, not even with --force."""
+def check_output_is_not_input(output: Path, inputs: Plan | Sequence[Checkpoint]) -> None:
+    """An input is never overwritten, not even with --force (``inputs``: a plan or checkpoints)."""
+    checkpoints = inputs.checkpoints if isinstance(inputs, Plan) else inputs
     targets = {output.resolve()}
     if output.is_dir():
         targets |= {p.resolve() for p in output.iterdir()}
-    for ckpt in plan.checkpoints:
+    for ckpt in checkpoints:
         for f in ckpt.files:
             if f.resolve() in targets or output.resolve() in f.resolve().parents:
                 raise WaError(

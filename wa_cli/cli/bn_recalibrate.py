@@ -1,0 +1,222 @@
+"""``wa bn-recalibrate``: give a checkpoint's weights their own BatchNorm statistics (SWA, SWAP)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import typer
+
+from wa_cli.cli import options as opt
+from wa_cli.cli.app import app
+from wa_cli.errors import ExitCode, WaError
+
+if TYPE_CHECKING:
+    from wa_cli.bn_checkpoint import BNCheckpointReport
+
+
+@app.command("bn-recalibrate")
+def bn_recalibrate_command(
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            help="The checkpoint: a .safetensors file, a sharded folder or its index.json, or a "
+            ".pt/.pth/.bin/.ckpt pickle.",
+            show_default=False,
+        ),
+    ],
+    output: opt.Output,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="Model factory, 'package.module:fn' or 'path/to/file.py:fn', returning an "
+            "nn.Module; the checkpoint is loaded into it strictly.",
+            show_default=False,
+        ),
+    ],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="Batches: a loader factory 'module:fn' or 'file.py:fn' (e.g. returning a "
+            "DataLoader), or a tensor file of inputs (.safetensors, .pt, .pth, .npy, .npz).",
+            show_default=False,
+        ),
+    ],
+    model_kwargs: Annotated[
+        str | None,
+        typer.Option("--model-kwargs", help="Factory arguments as JSON, e.g. '{\"depth\": 18}'."),
+    ] = None,
+    data_kwargs: Annotated[
+        str | None,
+        typer.Option("--data-kwargs", help="Loader factory arguments as JSON."),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, help="Rows per batch of a tensor file [default: 64]."),
+    ] = None,
+    input_key: Annotated[
+        str | None,
+        typer.Option("--input-key", help="The tensor holding the inputs, in a tensor file."),
+    ] = None,
+    batches: Annotated[
+        int | None,
+        typer.Option("--batches", min=1, help="Stop after this many batches (default: all)."),
+    ] = None,
+    weighting: Annotated[
+        Literal["batch", "sample"],
+        typer.Option(
+            "--weighting",
+            help="batch: every batch weighs the same (torch's update_bn); sample: batches "
+            "weighted by their size (the SWA authors' code).",
+        ),
+    ] = "batch",
+    forward: Annotated[
+        str | None,
+        typer.Option(
+            "--forward",
+            help="Forward function 'module:fn', called as fn(model, batch): for dict batches "
+            "and multi-input models (default: model(batch) or model(batch[0])).",
+        ),
+    ] = None,
+    include_instancenorm: Annotated[
+        bool,
+        typer.Option(
+            "--include-instancenorm",
+            help="Also re-estimate InstanceNorm layers that track running statistics.",
+        ),
+    ] = False,
+    device: opt.Device = "auto",
+    max_shard_size: opt.MaxShardSize = None,
+    key: opt.PickleKey = None,
+    strip_prefix: opt.StripPrefix = False,
+    force: opt.Force = False,
+    json_: opt.Json = False,
+    quiet: opt.Quiet = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Re-estimate BatchNorm statistics with one pass over training data (update_bn exactly).
+
+    Only the BatchNorm buffers change; every other tensor is copied bit for bit.
+
+    Example: wa bn-recalibrate swa.safetensors --model net.py:build --data net.py:loader -o out
+    """
+    from wa_cli.bn_checkpoint import recalibrate_checkpoint, resolve_data, resolve_model
+    from wa_cli.io.reader import open_checkpoint
+    from wa_cli.io.writer import parse_size
+    from wa_cli.loading import resolve_callable
+
+    build = resolve_model(model, _json_kwargs(model_kwargs, "--model-kwargs"))
+    source = resolve_data(
+        data,
+        batch_size=batch_size,
+        input_key=input_key,
+        kwargs=_json_kwargs(data_kwargs, "--data-kwargs"),
+    )
+    fn = resolve_callable(forward, what="forward function") if forward else None
+    ckpt = open_checkpoint(checkpoint, key=key, strip_prefixes=strip_prefix)
+    specs = {"model": model, "model_kwargs": model_kwargs, "data": data, "forward": forward}
+    with _batch_progress(quiet) as progress:
+        report = recalibrate_checkpoint(
+            ckpt,
+            output,
+            build,
+            source,
+            device=device,
+            weighting=weighting,
+            max_batches=batches,
+            forward=fn,
+            include_instancenorm=include_instancenorm,
+            force=force,
+            max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
+            progress=progress,
+            params={k: v for k, v in specs.items() if v is not None},
+        )
+    if json_:
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+    else:
+        _print_summary(report)
+
+
+def _json_kwargs(text: str | None, option: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise WaError(
+            f"cannot read {option} {text!r}: {e.msg} "
+            "(expected a JSON object, e.g. '{\"depth\": 18}')",
+            ExitCode.USAGE,
+        ) from e
+    if not isinstance(value, dict):
+        raise WaError(
+            f"{option} must be a JSON object of keyword arguments, got {type(value).__name__}",
+            ExitCode.USAGE,
+        )
+    return value
+
+
+@contextlib.contextmanager
+def _batch_progress(quiet: bool) -> Iterator[Callable[[int, int | None], None] | None]:
+    """A bar over batches on stderr, only on a terminal and not with -q."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from wa_cli.cli.render import stderr
+
+    columns = (
+        TextColumn("[bold]re-estimating BN"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=stderr, transient=True) as bar:
+        task = bar.add_task("batches", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.3g}%"
+
+
+def _print_summary(report: BNCheckpointReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    bn = report.bn
+    if not bn.layers:
+        what = f"wrote {report.output}: copied unchanged" if report.output else "nothing written"
+        hint = "" if report.output else " (pass --force to write a copy anyway)"
+        print(f"{bn.note}; {what}{hint}")
+        return
+    print(
+        f"wrote {report.output}: re-estimated {len(bn.layers)} BatchNorm layer(s) "
+        f"({len(report.replaced)} tensors) over {bn.batches} batches, {bn.samples} samples, "
+        f"in {bn.seconds:.2f} s on {report.device} ({bn.weighting} weighting)"
+    )
+    table = Table(box=None, pad_edge=False)
+    table.add_column("layer")
+    table.add_column("kind")
+    table.add_column("Δ running_mean", justify="right")
+    table.add_column("Δ running_var", justify="right")
+    for layer in bn.layers:
+        table.add_row(
+            layer.name, layer.kind, _percent(layer.mean_change), _percent(layer.var_change)
+        )
+    Console(file=sys.stdout, highlight=False).print(table)
+    print("Δ: relative change ‖new − old‖ / ‖old‖ of the checkpoint's statistics")
