@@ -47,6 +47,10 @@ from wa_cli.provenance import provenance
 log = logging.getLogger(__name__)
 
 OUTPUT_SUFFIX = ".grafted.safetensors"
+GRAFT_BN_HINT = (
+    "the inputs hold BatchNorm statistics, which were grafted like weights; "
+    "`wa bn-recalibrate` gives the grafted weights their own statistics"
+)
 
 
 def distinct_names(paths: Sequence[Path], sep: str = "/") -> list[str]:
@@ -329,6 +333,8 @@ def graft_to_files(
             force=force,
             progress=progress,
         )
+        # The pipeline's hint says "averaged"; a graft blends BN statistics the same way.
+        report.hints = [GRAFT_BN_HINT] if report.hints else []
         values = sorted(set(by_name.values()))
         if values:
             report.notes.append(
