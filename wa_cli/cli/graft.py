@@ -78,14 +78,13 @@ def graft_command(
     )
     for message in plan.warnings:
         warn(message)
-    if dry_run:
+    if dry_run or output is None:  # (output is None only with --dry-run: checked above)
         paths = [str(p) for p in output_paths(plan, output)] if output is not None else []
         if json:
             print_json({**_plan_json(plan), "dry_run": True, "outputs": paths})
         else:
             _print_alpha_table(plan)
         return
-    assert output is not None  # checked above
     with byte_progress("grafting", quiet) as progress:
         plan, reports = graft_to_files(
             plan, output, precision=precision, device=device, force=force, progress=progress
