@@ -43,8 +43,7 @@ def _root(
 
 def _register() -> None:
     # Each module adds its command to `app`; imported here so the registry stays in one place.
-    from wa_cli.cli import average  # noqa: F401
-    from wa_cli.cli import graft, inspect_entropy  # noqa: F401
+    from wa_cli.cli import average, graft, inspect_entropy  # noqa: F401
 
 
 _register()
