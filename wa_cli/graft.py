@@ -57,6 +57,24 @@ EntropyPairs = Mapping[str, tuple[float, float]] | Callable[[str], tuple[float, 
 TensorSource = Mapping[str, torch.Tensor] | Callable[[str], torch.Tensor]
 
 
+def check_graft_params(a: float, c: float) -> None:
+    """Raise ``WaError`` unless 0 <= a < 1 and c is a finite number > 0 (before reading tensors).
+
+    Example:
+        >>> check_graft_params(0.4, 500.0)
+    """
+    if not (0.0 <= a < 1.0):
+        raise WaError(
+            f"graft amplitude a must satisfy 0 <= a < 1, got {a!r} (paper: 0.4; 0 = plain mean)",
+            code=ExitCode.USAGE,
+        )
+    if not (c > 0.0 and math.isfinite(c)):
+        raise WaError(
+            f"graft steepness c must be a finite number > 0, got {c!r} (paper: 500)",
+            code=ExitCode.USAGE,
+        )
+
+
 def graft_alpha(
     h_receiver: float,
     h_donor: float,
@@ -88,16 +106,7 @@ def graft_alpha(
         >>> graft_alpha(2.0, 1.99, round_to=2)
         0.67
     """
-    if not (0.0 <= a < 1.0):
-        raise WaError(
-            f"graft amplitude a must satisfy 0 <= a < 1, got {a!r} (paper: 0.4; 0 = plain mean)",
-            code=ExitCode.USAGE,
-        )
-    if not (c > 0.0 and math.isfinite(c)):
-        raise WaError(
-            f"graft steepness c must be a finite number > 0, got {c!r} (paper: 500)",
-            code=ExitCode.USAGE,
-        )
+    check_graft_params(a, c)
     if not (math.isfinite(h_receiver) and math.isfinite(h_donor)):
         raise WaError(
             f"entropies must be finite, got receiver {h_receiver!r} and donor {h_donor!r}",
@@ -157,6 +166,7 @@ def plan_alphas(
     rule: Rule = "module",
     bins: int = 10,
     ordered: bool = True,
+    warn: Callable[[str], None] | None = None,
 ) -> AlphaPlan:
     """Decide, from names alone, whose entropy gives each floating key its alpha.
 
@@ -166,7 +176,8 @@ def plan_alphas(
         rule: "module" (default), "tensor" or "paper" (see the module docstring).
         bins: histogram bins for the entropies (paper: 10).
         ordered: whether ``keys`` is in state-dict order. The paper rule depends on that order;
-            safetensors files store keys sorted, so pass False for them and a warning is logged.
+            safetensors files store keys sorted, so pass False for them and a warning is given.
+        warn: receives the paper rule's warnings (one line each); by default they are logged.
 
     Returns:
         An ``AlphaPlan``; its ``entropy_keys`` are the only tensors whose entropies are needed.
@@ -197,8 +208,9 @@ def plan_alphas(
             src = weight if weight in members else members[0]
             source.update(dict.fromkeys(members, src))
     else:
+        say = warn if warn is not None else log.warning
         if not ordered:
-            log.warning(
+            say(
                 "the paper graft rule follows state-dict order, but the key order is not known "
                 "(safetensors stores keys sorted): non-conv keys may inherit the wrong conv's alpha"
             )
@@ -209,12 +221,10 @@ def plan_alphas(
             source[k] = current
         before = [k for k, s in source.items() if s is None]
         if before:
-            log.warning(
-                "paper graft rule: %d floating key(s) come before the first key containing 'conv' "
-                "and use alpha %.1f (a plain mean): %s",
-                len(before),
-                PAPER_DEFAULT_ALPHA,
-                listing(before),
+            say(
+                f"paper graft rule: {len(before)} floating key(s) come before the first key "
+                f"containing 'conv' and use alpha {PAPER_DEFAULT_ALPHA:.1f} (a plain mean): "
+                f"{listing(before)}"
             )
     paper = rule == "paper"
     return AlphaPlan(

@@ -43,7 +43,7 @@ def _root(
 
 def _register() -> None:
     # Each module adds its command to `app`; imported here so the registry stays in one place.
-    from wa_cli.cli import average, bn_recalibrate, ema  # noqa: F401
+    from wa_cli.cli import average, bn_recalibrate, ema, graft, inspect_entropy  # noqa: F401
 
 
 _register()

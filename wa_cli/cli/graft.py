@@ -1,0 +1,145 @@
+"""``wa graft``: entropy-weighted layer-wise grafting of two or more runs (Filter Grafting)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
+
+from wa_cli.cli import options as opt
+from wa_cli.cli.app import app
+
+if TYPE_CHECKING:
+    from wa_cli.graft_files import GraftPlan
+
+
+@app.command("graft")
+def graft_command(
+    inputs: opt.Inputs,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Output .safetensors file (two inputs), or a folder that receives "
+            "<input>.grafted.safetensors for each of three or more inputs.",
+            show_default=False,
+        ),
+    ] = None,
+    rule: Annotated[
+        Literal["module", "tensor", "paper"],
+        typer.Option(
+            "--rule",
+            help="module: one α per module, from its weight; tensor: one α per tensor; paper: "
+            "the reference code (conv keys set α, the others inherit it in state-dict order; "
+            "half-open bins; α rounded to 2 decimals).",
+        ),
+    ] = "module",
+    a: Annotated[
+        float, typer.Option("--a", help="Amplitude A, 0 <= A < 1 (0: a plain mean).")
+    ] = 0.4,
+    c: Annotated[float, typer.Option("--c", help="Steepness c > 0 of α in ΔH.")] = 500.0,
+    bins: Annotated[int, typer.Option("--bins", help="Histogram bins (paper: 10).")] = 10,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the α table and write nothing.")
+    ] = False,
+    dtype: opt.DType = None,
+    precision: opt.Precision = "auto",
+    device: opt.Device = "auto",
+    key: opt.PickleKey = None,
+    strip_prefix: opt.StripPrefix = False,
+    force: opt.Force = False,
+    json: opt.Json = False,
+    quiet: opt.Quiet = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Graft runs: u' = α u + (1−α) v per module, α = (A/π)·arctan(c·(H(u)−H(v))) + 0.5.
+
+    The layer with more weight entropy keeps more of itself. Two inputs write one model; three or
+    more graft as a ring (i receives from i−1) into the -o folder. Non-float tensors keep the
+    receiver's values.
+
+    Example: wa graft runs/a/last.safetensors runs/b/last.safetensors -o grafted.safetensors
+    """
+    from wa_cli.cli.inputs import open_inputs
+    from wa_cli.cli.render import byte_progress, emit_run_report, hint, print_json, warn
+    from wa_cli.dtypes import parse_user_dtype
+    from wa_cli.errors import WaError
+    from wa_cli.graft_files import graft_to_files, output_paths, plan_graft
+
+    if output is None and not dry_run:
+        raise WaError("wa graft needs -o OUT (a file, or a folder for 3+ inputs), or --dry-run")
+    if len(inputs) < 2:  # before opening anything
+        plan_graft(inputs, rule=rule, a=a, c=c, bins=bins)
+    ckpts = open_inputs(inputs, key=key, strip_prefix=strip_prefix)
+    plan = plan_graft(
+        ckpts, rule=rule, a=a, c=c, bins=bins, dtype=parse_user_dtype(dtype), device=device
+    )
+    for message in plan.warnings:
+        warn(message)
+    if dry_run or output is None:  # (output is None only with --dry-run: checked above)
+        paths = [str(p) for p in output_paths(plan, output)] if output is not None else []
+        if json:
+            print_json({**_plan_json(plan), "dry_run": True, "outputs": paths})
+        else:
+            _print_alpha_table(plan)
+        return
+    with byte_progress("grafting", quiet) as progress:
+        plan, reports = graft_to_files(
+            plan, output, precision=precision, device=device, force=force, progress=progress
+        )
+    if json:
+        runs = [r.to_json() for r in reports]
+        outputs = [p for r in reports for p in r.outputs]
+        print_json({**_plan_json(plan), "dry_run": False, "outputs": outputs, "runs": runs})
+        for message in reports[0].hints:
+            hint(message, quiet)
+        return
+    for i, report in enumerate(reports):
+        if i < len(reports) - 1:
+            report.hints = []  # the BatchNorm hint once, after the last output
+        emit_run_report(report, False, quiet)
+
+
+def _plan_json(plan: GraftPlan) -> dict[str, object]:
+    return {
+        "method": "graft",
+        **plan.params(),
+        "inputs": [str(ck.path) for ck in plan.checkpoints],
+        "names": plan.names,
+        "pairs": [list(p) for p in plan.pairs],
+        "alphas": [row.to_json() for row in plan.rows],
+        "warnings": plan.warnings,
+    }
+
+
+def _print_alpha_table(plan: GraftPlan) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"graft α (rule {plan.rule}, A={plan.a:g}, c={plan.c:g}, {plan.bins} bins; "
+        "H in nats)",
+        title_justify="left",
+        box=None,
+        pad_edge=False,
+    )
+    table.add_column("module" if plan.rule != "tensor" else "tensor")
+    table.add_column("tensors", justify="right")
+    table.add_column("α from")
+    for name in plan.names:
+        table.add_column(f"H {name}", justify="right")
+    for r, d in plan.pairs:
+        table.add_column(f"α {plan.names[r]}<-{plan.names[d]}", justify="right")
+    for row in plan.rows:
+        hs = row.entropies or [None] * len(plan.names)
+        table.add_row(
+            row.name,
+            str(len(row.keys)),
+            row.source or "(fixed)",
+            *("-" if h is None else f"{h:.4f}" for h in hs),
+            *(f"{x:.4f}" for x in row.alphas),
+        )
+    width = 60 + max((len(r.name) + len(r.source or "") for r in plan.rows), default=0)
+    Console(highlight=False, soft_wrap=False, width=width + 40 * len(plan.names)).print(table)

@@ -1,0 +1,151 @@
+"""``wa inspect-entropy``: per-layer weight entropy, and with two checkpoints a graft preview."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
+
+from wa_cli.cli import options as opt
+from wa_cli.cli.app import app
+
+if TYPE_CHECKING:
+    from wa_cli.entropy_report import EntropyReport
+
+BAR_WIDTH = 8
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+
+
+@app.command("inspect-entropy")
+def inspect_entropy_command(
+    inputs: opt.Inputs,
+    by: Annotated[
+        Literal["tensor", "module"],
+        typer.Option("--by", help="One row per floating tensor, or per module (its weight)."),
+    ] = "tensor",
+    pattern: Annotated[
+        str | None,
+        typer.Option("--filter", help="Keep rows whose name matches this regular expression."),
+    ] = None,
+    sort: Annotated[
+        Literal["order", "name", "entropy"],
+        typer.Option(
+            "--sort", help="Key order of the checkpoint, name, or entropy (lowest first)."
+        ),
+    ] = "order",
+    bins: Annotated[int, typer.Option("--bins", help="Histogram bins (paper: 10).")] = 10,
+    base: Annotated[
+        Literal["e", "2"], typer.Option("--base", help="Logarithm base: e (nats) or 2 (bits).")
+    ] = "e",
+    l1_threshold: Annotated[
+        float,
+        typer.Option(
+            "--l1-threshold", help="Output filters with an L1 norm below this are invalid."
+        ),
+    ] = 0.1,
+    a: Annotated[float, typer.Option("--a", help="Graft amplitude for the α column.")] = 0.4,
+    c: Annotated[float, typer.Option("--c", help="Graft steepness for the α column.")] = 500.0,
+    keys: opt.Keys = "strict",
+    csv: Annotated[bool, typer.Option("--csv", help="Print the rows as CSV on stdout.")] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot", help="Also write a PNG of entropy per layer (needs the wa[plot] extra)."
+        ),
+    ] = None,
+    device: opt.Device = "auto",
+    key: opt.PickleKey = None,
+    strip_prefix: opt.StripPrefix = False,
+    force: opt.Force = False,
+    json: opt.Json = False,
+    quiet: opt.Quiet = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Weight entropy per tensor or module (Filter Grafting's layer information).
+
+    With two or more checkpoints: side-by-side entropies and the α `wa graft` would use
+    (checkpoint i receives from i−1; --by module previews --rule module, --by tensor --rule
+    tensor).
+
+    Example: wa inspect-entropy run_a/last.safetensors run_b/last.safetensors --by module
+    """
+    from wa_cli.cli.inputs import open_inputs
+    from wa_cli.cli.render import print_json
+    from wa_cli.entropy_report import (
+        check_plot_available,
+        compile_filter,
+        entropy_report,
+        plot_entropies,
+    )
+    from wa_cli.errors import WaError
+    from wa_cli.io.atomic import check_destination
+
+    if json and csv:
+        raise WaError("--json and --csv both print on stdout; pick one")
+    compile_filter(pattern)  # a bad regex fails before any checkpoint is opened
+    if plot is not None:
+        check_plot_available()
+        check_destination(plot, force)
+    ckpts = open_inputs(inputs, key=key, strip_prefix=strip_prefix)
+    report = entropy_report(
+        ckpts, by=by, bins=bins, base=None if base == "e" else 2.0, l1_threshold=l1_threshold,
+        pattern=pattern, sort=sort, keys=keys, a=a, c=c, device=device,
+    )  # fmt: skip
+    if plot is not None:
+        plot_entropies(report, plot, force=force)
+    if json:
+        print_json(report.to_json())
+    elif csv:
+        typer.echo(report.to_csv(), nl=False)
+    else:
+        _print_table(report)
+    if plot is not None and not quiet:
+        typer.echo(f"wrote {plot}", err=True)
+
+
+def bar(value: float, top: float, width: int = BAR_WIDTH) -> str:
+    """A bar of ``width`` cells filled to value/top, in eighths of a cell."""
+    frac = 0.0 if top <= 0 else min(max(value / top, 0.0), 1.0)
+    eighths = round(frac * width * 8)
+    full, part = divmod(eighths, 8)
+    return ("█" * full + (_EIGHTHS[part] if part else "")).ljust(width)
+
+
+def _print_table(report: EntropyReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    multi = len(report.checkpoints) > 1
+    table = Table(
+        title=f"weight entropy ({report.unit}, {report.bins} bins, max {report.max_entropy:.3f})",
+        title_justify="left",
+        box=None,
+        pad_edge=False,
+    )
+    table.add_column(report.by)
+    table.add_column("shape")
+    table.add_column("dtype")
+    for name in report.checkpoints:
+        table.add_column(f"H {name}" if multi else "entropy", justify="left", no_wrap=True)
+    invalid_title = f"invalid (<{report.l1_threshold:g})"
+    table.add_column(invalid_title, justify="right")
+    for pair in report.pairs:
+        table.add_column(f"α {report.pair_label(pair)}", justify="right")
+    for r in report.rows:
+        cells = [r.name, "×".join(map(str, r.shape)) or "()", r.dtype]
+        for h in r.entropy:
+            cells.append("-" if h is None else f"{h:.3f} {bar(h, report.max_entropy)}")
+        if r.filters is None:
+            cells.append("")
+        else:
+            counts = " / ".join("-" if n is None else str(n) for n in r.invalid_filters)
+            cells.append(f"{counts} of {r.filters}")
+        cells.extend("-" if x is None else f"{x:.3f}" for x in r.alpha)
+        table.add_row(*cells)
+    Console(highlight=False, soft_wrap=False, width=max(100, _table_width(report))).print(table)
+
+
+def _table_width(report: EntropyReport) -> int:
+    name = max((len(r.name) for r in report.rows), default=6)
+    return name + 40 + len(report.checkpoints) * (BAR_WIDTH + 20) + len(report.pairs) * 30
