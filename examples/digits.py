@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
 
 from wa_cli.train.centralization import enable_gradient_centralization  # noqa: E402
 from wa_cli.train.lookahead import Lookahead  # noqa: E402
-from wa_cli.train.trajectory import TrajectoryWriter  # noqa: E402
+from wa_cli.train.trajectory import TrajectoryWriter, save_checkpoint  # noqa: E402
 from wa_cli.train.warmup import linear_warmup, swa_schedule  # noqa: E402
 
 MODEL_FILE = ROOT / "sample_checkpoints" / "model.py"
@@ -156,3 +156,8 @@ def train(cfg: RunConfig, save_dir: str | Path | None = None, force: bool = Fals
             val_loss, val_acc = evaluate(run.model)
             writer.save(run.model, run.step, epoch, {"val_loss": val_loss, "val_acc": val_acc})
     return run.model
+
+
+def save_final(model: nn.Module, path: str | Path) -> Path:
+    """Save a trained model (as the last checkpoint of a run would be), replacing ``path``."""
+    return save_checkpoint(path, model, {"format": "pt"}, force=True)
