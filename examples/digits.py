@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
 
 from wa_cli.train.centralization import enable_gradient_centralization  # noqa: E402
 from wa_cli.train.lookahead import Lookahead  # noqa: E402
-from wa_cli.train.trajectory import TrajectoryWriter  # noqa: E402
+from wa_cli.train.trajectory import TrajectoryWriter, save_checkpoint  # noqa: E402
 from wa_cli.train.warmup import linear_warmup, swa_schedule  # noqa: E402
 
 MODEL_FILE = ROOT / "sample_checkpoints" / "model.py"
@@ -87,53 +87,77 @@ def load_model(path: str | Path) -> nn.Module:
     return model
 
 
+class Run:
+    """One training run, advanced an epoch at a time (so a caller can graft between epochs)."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        configure_determinism()
+        torch.manual_seed(cfg.seed)
+        self.cfg = cfg
+        self.model = sample.build()
+        x, y = sample.load_digits("train")
+        self.loader = DataLoader(
+            TensorDataset(x, y),
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(1000 + cfg.seed),
+        )
+        steps_per_epoch = len(self.loader)
+        total = cfg.epochs * steps_per_epoch
+        inner = torch.optim.SGD(
+            self.model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+        )
+        if cfg.gc:
+            # fold_weight_decay: centralize grad + wd * w, as the GC paper's SGD does
+            enable_gradient_centralization(inner, fold_weight_decay=True)
+        if cfg.schedule == "swa":
+            self.scheduler = swa_schedule(
+                inner,
+                swa_lr=cfg.swa_lr,
+                hold_steps=int(0.5 * cfg.swa_start * steps_per_epoch),
+                anneal_steps=int(0.4 * cfg.swa_start * steps_per_epoch),
+            )
+        else:
+            self.scheduler = linear_warmup(
+                inner, cfg.warmup_epochs * steps_per_epoch, total_steps=total, decay="cosine"
+            )
+        self.optimizer: torch.optim.Optimizer = inner
+        if cfg.lookahead:
+            self.optimizer = Lookahead(inner, k=cfg.lookahead_k, alpha=cfg.lookahead_alpha)
+        self.step = 0
+        self.epoch = 0
+
+    def train_epoch(self) -> int:
+        """One pass over the training data; returns the (1-based) epoch just finished."""
+        self.model.train()
+        for xb, yb in self.loader:
+            self.optimizer.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(self.model(xb), yb).backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+        self.epoch += 1
+        return self.epoch
+
+
 def train(cfg: RunConfig, save_dir: str | Path | None = None, force: bool = False) -> nn.Module:
     """Train one run; if ``save_dir`` is given, save one checkpoint per epoch from ``save_from``."""
-    configure_determinism()
-    torch.manual_seed(cfg.seed)
-    model = sample.build()
-    x, y = sample.load_digits("train")
-    loader = DataLoader(
-        TensorDataset(x, y),
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(1000 + cfg.seed),
-    )
-    steps_per_epoch = len(loader)
-    total = cfg.epochs * steps_per_epoch
-    opt: torch.optim.Optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    if cfg.gc:
-        # fold_weight_decay: centralize grad + wd * w, as the GC paper's SGD does
-        enable_gradient_centralization(opt, fold_weight_decay=True)
-    if cfg.schedule == "swa":
-        sched = swa_schedule(
-            opt,
-            swa_lr=cfg.swa_lr,
-            hold_steps=int(0.5 * cfg.swa_start * steps_per_epoch),
-            anneal_steps=int(0.4 * cfg.swa_start * steps_per_epoch),
-        )
-    else:
-        sched = linear_warmup(
-            opt, cfg.warmup_epochs * steps_per_epoch, total_steps=total, decay="cosine"
-        )
-    if cfg.lookahead:
-        opt = Lookahead(opt, k=cfg.lookahead_k, alpha=cfg.lookahead_alpha)
+    run = Run(cfg)
     writer = None
     if save_dir is not None:
         start = cfg.swa_start if cfg.save_from is None else cfg.save_from
         writer = TrajectoryWriter(save_dir, every=1, unit="epoch", start=start, force=force)
-    step = 0
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        for xb, yb in loader:
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(xb), yb).backward()
-            opt.step()
-            sched.step()
-            step += 1
-        if writer is not None and writer.due(step, epoch):
-            val_loss, val_acc = evaluate(model)
-            writer.save(model, step, epoch, {"val_loss": val_loss, "val_acc": val_acc})
-    return model
+    while run.epoch < cfg.epochs:
+        epoch = run.train_epoch()
+        if writer is not None and writer.due(run.step, epoch):
+            val_loss, val_acc = evaluate(run.model)
+            writer.save(run.model, run.step, epoch, {"val_loss": val_loss, "val_acc": val_acc})
+    return run.model
+
+
+def save_final(model: nn.Module, path: str | Path) -> Path:
+    """Save a trained model (as the last checkpoint of a run would be), replacing ``path``."""
+    return save_checkpoint(path, model, {"format": "pt"}, force=True)

@@ -53,14 +53,15 @@ def write_data(path: Path) -> None:
     save_file(tensors, str(path), metadata=meta)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", action="store_true", help="rebuild digits.safetensors")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=HERE, help="where run_a/ and run_b/ go")
+    args = parser.parse_args(argv)
     if args.data:
         write_data(HERE / "digits.safetensors")
     for name, cfg in (("run_a", RUN_A), ("run_b", RUN_B)):
-        out = HERE / name
+        out = args.out / name
         shutil.rmtree(out, ignore_errors=True)
         model = digits.train(cfg, save_dir=out)
         loss, acc = digits.evaluate(model)

@@ -1,0 +1,126 @@
+"""Gradient centralization: zero row means, the constant-row-mean invariant, the paper's update."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from wa_cli.errors import WaError
+from wa_cli.train.centralization import (
+    applies_to,
+    centralize_gradients,
+    enable_gradient_centralization,
+)
+
+
+def row_means(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1).mean(dim=1)
+
+
+def net(dtype: torch.dtype = torch.float64) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 5 * 5, 3),
+    ).to(dtype)
+
+
+def batch(seed: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(8, 2, 5, 5, generator=g, dtype=dtype), torch.randint(0, 3, (8,), generator=g)
+
+
+def backward(model: nn.Module, seed: int) -> None:
+    x, y = batch(seed)
+    nn.functional.cross_entropy(model(x), y).backward()
+
+
+def test_centralized_gradients_have_zero_row_means_and_1d_are_untouched() -> None:
+    model = net()
+    backward(model, 0)
+    before = {n: p.grad.clone() for n, p in model.named_parameters()}
+    centralize_gradients(model.parameters())
+    for name, p in model.named_parameters():
+        if p.ndim > 1:
+            torch.testing.assert_close(row_means(p.grad), torch.zeros(p.shape[0], dtype=p.dtype))
+            # Phi removes exactly the row mean: the float64 recomputation
+            g = before[name]
+            torch.testing.assert_close(p.grad, g - row_means(g).view(-1, *[1] * (g.ndim - 1)))
+        else:
+            assert torch.equal(p.grad, before[name]), name
+
+
+def test_conv_only_and_fan_in_one_are_skipped() -> None:
+    assert applies_to(torch.empty(4, 2, 3, 3), conv_only=True)
+    assert not applies_to(torch.empty(3, 100), conv_only=True)
+    assert applies_to(torch.empty(3, 100))
+    assert not applies_to(torch.empty(8, 1, 1, 1))  # fan-in 1: Phi would zero the gradient
+    assert not applies_to(torch.empty(8))
+    w = nn.Parameter(torch.zeros(8, 1, 1, 1))
+    w.grad = torch.arange(8.0).view(8, 1, 1, 1)
+    centralize_gradients([w])
+    assert torch.equal(w.grad, torch.arange(8.0).view(8, 1, 1, 1))
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 5e-2])
+def test_sgd_momentum_gc_keeps_each_weight_rows_mean_constant(weight_decay: float) -> None:
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=weight_decay)
+    enable_gradient_centralization(opt, fold_weight_decay=True)
+    start = {n: row_means(p.detach()).clone() for n, p in model.named_parameters() if p.ndim > 1}
+    for seed in range(15):
+        opt.zero_grad()
+        backward(model, seed)
+        opt.step()
+    for name, p in model.named_parameters():
+        if p.ndim > 1:
+            torch.testing.assert_close(row_means(p.detach()), start[name], rtol=0, atol=1e-12)
+
+
+def test_without_folding_weight_decay_moves_the_row_means() -> None:
+    # The pre-hook runs before SGD adds wd * w, so wd * mean_row(w) is not removed.
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-2)
+    enable_gradient_centralization(opt)
+    w = model[0].weight
+    start = row_means(w.detach()).clone()
+    for seed in range(5):
+        opt.zero_grad()
+        backward(model, seed)
+        opt.step()
+    assert (row_means(w.detach()) - start).abs().max() > 1e-6
+
+
+def test_folded_update_is_phi_of_gradient_plus_weight_decay() -> None:
+    lr, wd = 0.1, 0.05
+    model = net()
+    backward(model, 3)
+    w = model[4].weight
+    g, w0 = w.grad.clone(), w.detach().clone()
+    d = g + wd * w0
+    expected = w0 - lr * (d - d.mean(dim=1, keepdim=True))
+    opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd)
+    enable_gradient_centralization(opt, fold_weight_decay=True)
+    opt.step()
+    torch.testing.assert_close(w.detach(), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_the_handle_switches_it_off() -> None:
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    enable_gradient_centralization(opt).remove()
+    backward(model, 0)
+    g = model[0].weight.grad.clone()
+    opt.step()  # hook removed: the raw gradient is used
+    assert (row_means(g).abs() > 1e-9).any()
+    assert row_means(model[0].weight.grad).abs().max() > 1e-9
+
+
+def test_folding_is_refused_for_decoupled_weight_decay() -> None:
+    opt = torch.optim.AdamW(net().parameters(), lr=1e-3, weight_decay=0.01)
+    with pytest.raises(WaError, match="decoupled weight decay"):
+        enable_gradient_centralization(opt, fold_weight_decay=True)
