@@ -75,7 +75,8 @@ def emit_run_report(report: Any, as_json: bool, quiet: bool) -> None:
         print_json(report.to_json())
     else:
         s = report.stats
-        rate = f" ({s.bytes_read / s.seconds / 1e9:.2f} GB/s)" if s.seconds > 0 else ""
+        # A rate over a few milliseconds says nothing; show it for runs long enough to measure.
+        rate = f" ({s.bytes_read / s.seconds / 1e9:.2f} GB/s)" if s.seconds >= 0.5 else ""
         out = report.outputs[0] if len(report.outputs) == 1 else f"{len(report.outputs)} files"
         print(
             f"wrote {out}: {report.method} of {len(report.inputs)} input(s), {report.keys} tensors "
