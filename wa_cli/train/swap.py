@@ -17,14 +17,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from wa_cli.dtypes import accumulator_dtype
 from wa_cli.errors import ExitCode, WaError
 
 logger = logging.getLogger(__name__)
-
-
-def _accumulator(dtype: torch.dtype) -> torch.dtype:
-    # 16-bit sums lose digits; float32 sums over many workers lose a few ulps: go one wider.
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else torch.float64
 
 
 @torch.no_grad()
@@ -41,7 +37,7 @@ def all_reduce_mean(tensors: list[torch.Tensor], group: dist.ProcessGroup | None
     buckets: dict[torch.dtype, list[torch.Tensor]] = {}
     for t in tensors:
         if t.is_floating_point():
-            buckets.setdefault(_accumulator(t.dtype), []).append(t)
+            buckets.setdefault(accumulator_dtype(t.dtype), []).append(t)
     for acc, members in buckets.items():
         flat = torch.cat([t.detach().reshape(-1).to(acc) for t in members])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
