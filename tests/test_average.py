@@ -187,3 +187,22 @@ def test_non_finite_values_are_counted(tmp_path):
     )
     assert report.stats.non_finite == {"w": 2}
     assert "2 non-finite" in report.warnings[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_path_matches_the_cpu_path(tmp_path, dtype):
+    traj = make_trajectory(tmp_path, n=4, dtype=dtype)
+    ckpts = [open_checkpoint(p) for p in traj.paths]
+    plan = build_plan(ckpts)
+    weights = lambda e: [1.0, 2.0, 0.0, 3.0]  # noqa: E731 - a zero weight skips a read
+    cpu = dict(assemble(plan, linear_combination(plan, weights, chunk_elements=16)))
+    gpu = dict(
+        assemble(
+            plan,
+            linear_combination(plan, weights, device=torch.device("cuda"), chunk_elements=16),
+        )
+    )
+    for key, value in cpu.items():
+        assert gpu[key].device.type == "cpu" and gpu[key].dtype == value.dtype
+        torch.testing.assert_close(gpu[key], value, **TOLERANCE[dtype])
