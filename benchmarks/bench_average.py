@@ -203,11 +203,13 @@ def variant_command(variant: str, inputs: list[Path], out: Path) -> list[str]:
     return [sys.executable, "-m", "wa_cli", "average", *ins, "-o", str(out), "--force", "-q"]
 
 
-def measure(cmd: list[str]) -> dict:
+def measure(cmd: list[str], threads: int | None = None) -> dict:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     proc = subprocess.run(
         [sys.executable, str(BENCH_DIR / "_measure.py"), "--", *cmd],
         capture_output=True,
@@ -221,7 +223,9 @@ def measure(cmd: list[str]) -> dict:
     return record
 
 
-def run_rounds(inputs: list[Path], out_dir: Path, repeats: int, cold: bool) -> dict[str, list]:
+def run_rounds(
+    inputs: list[Path], out_dir: Path, repeats: int, cold: bool, threads: int | None
+) -> dict[str, list]:
     runs: dict[str, list] = {v: [] for v in VARIANTS}
     for r in range(repeats):
         order = VARIANTS[r % 3 :] + VARIANTS[: r % 3]  # rotate: no variant always runs first
@@ -231,7 +235,7 @@ def run_rounds(inputs: list[Path], out_dir: Path, repeats: int, cold: bool) -> d
             os.sync()  # the previous run's unsynced writes must not land in this one's time
             if cold:
                 drop_page_cache()
-            record = measure(variant_command(variant, inputs, out))
+            record = measure(variant_command(variant, inputs, out), threads)
             runs[variant].append(record)
             log(
                 f"round {r + 1}/{repeats} {variant:5s} {record['wall_s']:7.2f} s "
@@ -240,12 +244,12 @@ def run_rounds(inputs: list[Path], out_dir: Path, repeats: int, cold: bool) -> d
     return runs
 
 
-def profile_wa(inputs: list[Path], out_dir: Path, top: int = 25) -> str:
+def profile_wa(inputs: list[Path], out_dir: Path, threads: int | None, top: int = 25) -> str:
     """Run ``wa average`` once under cProfile; return the top functions by own time."""
     prof = out_dir / "wa_average.prof"
     out = out_dir / "wa.safetensors"
     cmd = variant_command("wa", inputs, out)
-    measure([sys.executable, "-m", "cProfile", "-o", str(prof), *cmd[1:]])
+    measure([sys.executable, "-m", "cProfile", "-o", str(prof), *cmd[1:]], threads)
     code = (
         "import pstats, sys; "
         "pstats.Stats(sys.argv[1]).sort_stats('tottime').print_stats(int(sys.argv[2]))"
@@ -347,7 +351,8 @@ def render_table(result: dict) -> str:
     s = result["variants"]
     head = (
         f"{result['workload']}: {result['count']} x {result['input_mb_each']:.0f} MB "
-        f"{result['dtype']}, {result['repeats']} rounds, {result['cache']} page cache"
+        f"{result['dtype']}, {result['repeats']} rounds, {result['cache']} page cache, "
+        f"threads {result['threads']}"
     )
     lines = [
         head,
@@ -400,6 +405,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="rounds per variant (median reported)")
     default_dir = os.environ.get("WA_BENCH_DATA", str(REPO.parent / "bench_data"))
     p.add_argument("--data-dir", type=Path, default=Path(default_dir), help="cache and outputs")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="OMP/MKL threads for every variant (default: torch's own choice, one per core)",
+    )
     p.add_argument("--cold", action="store_true", help="drop the page cache before each run")
     p.add_argument("--json", action="store_true", help="JSON on stdout (the table goes to stderr)")
     p.add_argument("--profile", action="store_true", help="also run wa once under cProfile")
@@ -430,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         log("inputs do not fit in the page cache: runs read from disk")
     else:
         log(f"warming the page cache: {input_bytes / MB:.0f} MB in {warm_cache(inputs):.1f} s")
-    runs = run_rounds(inputs, out_dir, args.repeats, args.cold)
+    runs = run_rounds(inputs, out_dir, args.repeats, args.cold, args.threads)
     check = check_outputs(
         inputs, out_dir / "wa.safetensors", out_dir / "naive.safetensors", work.dtype
     )
@@ -441,14 +451,18 @@ def main(argv: list[str] | None = None) -> int:
         "input_mb_each": inputs[0].stat().st_size / MB,
         "repeats": args.repeats,
         "cache": cache,
+        "threads": args.threads or "default",
         "machine": machine_info(),
         "variants": summarize(runs),
         "check": check,
     }
     if args.profile:
-        result["wa_profile"] = profile_wa(inputs, out_dir)
+        result["wa_profile"] = profile_wa(inputs, out_dir, args.threads)
         log(result["wa_profile"])
     table = render_table(result)
+    saved = out_dir / f"result-threads-{result['threads']}.json"
+    saved.write_text(json.dumps(result, indent=2))
+    log(f"saved {saved}")
     if args.json:
         log(table)
         print(json.dumps(result, indent=2))
