@@ -206,3 +206,19 @@ def test_cuda_path_matches_the_cpu_path(tmp_path, dtype):
     for key, value in cpu.items():
         assert gpu[key].device.type == "cpu" and gpu[key].dtype == value.dtype
         torch.testing.assert_close(gpu[key], value, **TOLERANCE[dtype])
+
+
+def test_package_exports_resolve_lazily():
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    code = (
+        "import sys, wa_cli\n"
+        "assert 'torch' not in sys.modules\n"
+        "for name in wa_cli.__all__:\n    getattr(wa_cli, name)\n"
+        "assert wa_cli.average.__module__ == 'wa_cli.average'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr

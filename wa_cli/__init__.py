@@ -3,8 +3,40 @@
 Average a trajectory of checkpoints (SWA), take an EMA over it, graft runs layer by layer by
 weight entropy (Filter Grafting), re-estimate BatchNorm statistics, and report per-layer entropy.
 
-The package imports nothing heavy at the top level so that ``wa --help`` stays instant; the
-library functions are imported from their modules (``from wa_cli.average import average``).
+The public functions are imported lazily on first use, so that importing the package (and so
+``wa --help``) does not pay for importing torch.
+
+Example:
+    >>> import wa_cli
+    >>> swa = dict(wa_cli.average(["a.safetensors", "b.safetensors"]))  # doctest: +SKIP
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "average": "wa_cli.average",
+    "average_to_file": "wa_cli.average",
+    "ema": "wa_cli.ema",
+    "ema_to_file": "wa_cli.ema",
+    "graft_ring": "wa_cli.graft",
+    "graft_to_files": "wa_cli.graft_files",
+    "tensor_entropy": "wa_cli.entropy",
+    "entropy_report": "wa_cli.entropy_report",
+    "recalibrate_bn": "wa_cli.bn",
+    "recalibrate_checkpoint": "wa_cli.bn_checkpoint",
+    "open_checkpoint": "wa_cli.io.reader",
+    "write_state_dict": "wa_cli.io.writer",
+    "WaError": "wa_cli.errors",
+}
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'wa_cli' has no attribute {name!r}")
