@@ -6,9 +6,9 @@ weight entropy (Filter Grafting), re-estimate BatchNorm statistics, and report p
 The public functions are imported lazily on first use, so that importing the package (and so
 ``wa --help``) does not pay for importing torch.
 
-Example:
+Example (not run as a doctest: it needs checkpoints on disk):
     >>> import wa_cli
-    >>> swa = dict(wa_cli.average(["a.safetensors", "b.safetensors"]))  # doctest: +SKIP
+    >>> report = wa_cli.average_to_file(["a.safetensors", "b.safetensors"], "swa.safetensors")
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "average": "wa_cli.average",
+    # `average` and `ema` are also submodule names, so those two functions are imported from
+    # their modules: `from wa_cli.average import average`.
     "average_to_file": "wa_cli.average",
-    "ema": "wa_cli.ema",
     "ema_to_file": "wa_cli.ema",
     "graft_ring": "wa_cli.graft",
     "graft_to_files": "wa_cli.graft_files",
