@@ -204,7 +204,7 @@ def test_folder_with_two_indexes_is_ambiguous(tmp_path: Path) -> None:
 
 def test_corrupt_index_in_a_glob_is_bad_input(tmp_path: Path) -> None:
     touch(tmp_path, "model.safetensors.index.json")
-    with pytest.raises(WaError, match="cannot read sharded-checkpoint index") as e:
+    with pytest.raises(WaError, match="not a sharded-checkpoint index") as e:
         expand_inputs([str(tmp_path / "*")])
     assert e.value.code == ExitCode.BAD_INPUT
 

@@ -9,7 +9,6 @@ memory, which is how a streaming loop over mmapped files still reaches 9 GB (PEE
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from wa_cli.errors import ExitCode, WaError, listing
+from wa_cli.io.index import INDEX_SUFFIX, find_index, read_weight_map
 from wa_cli.io.safetensors_header import TensorInfo, read_header
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -151,21 +151,7 @@ class ShardedCheckpoint(Checkpoint):
     """A Hugging Face style sharded checkpoint: an index JSON naming the shard of every tensor."""
 
     def __init__(self, index_path: Path, display_path: Path):
-        try:
-            index = json.loads(index_path.read_text())
-            weight_map = index["weight_map"]
-            if not isinstance(weight_map, dict):
-                raise TypeError
-        except OSError as e:
-            raise WaError(
-                f"cannot read '{index_path}': {e.strerror or e}", ExitCode.BAD_INPUT
-            ) from e
-        except (ValueError, KeyError, TypeError) as e:
-            raise WaError(
-                f"'{index_path}' is not a sharded-checkpoint index (expected JSON with a "
-                "'weight_map' object)",
-                ExitCode.BAD_INPUT,
-            ) from e
+        weight_map = read_weight_map(index_path)
         self._shards: dict[str, SafetensorsFile] = {}
         for shard_name in dict.fromkeys(weight_map.values()):
             shard_path = index_path.parent / shard_name
@@ -326,11 +312,12 @@ def open_checkpoint(
     if not p.exists():
         raise WaError(f"input '{p}' does not exist", ExitCode.BAD_INPUT)
     if p.is_dir():
-        indexes = sorted(p.glob("*.safetensors.index.json"))
-        if len(indexes) != 1:
-            what = "no *.safetensors.index.json" if not indexes else "several index files"
-            raise WaError(f"folder '{p}' is not a sharded checkpoint ({what})", ExitCode.BAD_INPUT)
-        ckpt: Checkpoint = ShardedCheckpoint(indexes[0], p)
+        index = find_index(p)
+        if index is None:
+            raise WaError(
+                f"folder '{p}' is not a sharded checkpoint (no *{INDEX_SUFFIX})", ExitCode.BAD_INPUT
+            )
+        ckpt: Checkpoint = ShardedCheckpoint(index, p)
     elif p.name.endswith(".index.json"):
         ckpt = ShardedCheckpoint(p, p)
     elif p.suffix in PICKLE_SUFFIXES:

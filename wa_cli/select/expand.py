@@ -9,7 +9,6 @@ lists a sharded checkpoint once, and sorts in natural order (``ckpt_2`` before `
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import re
@@ -17,13 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wa_cli.errors import ExitCode, WaError, listing
+from wa_cli.io.index import INDEX_SUFFIX, find_index, index_files, read_weight_map
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 """File suffixes a folder is searched for."""
 
-INDEX_SUFFIX = ".safetensors.index.json"
 """The index file that marks a Hugging Face style sharded checkpoint folder."""
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -59,32 +58,9 @@ def is_checkpoint_file(path: Path) -> bool:
     return not name.startswith(".") and name.lower().endswith(CHECKPOINT_SUFFIXES)
 
 
-def _index_files(folder: Path) -> list[Path]:
-    return sorted(
-        (p for p in folder.iterdir() if p.name.endswith(INDEX_SUFFIX) and p.is_file()),
-        key=lambda p: natural_key(p.name),
-    )
-
-
 def sharded_index(folder: Path) -> Path | None:
-    """The ``*.safetensors.index.json`` of a sharded checkpoint folder, or ``None``.
-
-    Raises:
-        WaError: (BAD_INPUT) the folder holds more than one such index.
-
-    Example:
-        >>> sharded_index(Path("runs/a/step_1000"))  # doctest: +SKIP
-        PosixPath('runs/a/step_1000/model.safetensors.index.json')
-    """
-    indexes = _index_files(folder)
-    if len(indexes) > 1:
-        names = listing([p.name for p in indexes])
-        raise WaError(
-            f"folder '{folder}' holds several sharded-checkpoint indexes ({names}); "
-            "pass the index file of the checkpoint you mean instead of the folder",
-            ExitCode.BAD_INPUT,
-        )
-    return indexes[0] if indexes else None
+    """The index of a sharded checkpoint folder, or ``None`` (``wa_cli.io.index.find_index``)."""
+    return find_index(folder)
 
 
 def _expand_folder(folder: Path) -> list[Path]:
@@ -95,7 +71,7 @@ def _expand_folder(folder: Path) -> list[Path]:
     for child in folder.iterdir():
         if child.is_dir() and not child.name.startswith("."):
             # A folder of sharded checkpoints (runs/a/step_100/, runs/a/step_200/, ...).
-            if _index_files(child):
+            if index_files(child):
                 found.append(child)
         elif child.is_file() and is_checkpoint_file(child):
             found.append(child)
@@ -110,15 +86,7 @@ def _expand_folder(folder: Path) -> list[Path]:
 
 def _shards_of(index: Path) -> set[Path]:
     """The shard files an index names (so a glob matching both lists the checkpoint once)."""
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
-        return {index.parent / str(name) for name in weight_map.values()}
-    except (OSError, ValueError, AttributeError) as e:
-        raise WaError(
-            f"cannot read sharded-checkpoint index '{index}': {e} "
-            "(expected a JSON object with a 'weight_map')",
-            ExitCode.BAD_INPUT,
-        ) from e
+    return {index.parent / name for name in read_weight_map(index).values()}
 
 
 def _expand_glob(pattern: str) -> list[Path]:
