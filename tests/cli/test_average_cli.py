@@ -156,22 +156,3 @@ def test_debug_shows_the_traceback(tmp_path):
         ["average", tmp_path / "missing.safetensors", "-o", tmp_path / "o", "--debug"]
     )
     assert r.code != 0 and "Traceback" in r.stderr and "WaError" in r.stderr
-
-
-def test_help_and_version_do_not_import_torch():
-    code = (
-        "import sys; from wa_cli.cli.app import main\n"
-        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "try:\n    main(['average', '--help'])\nexcept SystemExit:\n    pass\n"
-        "assert 'torch' not in sys.modules, 'help imported torch'\n"
-    )
-    import subprocess
-    import sys
-
-    from tests.helpers import REPO
-
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
-    assert "average" in proc.stdout
-    r = run_wa_process(["--version"])
-    assert r.code == 0 and r.stdout.startswith("wa ")

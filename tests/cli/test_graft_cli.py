@@ -154,23 +154,6 @@ def test_existing_output_needs_force(tmp_path, capsys):
     assert out.read_bytes() == b"keep me"
 
 
-def test_help_does_not_import_torch():
-    import subprocess
-    import sys
-
-    from tests.helpers import REPO
-
-    code = (
-        "import sys; from wa_cli.cli.app import main\n"
-        "for cmd in ('graft', 'inspect-entropy'):\n"
-        "    try:\n        main([cmd, '--help'])\n    except SystemExit:\n        pass\n"
-        "assert 'torch' not in sys.modules, 'help imported torch'\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
-    assert "--dry-run" in proc.stdout and "--l1-threshold" in proc.stdout
-
-
 def test_sample_runs_graft(tmp_path: Path, capsys):
     from tests.helpers import REPO
 
