@@ -132,6 +132,15 @@ def test_plot_writes_a_png(tmp_path, capsys):
     assert run_wa(["inspect-entropy", *traj.paths, "--plot", png, "--force"], capsys).code == 0
 
 
+def test_plot_never_overwrites_an_input(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    traj = make_trajectory(tmp_path, n=1)
+    before = traj.paths[0].read_bytes()
+    r = run_wa(["inspect-entropy", traj.paths[0], "--plot", traj.paths[0], "--force"], capsys)
+    assert_one_line_error(r, 5, "would overwrite the input")
+    assert traj.paths[0].read_bytes() == before
+
+
 def test_plot_without_matplotlib_is_one_clear_line(tmp_path, capsys, monkeypatch):
     traj = make_trajectory(tmp_path, n=1)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import raises ImportError

@@ -80,6 +80,7 @@ def inspect_entropy_command(
     )
     from wa_cli.errors import WaError
     from wa_cli.io.atomic import check_destination
+    from wa_cli.pipeline import check_output_is_not_input
 
     if json and csv:
         raise WaError("--json and --csv both print on stdout; pick one")
@@ -88,6 +89,8 @@ def inspect_entropy_command(
         check_plot_available()
         check_destination(plot, force)
     ckpts = open_inputs(inputs, key=key, strip_prefix=strip_prefix)
+    if plot is not None:
+        check_output_is_not_input(plot, ckpts)
     report = entropy_report(
         ckpts, by=by, bins=bins, base=None if base == "e" else 2.0, l1_threshold=l1_threshold,
         pattern=pattern, sort=sort, keys=keys, a=a, c=c, device=device,
