@@ -41,7 +41,7 @@ from wa_cli.graft import (
 from wa_cli.io.atomic import check_destination
 from wa_cli.io.reader import Checkpoint
 from wa_cli.pipeline import RunReport, check_output_is_not_input, combine_to_file
-from wa_cli.plan import KeyPlan, Plan, build_plan
+from wa_cli.plan import ARCHITECTURE_HINT, KeyPlan, Plan, build_plan
 from wa_cli.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def plan_graft(
     dev = resolve_device(device)
     ckpts = open_all(inputs)
     # Receiver first: its non-float tensors are the ones kept.
-    check = build_plan(ckpts, non_float="first", dtype=dtype)
+    check = build_plan(ckpts, non_float="first", dtype=dtype, key_mismatch_hint=ARCHITECTURE_HINT)
     warnings: list[str] = []
     alpha_plan = plan_alphas(
         [k.key for k in check.keys],

@@ -21,6 +21,8 @@ from wa_cli.io.writer import OutputTensor
 KeysMode = Literal["strict", "intersection", "union"]
 NonFloatPolicy = Literal["last", "first", "error"]
 BN_STATISTICS = (".running_mean", ".running_var")
+KEYS_HINT = "use --keys intersection or --keys union to combine them anyway"
+ARCHITECTURE_HINT = "all inputs must share one architecture"
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ def build_plan(
     keys: KeysMode = "strict",
     non_float: NonFloatPolicy = "last",
     dtype: torch.dtype | None = None,
+    key_mismatch_hint: str = KEYS_HINT,
 ) -> Plan:
     """Check that the checkpoints can be combined and decide, per key, what to do.
 
@@ -72,6 +75,7 @@ def build_plan(
             ``union`` (each key over the inputs that hold it).
         non_float: which input a non-float tensor is copied from; ``error`` fails when they differ.
         dtype: output dtype of floating tensors (default: each tensor's own).
+        key_mismatch_hint: what a strict key-set error tells the user to do.
 
     Example:
         >>> plan = build_plan([open_checkpoint(p) for p in paths])  # doctest: +SKIP
@@ -83,7 +87,7 @@ def build_plan(
         if not c.keys():
             raise WaError(f"'{c.path}' holds no tensors", ExitCode.BAD_INPUT)
     names = _display_names(ckpts)
-    order = _key_order(ckpts, keys, names)
+    order = _key_order(ckpts, keys, names, key_mismatch_hint)
     plan = Plan(ckpts, [])
     shape_problems: list[str] = []
     dtype_problems: list[str] = []
@@ -120,8 +124,7 @@ def build_plan(
         )
     if shape_problems:
         raise WaError(
-            _problem_message("shape mismatch", shape_problems)
-            + " (all inputs must share one architecture)",
+            _problem_message("shape mismatch", shape_problems) + f" ({ARCHITECTURE_HINT})",
             ExitCode.INCOMPATIBLE,
         )
     if dtype_problems:
@@ -168,7 +171,7 @@ def _problem_message(what: str, problems: list[str]) -> str:
     return f"{what} for {problems[0]}; {rest} more key(s) differ too"
 
 
-def _key_order(ckpts: list[Checkpoint], mode: KeysMode, names: list[str]) -> list[str]:
+def _key_order(ckpts: list[Checkpoint], mode: KeysMode, names: list[str], hint: str) -> list[str]:
     """The output keys: sorted (as safetensors stores them) unless every input knows its order."""
     key_sets = [set(c.keys()) for c in ckpts]
     if mode == "strict":
@@ -182,9 +185,7 @@ def _key_order(ckpts: list[Checkpoint], mode: KeysMode, names: list[str]) -> lis
                 if extra:
                     parts.append(f"{names[i]} has {listing(extra)} (absent from {names[0]})")
                 raise WaError(
-                    "key sets differ: " + "; ".join(parts) + " (use --keys intersection or "
-                    "--keys union to combine them anyway)",
-                    ExitCode.INCOMPATIBLE,
+                    "key sets differ: " + "; ".join(parts) + f" ({hint})", ExitCode.INCOMPATIBLE
                 )
         chosen = key_sets[0]
     elif mode == "intersection":

@@ -115,6 +115,7 @@ def bad_inputs(tmp_path):
     state = dict(load_file(good[0]))
     state["0.weight"] = torch.ones(1, 2, 3, 4)
     save_file(state, tmp_path / "shape.safetensors")
+    save_file({"other": torch.ones(1)}, tmp_path / "keys.safetensors")
     return good
 
 
@@ -123,6 +124,7 @@ CASES = [
     (["{g0}", "-o", "{out}"], 2, ["at least two checkpoints"]),
     (["{g0}", "{g1}"], 2, ["-o", "--dry-run"]),
     (["{g0}", "{tmp}/shape.safetensors", "-o", "{out}"], 4, ["shape mismatch", "'0.weight'"]),
+    (["{g0}", "{tmp}/keys.safetensors", "-o", "{out}"], 4, ["key sets differ", "architecture"]),
     (["{g0}", "{g1}", "-o", "{out}", "--bins", "1"], 2, ["bins must be an integer >= 2"]),
     (["{g0}", "{g1}", "-o", "{out}", "--a", "1"], 2, ["0 <= a < 1"]),
     (["{g0}", "{g1}", "-o", "{out}", "--a", "-0.5"], 2, ["0 <= a < 1"]),
@@ -176,3 +178,10 @@ def _sample_oracle(u: dict, v: dict) -> dict:
         alpha = spec_alpha(np_entropy(u[w]), np_entropy(v[w]))
         out[k] = (alpha * t.double() + (1 - alpha) * v[k].double()).to(t.dtype)
     return out
+
+
+def test_key_mismatch_does_not_suggest_an_option_graft_lacks(tmp_path, capsys, bad_inputs):
+    r = run_wa(
+        ["graft", bad_inputs[0], tmp_path / "keys.safetensors", "-o", tmp_path / "o"], capsys
+    )
+    assert "--keys" not in r.stderr
