@@ -332,9 +332,8 @@ def graft_to_files(
             device=dev,
             force=force,
             progress=progress,
+            bn_hint=GRAFT_BN_HINT,
         )
-        # The pipeline's hint says "averaged"; a graft blends BN statistics the same way.
-        report.hints = [GRAFT_BN_HINT] if report.hints else []
         values = sorted(set(by_name.values()))
         if values:
             report.notes.append(

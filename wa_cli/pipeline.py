@@ -100,10 +100,12 @@ def combine_to_file(
     force: bool = False,
     max_shard_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    bn_hint: str = BN_HINT,
 ) -> RunReport:
     """Write ``Σ w_i θ_i / Σ w_i`` per key of ``plan`` to ``output`` and report what happened.
 
-    ``progress(bytes_done_now, bytes_total)`` is called as input bytes are consumed.
+    ``progress(bytes_done_now, bytes_total)`` is called as input bytes are consumed;
+    ``bn_hint`` is shown when the inputs hold BatchNorm statistics (they were combined too).
     """
     output = Path(output)
     check_output_is_not_input(output, plan)
@@ -141,7 +143,7 @@ def combine_to_file(
             f"(most in {', '.join(repr(k) for k in worst)})"
         )
     if plan.holds_bn_statistics:
-        report.hints.append(BN_HINT)
+        report.hints.append(bn_hint)
     return report
 
 
