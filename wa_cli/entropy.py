@@ -121,11 +121,7 @@ def entropy_from_counts(counts: list[int], n: int, *, base: float | None = None)
             p = c / n
             h -= p * math.log(p)
     if base is not None:
-        if not (base > 0 and base != 1 and math.isfinite(base)):
-            raise WaError(
-                f"entropy base must be positive and not 1, got {base!r} (use 2 for bits)",
-                code=ExitCode.USAGE,
-            )
+        check_base(base)
         h /= math.log(base)
     # -0.0 from a single full bin reads oddly in reports.
     return h + 0.0
@@ -206,10 +202,24 @@ def count_invalid_filters(
         >>> count_invalid_filters(torch.tensor([[1.0, -2.0], [0.0, 0.05]]))
         1
     """
+    check_threshold(threshold)
+    return int((filter_l1_norms(w, name=name) < threshold).sum())
+
+
+def check_base(base: float) -> None:
+    """A logarithm base for entropies: positive, finite and not 1."""
+    if not (base > 0 and base != 1 and math.isfinite(base)):
+        raise WaError(
+            f"entropy base must be positive and not 1, got {base!r} (use 2 for bits)",
+            code=ExitCode.USAGE,
+        )
+
+
+def check_threshold(threshold: float) -> None:
+    """An invalid-filter L1 threshold: finite and >= 0."""
     if not (threshold >= 0 and math.isfinite(threshold)):
         raise WaError(
-            f"invalid-filter threshold must be a finite number >= 0, got {threshold!r} "
+            f"--l1-threshold must be a finite number >= 0, got {threshold!r} "
             "(the paper uses 0.1 or 0.01)",
             code=ExitCode.USAGE,
         )
-    return int((filter_l1_norms(w, name=name) < threshold).sum())

@@ -24,9 +24,21 @@ import torch
 
 from wa_cli.average import PathOrCheckpoint, open_all
 from wa_cli.device import resolve_device
-from wa_cli.entropy import check_bins, count_invalid_filters, tensor_entropy
+from wa_cli.entropy import (
+    check_base,
+    check_bins,
+    check_threshold,
+    count_invalid_filters,
+    tensor_entropy,
+)
 from wa_cli.errors import ExitCode, WaError
-from wa_cli.graft import check_graft_params, graft_alpha, module_of, ring_pairs_to_write
+from wa_cli.graft import (
+    check_graft_params,
+    graft_alpha,
+    module_of,
+    plan_alphas,
+    ring_pairs_to_write,
+)
 from wa_cli.graft_files import distinct_names
 from wa_cli.io.atomic import atomic_destination
 from wa_cli.plan import KeysMode, build_plan
@@ -195,65 +207,62 @@ def entropy_report(
     """
     check_bins(bins)
     check_graft_params(a, c)
-    if base is not None and not (base > 0 and base != 1 and math.isfinite(base)):
-        raise WaError(f"entropy base must be positive and not 1, got {base!r} (use 2 for bits)")
-    if not (l1_threshold >= 0 and math.isfinite(l1_threshold)):
-        raise WaError(
-            f"--l1-threshold must be a finite number >= 0, got {l1_threshold!r} "
-            "(the paper uses 0.1 or 0.01)"
-        )
+    if base is not None:
+        check_base(base)
+    check_threshold(l1_threshold)
     regex = compile_filter(pattern)
     dev = resolve_device(device)
     ckpts = open_all(inputs)
-    # Checks key sets and shapes from headers; entropy does not care about dtypes, so floating
-    # inputs of different dtypes are allowed (a target dtype lifts the dtype check).
-    plan = build_plan(ckpts, keys=keys, dtype=torch.float64)
-    floating = [k for k in plan.keys if k.interpolate]
-    if by == "module":
-        chosen: dict[str, str] = {}
-        for entry in floating:
-            mod = module_of(entry.key)
-            weight = f"{mod}.weight" if mod else "weight"
-            if mod not in chosen or entry.key == weight:
-                chosen[mod] = entry.key
-        named = [(mod or key, key) for mod, key in chosen.items()]
-    else:
-        named = [(k.key, k.key) for k in floating]
-    if regex is not None:
-        named = [(n, k) for n, k in named if regex.search(n)]
-    info = {k.key: k for k in plan.keys}
-    pairs = ring_pairs_to_write(len(ckpts)) if len(ckpts) >= 2 else []
-    scale = 1.0 if base is None else math.log(base)
-    rows = []
-    for name, key in named:
-        entry = info[key]
-        nats: list[float | None] = []
-        invalid: list[int | None] = []
-        for i, ck in enumerate(ckpts):
-            if i not in entry.sources:
-                nats.append(None)
-                invalid.append(None)
-                continue
-            t = ck.tensor(key).to(dev)  # one tensor in memory at a time
-            nats.append(tensor_entropy(t, bins=bins, name=key))
-            invalid.append(
-                count_invalid_filters(t, l1_threshold, name=key) if t.ndim >= 2 else None
-            )
-        alpha = [
-            None if nats[r] is None or nats[d] is None else graft_alpha(nats[r], nats[d], a=a, c=c)
-            for r, d in pairs
-        ]
-        rows.append(
-            EntropyRow(
-                name=name, key=key, shape=entry.shape,
-                dtype=str(entry.dtype).removeprefix("torch."), numel=entry.numel,
-                entropy=[None if h is None else h / scale + 0.0 for h in nats],
-                invalid_filters=invalid,
-                filters=entry.shape[0] if len(entry.shape) >= 2 else None, alpha=alpha,
-            )
-        )  # fmt: skip
-    for ck in ckpts:
-        ck.close()
+    try:
+        # Checks key sets and shapes from headers; entropy does not care about dtypes, so floating
+        # inputs of different dtypes are allowed (a target dtype lifts the dtype check).
+        plan = build_plan(ckpts, keys=keys, dtype=torch.float64)
+        floating = [k.key for k in plan.keys if k.interpolate]
+        if by == "module":
+            # The same choice `wa graft --rule module` makes: a module is measured on its weight.
+            source = plan_alphas([k.key for k in plan.keys], floating, rule="module").source
+            chosen = {module_of(key): src for key, src in source.items() if src is not None}
+            named = [(mod or key, key) for mod, key in chosen.items()]
+        else:
+            named = [(k, k) for k in floating]
+        if regex is not None:
+            named = [(n, k) for n, k in named if regex.search(n)]
+        info = {k.key: k for k in plan.keys}
+        pairs = ring_pairs_to_write(len(ckpts)) if len(ckpts) >= 2 else []
+        scale = 1.0 if base is None else math.log(base)
+        rows = []
+        for name, key in named:
+            entry = info[key]
+            nats: list[float | None] = []
+            invalid: list[int | None] = []
+            for i, ck in enumerate(ckpts):
+                if i not in entry.sources:
+                    nats.append(None)
+                    invalid.append(None)
+                    continue
+                t = ck.tensor(key).to(dev)  # one tensor in memory at a time
+                nats.append(tensor_entropy(t, bins=bins, name=key))
+                invalid.append(
+                    count_invalid_filters(t, l1_threshold, name=key) if t.ndim >= 2 else None
+                )
+            alpha = [
+                None
+                if nats[r] is None or nats[d] is None
+                else graft_alpha(nats[r], nats[d], a=a, c=c)
+                for r, d in pairs
+            ]
+            rows.append(
+                EntropyRow(
+                    name=name, key=key, shape=entry.shape,
+                    dtype=str(entry.dtype).removeprefix("torch."), numel=entry.numel,
+                    entropy=[None if h is None else h / scale + 0.0 for h in nats],
+                    invalid_filters=invalid,
+                    filters=entry.shape[0] if len(entry.shape) >= 2 else None, alpha=alpha,
+                )
+            )  # fmt: skip
+    finally:
+        for ck in ckpts:
+            ck.close()
     if sort == "name":
         rows.sort(key=lambda r: r.name)
     elif sort == "entropy":

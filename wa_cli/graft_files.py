@@ -170,25 +170,32 @@ def plan_graft(
     check_bins(bins)
     dev = resolve_device(device)
     ckpts = open_all(inputs)
-    # Receiver first: its non-float tensors are the ones kept.
-    check = build_plan(ckpts, non_float="first", dtype=dtype, key_mismatch_hint=ARCHITECTURE_HINT)
-    warnings: list[str] = []
-    alpha_plan = plan_alphas(
-        [k.key for k in check.keys],
-        {k.key for k in check.keys if k.interpolate},
-        rule=rule,
-        bins=bins,
-        ordered=all(ck.key_order_known for ck in ckpts),
-        warn=warnings.append,
-    )
-    entropies = [_entropies(ck, alpha_plan, dev) for ck in ckpts]
-    pairs = ring_pairs_to_write(len(ckpts))
-    alphas = [
-        alphas_from_entropies(
-            alpha_plan, lambda k, r=r, d=d: (entropies[r][k], entropies[d][k]), a=a, c=c
+    try:
+        # Receiver first: its non-float tensors are the ones kept.
+        check = build_plan(
+            ckpts, non_float="first", dtype=dtype, key_mismatch_hint=ARCHITECTURE_HINT
         )
-        for r, d in pairs
-    ]
+        warnings: list[str] = []
+        alpha_plan = plan_alphas(
+            [k.key for k in check.keys],
+            {k.key for k in check.keys if k.interpolate},
+            rule=rule,
+            bins=bins,
+            ordered=all(ck.key_order_known for ck in ckpts),
+            warn=warnings.append,
+        )
+        entropies = [_entropies(ck, alpha_plan, dev) for ck in ckpts]
+        pairs = ring_pairs_to_write(len(ckpts))
+        alphas = [
+            alphas_from_entropies(
+                alpha_plan, lambda k, r=r, d=d: (entropies[r][k], entropies[d][k]), a=a, c=c
+            )
+            for r, d in pairs
+        ]
+    except BaseException:
+        for ck in ckpts:  # the second pass closes them on success
+            ck.close()
+        raise
     rows = _rows(alpha_plan, entropies, alphas)
     return GraftPlan(
         checkpoints=ckpts,
