@@ -21,14 +21,13 @@ from wa_cli.graft import (
     PAPER_DEFAULT_ALPHA,
     alphas_from_entropies,
     graft_alpha,
-    graft_ring,
-    graft_state_dicts,
     module_of,
     plan_alphas,
     plan_entropies,
     ring_pairs,
     ring_pairs_to_write,
 )
+from wa_cli.graft_state import graft_ring, graft_state_dicts
 
 
 class TinyNet(nn.Module):

@@ -23,7 +23,7 @@ _PUBLIC = {
     # their modules: `from wa_cli.average import average`.
     "average_to_file": "wa_cli.average",
     "ema_to_file": "wa_cli.ema",
-    "graft_ring": "wa_cli.graft",
+    "graft_ring": "wa_cli.graft_state",
     "graft_to_files": "wa_cli.graft_files",
     "tensor_entropy": "wa_cli.entropy",
     "entropy_report": "wa_cli.entropy_report",
