@@ -222,3 +222,33 @@ def test_package_exports_resolve_lazily():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "dtypes",
+    [
+        (torch.bfloat16, torch.float32),
+        (torch.float32, torch.bfloat16),
+        (torch.float32, torch.float64, torch.float16),
+    ],
+)
+def test_mixed_float_dtypes_with_an_explicit_output_dtype(tmp_path, dtypes):
+    torch.manual_seed(0)
+    values = [torch.randn(1000).to(d) for d in dtypes]
+    paths = []
+    for i, v in enumerate(values):
+        save_file({"w": v, "n": torch.tensor(i)}, tmp_path / f"c{i}.safetensors")
+        paths.append(tmp_path / f"c{i}.safetensors")
+    with pytest.raises(WaError, match="dtype mismatch"):
+        dict(average(paths))
+    result = dict(average(paths, dtype=torch.float32))
+    expected = torch.stack([v.double() for v in values]).mean(0)
+    assert result["w"].dtype == torch.float32
+    torch.testing.assert_close(result["w"].double(), expected, rtol=1e-6, atol=1e-7)
+    # A small chunk crosses the inputs' different byte sizes at many offsets.
+    ckpts = [open_checkpoint(p) for p in paths]
+    plan = build_plan(ckpts, dtype=torch.float32)
+    chunked = dict(
+        assemble(plan, linear_combination(plan, lambda e: [1.0] * len(e.sources), chunk_elements=7))
+    )
+    assert torch.equal(chunked["w"], result["w"])

@@ -62,13 +62,15 @@ class ChunkTask:
     inputs: tuple[tuple[int, float], ...]  # (input index, weight); zero weights left out
     total: float  # Σ w over the key's sources: the divisor
 
-    @property
-    def byte_offset(self) -> int:
-        return self.start * self.entry.dtype.itemsize
+    def byte_offset(self, source: int) -> int:
+        return self.start * self.entry.dtype_of(source).itemsize
+
+    def nbytes(self, source: int) -> int:
+        return self.count * self.entry.dtype_of(source).itemsize
 
     @property
-    def nbytes(self) -> int:
-        return self.count * self.entry.dtype.itemsize
+    def read_bytes(self) -> int:
+        return sum(self.nbytes(source) for source, _ in self.inputs)
 
 
 def schedule(plan: Plan, weights: WeightsFn, chunk_elements: int) -> list[ChunkTask]:
@@ -94,7 +96,7 @@ def schedule(plan: Plan, weights: WeightsFn, chunk_elements: int) -> list[ChunkT
 def planned_read_bytes(plan: Plan, weights: WeightsFn) -> int:
     """How many input bytes a combination will read (for progress bars)."""
     tasks = schedule(plan, weights, chunk_elements=1 << 62)
-    return sum(t.nbytes * len(t.inputs) for t in tasks)
+    return sum(t.read_bytes for t in tasks)
 
 
 def linear_combination(
@@ -144,7 +146,7 @@ def linear_combination(
                     stats.combined += 1
                 else:
                     stats.copied += 1
-            read = task.nbytes * len(task.inputs)
+            read = task.read_bytes
             stats.bytes_read += read
             stats.bytes_written += out.numel() * out.element_size()
             if progress:
@@ -154,6 +156,11 @@ def linear_combination(
         reducer.close()
         torch.set_num_threads(threads)
         stats.seconds = time.perf_counter() - start
+
+
+def widest_input(tasks: list[ChunkTask]) -> int:
+    """The largest element size any input chunk has (staging buffers are sized for it)."""
+    return max((t.entry.dtype_of(s).itemsize for t in tasks for s, _ in t.inputs), default=1)
 
 
 class Prefetcher:
@@ -188,10 +195,10 @@ class Prefetcher:
         if item is None:
             return
         task, source = item
-        buf = self.ring[self.slot][: task.nbytes]
+        buf = self.ring[self.slot][: task.nbytes(source)]
         self.slot = (self.slot + 1) % len(self.ring)
         read = self.checkpoints[source].read_into
-        future = self.pool.submit(read, task.entry.key, buf, task.byte_offset)
+        future = self.pool.submit(read, task.entry.key, buf, task.byte_offset(source))
         self.pending.append((task, source, future, buf))
 
     def next(self, task: ChunkTask, source: int) -> torch.Tensor:
@@ -211,7 +218,7 @@ class Reducer:
     """CPU reduction with buffers allocated once per run and reused for every key and chunk."""
 
     def __init__(self, plan: Plan, tasks: list[ChunkTask], chunk_elements: int):
-        widest = max((t.entry.dtype.itemsize for t in tasks), default=1)
+        widest = widest_input(tasks)
         self.prefetcher = self.make_prefetcher(plan, tasks, chunk_elements * widest)
         # Accumulator, conversion and output buffers, sized for float64 (the widest accumulator).
         self.work = {name: self.empty(chunk_elements * 8) for name in ("acc", "tmp", "out")}
@@ -227,7 +234,7 @@ class Reducer:
 
     def next_input(self, task: ChunkTask, source: int) -> torch.Tensor:
         """A chunk of one input, typed, on the compute device."""
-        return self.prefetcher.next(task, source).view(task.entry.dtype)
+        return self.prefetcher.next(task, source).view(task.entry.dtype_of(source))
 
     def done_with(self, x: torch.Tensor) -> None:
         """Called once the reduction has consumed ``x`` (the GPU path reuses its staging)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from wa_cli.combine import ChunkTask, CombineStats, Prefetcher, Reducer
+from wa_cli.combine import ChunkTask, CombineStats, Prefetcher, Reducer, widest_input
 from wa_cli.plan import Plan
 
 
@@ -22,7 +22,7 @@ class CudaReducer(Reducer):
         self.copy_stream = torch.cuda.Stream(device)
         self.compute_stream = torch.cuda.current_stream(device)
         super().__init__(plan, tasks, chunk_elements)
-        widest = max((t.entry.dtype.itemsize for t in tasks), default=1)
+        widest = widest_input(tasks)
         self.staged = [self.empty(chunk_elements * widest) for _ in range(2)]
         self.copied = [torch.cuda.Event() for _ in range(2)]
         self.consumed = [torch.cuda.Event() for _ in range(2)]
@@ -47,7 +47,7 @@ class CudaReducer(Reducer):
         # The prefetcher refills `host` once the next read is requested: finish this copy first.
         self.copied[slot].synchronize()
         self.compute_stream.wait_event(self.copied[slot])
-        return staged.view(task.entry.dtype)
+        return staged.view(task.entry.dtype_of(source))
 
     def done_with(self, x: torch.Tensor) -> None:
         slot = 0 if x.data_ptr() == self.staged[0].data_ptr() else 1

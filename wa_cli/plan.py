@@ -30,12 +30,19 @@ class KeyPlan:
     """What happens to one key: interpolated over ``sources``, or copied from ``copy_from``."""
 
     key: str
-    dtype: torch.dtype
+    dtype: torch.dtype  # the widest of the inputs' dtypes (it picks the accumulator)
     shape: tuple[int, ...]
     out_dtype: torch.dtype
     sources: tuple[int, ...]  # indices of the inputs that hold the key, in input order
     interpolate: bool
     copy_from: int  # the input a non-interpolated key is copied from
+    source_dtypes: tuple[torch.dtype, ...] = ()  # per source; differ only with an explicit --dtype
+
+    def dtype_of(self, source: int) -> torch.dtype:
+        """The dtype the key has in input ``source`` (its bytes are read as this)."""
+        if not self.source_dtypes:
+            return self.dtype
+        return self.source_dtypes[self.sources.index(source)]
 
     @property
     def numel(self) -> int:
@@ -111,12 +118,19 @@ def build_plan(
                 )
                 break
         interpolate = is_interpolable(first.dtype)
+        source_dtypes = tuple(ckpts[i].info(key).dtype for i in sources)
+        widest = (
+            max(source_dtypes, key=lambda d: (d.itemsize, torch.finfo(d).max))
+            if (interpolate)
+            else first.dtype
+        )
         plan.keys.append(
             KeyPlan(
                 key=key,
-                dtype=first.dtype,
+                dtype=widest,
+                source_dtypes=source_dtypes,
                 shape=tuple(first.shape),
-                out_dtype=(dtype or first.dtype) if interpolate else first.dtype,
+                out_dtype=(dtype or widest) if interpolate else first.dtype,
                 sources=sources,
                 interpolate=interpolate,
                 copy_from=sources[0] if non_float == "first" else sources[-1],
