@@ -125,27 +125,25 @@ def linear_combination(
     start = time.perf_counter()
     tasks = schedule(plan, weights, chunk_elements)
     threads = torch.get_num_threads()
-    if device.type == "cuda":
-        from wa_cli.combine_cuda import CudaReducer
-
-        reducer: Reducer = CudaReducer(plan, tasks, chunk_elements, device)
-    else:
-        reducer = Reducer(plan, tasks, chunk_elements)
-        # Leave a core to the prefetch thread: OpenMP workers spin while they wait, and on two
-        # cores a second one contending with the reader made the run ~7x slower (measured).
-        torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 2) - 1)))
+    reducer: Reducer | None = None
     try:
+        if device.type == "cuda":
+            from wa_cli.combine_cuda import CudaReducer
+
+            reducer = CudaReducer(plan, tasks, chunk_elements, device)
+        else:
+            reducer = Reducer(plan, tasks, chunk_elements)
+            # Leave a core to the prefetch thread: OpenMP workers spin while they wait, and on
+            # two cores a second one contending with the reader made runs ~7x slower (measured).
+            torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 2) - 1)))
+        stats.combined = sum(1 for k in plan.keys if k.interpolate)
+        stats.copied = len(plan.keys) - stats.combined
         for task in tasks:
             entry = task.entry
             if entry.interpolate:
                 out = reducer.combine(task, accumulator_dtype(entry.dtype, precision), stats)
             else:
-                out = reducer.next_input(task, entry.copy_from)
-            if task.start == 0:
-                if entry.interpolate:
-                    stats.combined += 1
-                else:
-                    stats.copied += 1
+                out = reducer.copy_input(task, entry.copy_from)
             read = task.read_bytes
             stats.bytes_read += read
             stats.bytes_written += out.numel() * out.element_size()
@@ -153,7 +151,8 @@ def linear_combination(
                 progress(read)
             yield entry.key, out
     finally:
-        reducer.close()
+        if reducer is not None:
+            reducer.close()
         torch.set_num_threads(threads)
         stats.seconds = time.perf_counter() - start
 
@@ -234,6 +233,10 @@ class Reducer:
 
     def next_input(self, task: ChunkTask, source: int) -> torch.Tensor:
         """A chunk of one input, typed, on the compute device."""
+        return self.prefetcher.next(task, source).view(task.entry.dtype_of(source))
+
+    def copy_input(self, task: ChunkTask, source: int) -> torch.Tensor:
+        """A chunk of a non-float tensor, copied as is (on the host: it needs no arithmetic)."""
         return self.prefetcher.next(task, source).view(task.entry.dtype_of(source))
 
     def done_with(self, x: torch.Tensor) -> None:

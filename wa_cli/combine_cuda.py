@@ -54,7 +54,10 @@ class CudaReducer(Reducer):
         self.consumed[slot].record(self.compute_stream)
 
     def combine(self, task: ChunkTask, acc_dtype: torch.dtype, stats: CombineStats) -> torch.Tensor:
-        out = super().combine(task, acc_dtype, stats)
+        # The events above order work on compute_stream: run the sums there, whatever stream
+        # the caller happens to have made current.
+        with torch.cuda.stream(self.compute_stream):
+            out = super().combine(task, acc_dtype, stats)
         host = self.host_out[: out.numel() * out.element_size()]
         host.copy_(out.view(torch.uint8), non_blocking=True)
         self.compute_stream.synchronize()  # the writer reads `host` as soon as it is returned

@@ -7,6 +7,7 @@ atomic output, the report) is this module.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -118,10 +119,12 @@ def combine_to_file(
         plan, weights, precision=precision, device=device, progress=advance, stats=stats
     )
     try:
-        written = write_safetensors(
-            output, plan.output_tensors(), chunks, metadata,
-            force=force, max_shard_size=max_shard_size,
-        )  # fmt: skip
+        # closing(): on a write error the engine's reader thread stops before files close.
+        with contextlib.closing(chunks):
+            written = write_safetensors(
+                output, plan.output_tensors(), chunks, metadata,
+                force=force, max_shard_size=max_shard_size,
+            )  # fmt: skip
     finally:
         for ckpt in plan.checkpoints:
             ckpt.close()
@@ -150,22 +153,30 @@ def combine_to_file(
 def assemble(
     plan: Plan, chunks: Iterator[tuple[str, torch.Tensor]]
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Turn a chunk stream into whole ``(key, tensor)`` pairs (for notebook users)."""
+    """Turn a chunk stream into whole ``(key, tensor)`` pairs (for notebook users).
+
+    The plan's checkpoints are closed when the stream ends or is abandoned.
+    """
     by_key = {k.key: k for k in plan.keys}
     current: torch.Tensor | None = None
     filled = 0
     key = ""
-    for k, chunk in chunks:
-        if current is None:
-            key = k
-            entry = by_key[k]
-            current = torch.empty(entry.numel, dtype=entry.out_dtype)
-            filled = 0
-        current[filled : filled + chunk.numel()].copy_(chunk.reshape(-1).to(current.device))
-        filled += chunk.numel()
-        if filled == current.numel():
-            yield key, current.reshape(by_key[key].shape)
-            current = None
-    for entry in plan.keys:  # zero-sized tensors have no chunks
-        if entry.numel == 0:
-            yield entry.key, torch.empty(entry.shape, dtype=entry.out_dtype)
+    try:
+        with contextlib.closing(chunks):  # type: ignore[type-var]
+            for k, chunk in chunks:
+                if current is None:
+                    key = k
+                    entry = by_key[k]
+                    current = torch.empty(entry.numel, dtype=entry.out_dtype)
+                    filled = 0
+                current[filled : filled + chunk.numel()].copy_(chunk.reshape(-1).cpu())
+                filled += chunk.numel()
+                if filled == current.numel():
+                    yield key, current.reshape(by_key[key].shape)
+                    current = None
+        for entry in plan.keys:  # zero-sized tensors have no chunks
+            if entry.numel == 0:
+                yield entry.key, torch.empty(entry.shape, dtype=entry.out_dtype)
+    finally:
+        for ckpt in plan.checkpoints:
+            ckpt.close()
