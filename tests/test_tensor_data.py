@@ -20,12 +20,14 @@ LABELS = torch.arange(11)
 
 
 def check_batches(batches, expected: torch.Tensor, batch_size: int) -> None:
+    """Whole batches in order, then the rest, unless the rest is a single row after a batch."""
     parts = list(batches)
-    assert [len(p) for p in parts] == [batch_size] * (len(expected) // batch_size) + (
-        [len(expected) % batch_size] if len(expected) % batch_size else []
-    )
-    assert torch.equal(torch.cat(parts), expected)
+    full, rest = divmod(len(expected), batch_size)
+    kept_rest = rest if rest > 1 or (rest == 1 and full == 0) else 0
+    assert [len(p) for p in parts] == [batch_size] * full + ([kept_rest] if kept_rest else [])
+    assert torch.equal(torch.cat(parts), expected[: full * batch_size + kept_rest])
     assert len(batches) == len(parts)
+    assert batches.dropped == len(expected) - full * batch_size - kept_rest
 
 
 def test_safetensors_single_tensor_and_reiterable(tmp_path) -> None:
