@@ -7,6 +7,7 @@ Runs are deterministic for a given configuration: seeded weights and data order,
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import sys
@@ -142,6 +143,21 @@ class Run:
         self.epoch += 1
         return self.epoch
 
+    def eval_model(self) -> nn.Module:
+        """The weights to evaluate and save: the model, or with Lookahead its slow weights.
+
+        Lookahead's result is its slow weights (Zhang et al. 2019). At an epoch end the fast
+        weights equal them only when the steps so far are a multiple of k, so they are copied
+        explicitly into a copy of the model (BN buffers stay those of the fast weights).
+        """
+        if not isinstance(self.optimizer, Lookahead):
+            return self.model
+        model = copy.deepcopy(self.model)
+        with torch.no_grad():
+            for fast, slow in zip(self.model.parameters(), model.parameters(), strict=True):
+                slow.copy_(self.optimizer.state[fast]["slow_param"])
+        return model
+
 
 def train(cfg: RunConfig, save_dir: str | Path | None = None, force: bool = False) -> nn.Module:
     """Train one run; if ``save_dir`` is given, save one checkpoint per epoch from ``save_from``."""
@@ -153,9 +169,10 @@ def train(cfg: RunConfig, save_dir: str | Path | None = None, force: bool = Fals
     while run.epoch < cfg.epochs:
         epoch = run.train_epoch()
         if writer is not None and writer.due(run.step, epoch):
-            val_loss, val_acc = evaluate(run.model)
-            writer.save(run.model, run.step, epoch, {"val_loss": val_loss, "val_acc": val_acc})
-    return run.model
+            model = run.eval_model()
+            val_loss, val_acc = evaluate(model)
+            writer.save(model, run.step, epoch, {"val_loss": val_loss, "val_acc": val_acc})
+    return run.eval_model()
 
 
 def save_final(model: nn.Module, path: str | Path) -> Path:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
+import math
+from collections import UserDict, namedtuple
+from collections.abc import Iterator, Mapping
 
 import pytest
 import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from wa_cli.bn import BNReport, describe_batch, recalibrate_bn
+from wa_cli.bn import NO_BN_NOTE, BNLayerChange, BNReport, describe_batch, recalibrate_bn
 from wa_cli.errors import ExitCode, WaError
 
 SIZES = (5, 8, 13, 2)  # unequal on purpose: batch and sample weighting then differ
@@ -216,7 +218,7 @@ def test_no_batchnorm_returns_a_note_without_running_the_model() -> None:
 
     report = recalibrate_bn(Exploding(), [torch.randn(2, 2)])
     assert report.batches == 0 and report.layers == []
-    assert "no BatchNorm layer" in report.note
+    assert report.note == NO_BN_NOTE and "no BatchNorm layer" in NO_BN_NOTE
 
 
 def test_instancenorm_only_on_request() -> None:
@@ -318,3 +320,102 @@ def test_cpu_batches_moved_to_the_gpu() -> None:
     nested = [{"inputs": [x]} for x, _ in batches]
     recalibrate_bn(model, nested, device="cuda", forward=lambda m, b: m(b["inputs"][0]))
     assert_same_state(model, reference)
+
+
+def reject_constant(token: str) -> None:
+    raise ValueError(f"invalid JSON token {token}")
+
+
+def test_non_finite_changes_serialize_as_null() -> None:
+    model = bn_mlp()
+    with torch.no_grad():
+        model[0].weight[2, 0] = float("nan")  # feature 2 of the first BN sees NaN inputs
+        model[1].running_mean.fill_(1.0)  # old statistics with a norm: a change is defined
+    report = recalibrate_bn(model, [torch.randn(4, 6) for _ in range(2)])
+    assert math.isnan(report.layers[0].mean_change) and math.isnan(report.layers[0].var_change)
+    assert torch.isnan(model[1].running_mean[2]) and torch.isfinite(model[1].running_mean[:2]).all()
+    hand = BNReport([BNLayerChange("a", "BatchNorm1d", float("inf"), 0.25)], note=None)
+    for rep in (report, hand):
+        text = json.dumps(rep.to_json(), allow_nan=False)
+        json.loads(text, parse_constant=reject_constant)
+    layers = json.loads(json.dumps(report.to_json()))["layers"]
+    assert layers[0]["mean_change"] is None and layers[0]["var_change"] is None
+    assert hand.to_json()["layers"][0] == {
+        "name": "a",
+        "kind": "BatchNorm1d",
+        "mean_change": None,
+        "var_change": 0.25,
+    }
+
+
+Pair = namedtuple("Pair", ["x", "extra"])
+
+
+class Features(Mapping):
+    """A read-only Mapping that is not a dict (as some batch classes are)."""
+
+    def __init__(self, data: dict) -> None:
+        self._data = dict(data)
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class Movable:
+    """A batch class with its own ``.to`` (Hugging Face's BatchEncoding style); records calls."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x, self.moved_to = x, []
+
+    def to(self, device):
+        self.moved_to.append(device)
+        return Movable(self.x.to(device))
+
+
+@pytest.mark.parametrize(
+    ("make", "take"),
+    [
+        (lambda x: Pair(x, torch.zeros(len(x))), lambda b: (b.x, b.extra)),
+        (lambda x: Features({"x": x}), lambda b: (b["x"],)),
+        (lambda x: UserDict({"x": x}), lambda b: (b["x"],)),
+        (lambda x: Movable(x), lambda b: (b.x,)),
+        (lambda x: {"inner": [Pair(x, x)]}, lambda b: b["inner"][0]),
+    ],
+    ids=["namedtuple", "mapping", "userdict", "to-method", "nested"],
+)
+def test_every_tensor_of_a_batch_reaches_the_device(make, take) -> None:
+    # No GPU here: a dtype is a stand-in "device" that .to() accepts, and float64 on arrival
+    # proves a tensor was moved. The model is float64, so an unmoved float32 input also fails.
+    model = bn_mlp().double()
+    inputs = [torch.randn(n, 6) for n in (3, 5)]
+    batches = [make(x) for x in inputs]
+    seen = []
+
+    def forward(m: nn.Module, batch) -> None:
+        assert type(batch) is type(batches[0])  # the container type is kept
+        tensors = take(batch)
+        seen.append([t.dtype for t in tensors])
+        m(tensors[0])
+
+    recalibrate_bn(model, batches, device=torch.float64, forward=forward)
+    assert seen == [[torch.float64] * len(take(b)) for b in batches]
+    reference = bn_mlp().double()
+    update_bn([x.double() for x in inputs], reference)
+    assert_same_state(model, reference)
+
+
+def test_a_one_sample_batch_gets_a_batch_size_hint() -> None:
+    batches = [torch.randn(4, 6), torch.randn(1, 6)]  # a short last batch of one row
+    with pytest.raises(WaError) as info:
+        recalibrate_bn(bn_mlp(), batches)
+    assert "cannot take batch 1 (Tensor (1, 6) float32)" in info.value.message
+    assert "BatchNorm cannot normalize a batch of one sample in training mode" in (
+        info.value.message
+    )
+    assert "--forward" not in info.value.message

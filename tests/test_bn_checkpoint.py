@@ -218,6 +218,24 @@ def test_resolve_data_routes_files_and_loaders(tmp_path) -> None:
         resolve_data(str(tmp_path / "calib.safetensors"), kwargs={"n": 1})
 
 
+def test_tensor_file_batches_take_the_models_dtype(tmp_path) -> None:
+    x = torch.randn(22, 3, 5, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    save_file({"x": x}, tmp_path / "calib.safetensors")
+    files = resolve_data(str(tmp_path / "calib.safetensors"), batch_size=8)
+    save_file(cnn_state(3), tmp_path / "in.safetensors")
+    report = recalibrate_checkpoint(
+        tmp_path / "in.safetensors", tmp_path / "out.safetensors", lambda: tiny_cnn(0), files
+    )
+    assert report.bn.batches == 3 and report.notes == [] and report.non_finite == {}
+    assert files.dtype is None  # the caller's object is left as it was
+    expected = oracle(cnn_state(3), [b.float() for b in x.split(8)])
+    out = load_file(tmp_path / "out.safetensors")
+    for key in BN_KEYS:
+        torch.testing.assert_close(out[key], expected[key], rtol=1e-6, atol=1e-6)
+    with pytest.raises(WaError, match="--batch-size, --input-key and --drop-last apply"):
+        resolve_data(f"{tmp_path}/loaders.py:make", drop_last=True)
+
+
 def test_resolve_model_checks_what_the_factory_returns() -> None:
     build = resolve_model("torch.nn:Linear", {"in_features": 3, "out_features": 2})
     assert isinstance(build(), nn.Linear)

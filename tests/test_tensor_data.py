@@ -20,12 +20,14 @@ LABELS = torch.arange(11)
 
 
 def check_batches(batches, expected: torch.Tensor, batch_size: int) -> None:
+    """Whole batches in order, then the rest, unless the rest is a single row after a batch."""
     parts = list(batches)
-    assert [len(p) for p in parts] == [batch_size] * (len(expected) // batch_size) + (
-        [len(expected) % batch_size] if len(expected) % batch_size else []
-    )
-    assert torch.equal(torch.cat(parts), expected)
+    full, rest = divmod(len(expected), batch_size)
+    kept_rest = rest if rest > 1 or (rest == 1 and full == 0) else 0
+    assert [len(p) for p in parts] == [batch_size] * full + ([kept_rest] if kept_rest else [])
+    assert torch.equal(torch.cat(parts), expected[: full * batch_size + kept_rest])
     assert len(batches) == len(parts)
+    assert batches.dropped == len(expected) - full * batch_size - kept_rest
 
 
 def test_safetensors_single_tensor_and_reiterable(tmp_path) -> None:
@@ -142,3 +144,19 @@ def test_feeds_recalibrate_bn_like_a_loader(tmp_path) -> None:
     assert (report.batches, report.samples) == (3, 23)
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value, atol=1e-6, rtol=1e-6)
+
+
+def test_a_last_batch_of_one_row_is_left_out_by_default(tmp_path) -> None:
+    path = tmp_path / "data.safetensors"
+    save_file({"x": ROWS}, path)  # 11 rows
+    batches = tensor_file_batches(path, batch_size=5)
+    assert [len(b) for b in batches] == [5, 5] and batches.dropped == 1
+    assert batches.note.startswith(f"left out the last row of data file '{path}': 11 rows")
+    kept = tensor_file_batches(path, batch_size=5, drop_last=False)
+    assert [len(b) for b in kept] == [5, 5, 1] and kept.dropped == 0 and kept.note is None
+    assert torch.equal(torch.cat(list(kept)), ROWS)
+    assert tensor_file_batches(path, batch_size=4).note is None  # a last batch of 3 stays
+    every = tensor_file_batches(path, batch_size=4, drop_last=True)
+    assert every.dropped == 3 and "left out the last 3 of 11 rows" in every.note
+    save_file({"x": ROWS[:1]}, tmp_path / "one.safetensors")  # a single row is all there is
+    assert [len(b) for b in tensor_file_batches(tmp_path / "one.safetensors", batch_size=4)] == [1]

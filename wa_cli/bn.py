@@ -19,8 +19,9 @@ lets them drift in train mode), and returns a report of how much each layer's st
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -38,6 +39,11 @@ logger = logging.getLogger(__name__)
 Weighting = Literal["batch", "sample"]
 WEIGHTINGS: tuple[Weighting, ...] = ("batch", "sample")
 
+NO_BN_NOTE = "the model has no BatchNorm layer: nothing to re-estimate"
+_ONE_SAMPLE_HINT = (
+    "BatchNorm cannot normalize a batch of one sample in training mode: use batches of at least "
+    "two samples (a DataLoader can drop a short last batch with drop_last=True)"
+)
 _FORWARD_HINT = (
     "a batch must be a tensor, or a list/tuple whose first element is the model's input; "
     "for dict batches and multi-input models give a forward function "
@@ -47,7 +53,11 @@ _FORWARD_HINT = (
 
 @dataclass(frozen=True)
 class BNLayerChange:
-    """How far one layer's running statistics moved: ‖new − old‖ / ‖old‖ (None when ‖old‖ = 0)."""
+    """How far one layer's running statistics moved: ‖new − old‖ / ‖old‖ (None when ‖old‖ = 0).
+
+    A change is NaN or infinite when the old or new statistics hold non-finite values; JSON
+    reports write such a change as null.
+    """
 
     name: str
     kind: str
@@ -69,6 +79,9 @@ class BNReport:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (``json.dumps(report.to_json())``).
 
+        Relative changes that are not finite become None (null), which keeps the output valid
+        JSON (``json.dumps`` would write the invalid token ``NaN``).
+
         Example:
             >>> BNReport(note="no BatchNorm layer").to_json()["note"]
             'no BatchNorm layer'
@@ -79,8 +92,14 @@ class BNReport:
             "seconds": round(self.seconds, 6),
             "weighting": self.weighting,
             "note": self.note,
-            "layers": [asdict(layer) for layer in self.layers],
+            "layers": [
+                {k: _finite_or_none(v) for k, v in asdict(layer).items()} for layer in self.layers
+            ],
         }
+
+
+def _finite_or_none(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def recalibrate_bn(
@@ -124,8 +143,8 @@ def recalibrate_bn(
     _check_arguments(weighting, max_batches)
     names = norm_layers(model, include_instancenorm)
     if not names:
-        logger.info("the model has no BatchNorm layer: nothing to re-estimate")
-        return BNReport(weighting=weighting, note="the model has no BatchNorm layer")
+        logger.info("%s", NO_BN_NOTE)
+        return BNReport(weighting=weighting, note=NO_BN_NOTE)
     start = time.perf_counter()
     before = {module: _snapshot(module) for module in names}
     # Train mode makes InstanceNorm layers that were not asked for drift with their own momentum
@@ -310,9 +329,11 @@ def _forward(
         raise
     except Exception as e:
         if forward is None:
+            # torch's own words for a one-sample batch in a BatchNorm layer in training mode
+            one_sample = _leading_size(payload) == 1 and "value per channel" in str(e)
             raise WaError(
                 f"the model cannot take batch {index} ({describe_batch(batch)}): "
-                f"{describe_exception(e)} ({_FORWARD_HINT})",
+                f"{describe_exception(e)} ({_ONE_SAMPLE_HINT if one_sample else _FORWARD_HINT})",
                 ExitCode.BAD_INPUT,
             ) from e
         name = getattr(forward, "__qualname__", None) or repr(forward)
@@ -324,22 +345,33 @@ def _forward(
 
 
 def _to_device(value: Any, device: str | int | torch.device | None) -> Any:
+    """``value`` with every tensor in it moved to ``device``, containers rebuilt as their type."""
     if device is None:
         return value
     if isinstance(value, torch.Tensor):
         return value.to(device)
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple takes fields
+        return type(value)(*(_to_device(v, device) for v in value))
+    if isinstance(value, (list, tuple)):
         return type(value)(_to_device(v, device) for v in value)
+    if callable(getattr(value, "to", None)):
+        # Batch classes that know how to move themselves (Hugging Face's BatchEncoding, a
+        # Mapping, among them): their own method keeps their type and any non-tensor state.
+        return value.to(device)
+    if isinstance(value, Mapping):
+        moved = {k: _to_device(v, device) for k, v in value.items()}
+        try:
+            return type(value)(moved)
+        except TypeError:  # a mapping type that cannot be built from a dict (e.g. defaultdict)
+            return moved
     return value
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
     if isinstance(value, torch.Tensor):
         return value
-    items = value.values() if isinstance(value, dict) else value
-    if isinstance(items, (list, tuple)) or isinstance(value, dict):
+    items = value.values() if isinstance(value, Mapping) else value
+    if isinstance(items, (list, tuple)) or isinstance(value, Mapping):
         for item in items:
             found = _first_tensor(item)
             if found is not None:
@@ -364,8 +396,8 @@ def describe_batch(batch: Any) -> str:
     """
     if isinstance(batch, torch.Tensor):
         return f"Tensor {tuple(batch.shape)} {str(batch.dtype).removeprefix('torch.')}"
-    if isinstance(batch, dict):
-        return f"dict with keys {listing([str(k) for k in batch])}"
+    if isinstance(batch, Mapping):
+        return f"{type(batch).__name__} with keys {listing([str(k) for k in batch])}"
     if isinstance(batch, (list, tuple)):
         parts = [describe_batch(item) for item in batch[:3]]
         more = f", ... {len(batch) - 3} more" if len(batch) > 3 else ""

@@ -13,6 +13,7 @@ written atomically, never over the input.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from wa_cli.bn import BNReport, Weighting, norm_layers, recalibrate_bn
+from wa_cli.bn import NO_BN_NOTE, BNReport, Weighting, norm_layers, recalibrate_bn
 from wa_cli.device import resolve_device
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.atomic import check_destination
@@ -33,14 +34,13 @@ from wa_cli.io.writer import OutputTensor, write_safetensors
 from wa_cli.loading import call_factory, load_state_dict_strict, resolve_callable
 from wa_cli.pipeline import check_output_is_not_input
 from wa_cli.provenance import provenance
-from wa_cli.tensor_data import SUFFIXES, tensor_file_batches
+from wa_cli.tensor_data import SUFFIXES, TensorFileBatches, tensor_file_batches
 
 logger = logging.getLogger(__name__)
 
 METHOD = "bn_recalibrate"
 DEFAULT_BATCH_SIZE = 64
 _STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
-NO_BN_NOTE = "the model has no BatchNorm layer: nothing to re-estimate"
 
 ModelSource = nn.Module | Callable[[], nn.Module]
 DataSource = Iterable[Any] | Callable[[], Iterable[Any]]
@@ -48,7 +48,11 @@ DataSource = Iterable[Any] | Callable[[], Iterable[Any]]
 
 @dataclass
 class BNCheckpointReport:
-    """What :func:`recalibrate_checkpoint` did; ``output`` is None when nothing was written."""
+    """What :func:`recalibrate_checkpoint` did; ``output`` is None when nothing was written.
+
+    ``non_finite`` counts NaN and infinite elements per written statistics key (in the output's
+    dtype); ``warnings`` says so in a sentence, ``notes`` holds remarks such as left-out rows.
+    """
 
     input: str
     output: str | None
@@ -56,6 +60,9 @@ class BNCheckpointReport:
     bn: BNReport
     replaced: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
+    non_finite: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: input, output, device, replaced keys, then the BN report's fields.
@@ -72,6 +79,9 @@ class BNCheckpointReport:
             "device": self.device,
             "params": self.params,
             "replaced_keys": self.replaced,
+            "non_finite": self.non_finite,
+            "notes": self.notes,
+            "warnings": self.warnings,
             **self.bn.to_json(),
         }
 
@@ -104,6 +114,7 @@ def resolve_data(
     batch_size: int | None = None,
     input_key: str | None = None,
     kwargs: Mapping[str, Any] | None = None,
+    drop_last: bool | None = None,
 ) -> DataSource:
     """The batches named by ``--data``: a loader factory spec, or a tensor file of inputs.
 
@@ -117,6 +128,8 @@ def resolve_data(
         batch_size: rows per batch of a tensor file (default 64).
         input_key: the tensor holding the inputs, in a file with several.
         kwargs: keyword arguments for a loader factory (``--data-kwargs``).
+        drop_last: for a tensor file, as in :func:`~wa_cli.tensor_data.tensor_file_batches`
+            (None: leave out only a last batch of one row).
 
     Returns:
         An iterable of batches, or a function of no arguments that returns one.
@@ -137,12 +150,15 @@ def resolve_data(
                 ExitCode.USAGE,
             )
         return tensor_file_batches(
-            spec, batch_size=batch_size or DEFAULT_BATCH_SIZE, input_key=input_key
+            spec,
+            batch_size=batch_size or DEFAULT_BATCH_SIZE,
+            input_key=input_key,
+            drop_last=drop_last,
         )
-    if batch_size is not None or input_key is not None:
+    if batch_size is not None or input_key is not None or drop_last is not None:
         raise WaError(
-            f"--batch-size and --input-key apply to a tensor file, but --data '{spec}' names a "
-            "loader (pass its arguments with --data-kwargs)",
+            f"--batch-size, --input-key and --drop-last apply to a tensor file, but --data "
+            f"'{spec}' names a loader (pass its arguments with --data-kwargs)",
             ExitCode.USAGE,
         )
     loader = resolve_callable(spec, what="data loader")
@@ -171,7 +187,10 @@ def recalibrate_checkpoint(
     Semantics are ``torch.optim.swa_utils.update_bn``'s (see :func:`wa_cli.bn.recalibrate_bn`).
     Everything that can fail before the forward passes is checked first: the output path, the
     model, the strict load. A model without BatchNorm writes nothing unless ``force`` (then an
-    unchanged copy with provenance).
+    unchanged copy with provenance). Batches of a tensor file (:func:`resolve_data`) are cast to
+    the dtype of the model's first floating parameter, so float64 ``.npy`` data fits a float32
+    model. Statistics that come out NaN or infinite are written as they are, like ``wa average``
+    writes its results, and counted in the report's ``non_finite`` and ``warnings``.
 
     Args:
         checkpoint: any checkpoint ``open_checkpoint`` reads, or an opened one.
@@ -237,6 +256,7 @@ def recalibrate_checkpoint(
             check_destination(output, force)
             net.to(target)
             batches = data() if callable(data) and not hasattr(data, "__iter__") else data
+            batches = _in_model_dtype(batches, net)
             total = _total(batches, max_batches)
             bn = recalibrate_bn(
                 net,
@@ -249,8 +269,15 @@ def recalibrate_checkpoint(
                 progress=None if progress is None else lambda done: progress(done, total),
             )
             report = BNCheckpointReport(str(ckpt.path), None, str(target), bn, params=recorded)
+            note = batches.note if isinstance(batches, TensorFileBatches) else None
+            # Only when the pass reached the end of the file, where the rows were left out.
+            if note and bn.batches == len(batches):
+                report.notes.append(note)
         new = _new_statistics(net, layers, ckpt)
         report.replaced = list(new)
+        report.non_finite = _non_finite(new)
+        if report.non_finite:
+            report.warnings.append(_non_finite_warning(report.non_finite))
         recorded.update(batches=report.bn.batches, samples=report.bn.samples)
         written = write_safetensors(
             output,
@@ -274,6 +301,38 @@ def _as_module(value: Any, spec: str | None = None) -> nn.Module:
         f"{where} returned a {type(value).__name__}, not a torch.nn.Module "
         "(it must build and return the network)",
         ExitCode.USAGE,
+    )
+
+
+def _in_model_dtype(batches: Any, net: nn.Module) -> Any:
+    """Tensor-file batches cast to the model's floating dtype (``np.save`` writes float64)."""
+    if not isinstance(batches, TensorFileBatches) or batches.dtype is not None:
+        return batches
+    dtype = next((p.dtype for p in net.parameters() if p.is_floating_point()), None)
+    if dtype is None:
+        return batches
+    batches = copy.copy(batches)  # the caller's object keeps its own settings
+    batches.dtype = dtype
+    return batches
+
+
+def _non_finite(new: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """NaN and infinite elements per key, counted in the dtype that is written."""
+    counts = {
+        key: int((~torch.isfinite(value)).sum())
+        for key, value in new.items()
+        if value.is_floating_point()
+    }
+    return {key: count for key, count in counts.items() if count}
+
+
+def _non_finite_warning(counts: Mapping[str, int]) -> str:
+    total = sum(counts.values())
+    worst = sorted(counts, key=counts.__getitem__, reverse=True)[:3]
+    return (
+        f"the re-estimated BatchNorm statistics hold {total} non-finite value(s) in "
+        f"{len(counts)} tensor(s) (most in {', '.join(repr(k) for k in worst)}): check the "
+        "checkpoint's weights and the data for NaN or infinite values"
     )
 
 

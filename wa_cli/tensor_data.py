@@ -45,7 +45,7 @@ class TensorFileBatches:
         open_slicer: Callable[[], _Slicer],
         batch_size: int,
         dtype: torch.dtype | None,
-        drop_last: bool,
+        drop_last: bool | None,
     ) -> None:
         self.path, self.key, self.shape = path, key, shape
         self.batch_size, self.dtype, self.drop_last = batch_size, dtype, drop_last
@@ -53,12 +53,35 @@ class TensorFileBatches:
 
     @property
     def samples(self) -> int:
-        """Rows in the tensor (all of them, including a dropped last batch)."""
+        """Rows in the tensor (all of them, including rows left out as ``dropped``)."""
         return self.shape[0]
 
+    @property
+    def dropped(self) -> int:
+        """Rows left out of every pass: the incomplete last batch, when it is dropped."""
+        full, rest = divmod(self.shape[0], self.batch_size)
+        if self.drop_last or (self.drop_last is None and rest == 1 and full > 0):
+            return rest
+        return 0
+
+    @property
+    def note(self) -> str | None:
+        """A sentence saying which rows every pass leaves out, or None when it reads them all."""
+        if not self.dropped:
+            return None
+        rows, size = self.shape[0], self.batch_size
+        if self.drop_last:
+            return (
+                f"left out the last {self.dropped} of {rows} rows of data file '{self.path}': "
+                f"drop last, they do not fill a batch of {size}"
+            )
+        return (
+            f"left out the last row of data file '{self.path}': {rows} rows in batches of {size} "
+            "leave one over, and BatchNorm cannot take a batch of one sample in training mode"
+        )
+
     def __len__(self) -> int:
-        rows = self.shape[0]
-        return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
+        return math.ceil((self.shape[0] - self.dropped) / self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         slicer = self._open_slicer()
@@ -82,7 +105,7 @@ def tensor_file_batches(
     batch_size: int,
     input_key: str | None = None,
     dtype: torch.dtype | None = None,
-    drop_last: bool = False,
+    drop_last: bool | None = None,
 ) -> TensorFileBatches:
     """Batches of ``batch_size`` rows of one tensor stored in ``path``.
 
@@ -97,8 +120,9 @@ def tensor_file_batches(
         batch_size: rows per batch; the last batch may be smaller.
         input_key: the tensor to use when the file holds several.
         dtype: cast floating batches to this dtype (e.g. the model's, for float64 ``.npy`` data).
-        drop_last: leave out a last batch smaller than ``batch_size`` (BatchNorm rejects a batch
-            of one sample in training mode).
+        drop_last: True leaves out a last batch smaller than ``batch_size``, False keeps it;
+            None (the default) leaves it out only when it holds exactly one row, which
+            BatchNorm rejects in training mode (``TensorFileBatches.note`` then says so).
 
     Returns:
         A re-iterable :class:`TensorFileBatches` yielding tensors.
@@ -137,14 +161,17 @@ def tensor_file_batches(
             "along dimension 0",
             ExitCode.BAD_INPUT,
         )
-    if drop_last and shape[0] < batch_size:
+    if drop_last is True and shape[0] < batch_size:
         raise WaError(
             f"data file '{path}' holds {shape[0]} samples, fewer than one batch of {batch_size} "
             "(lower the batch size)",
             ExitCode.USAGE,
         )
     logger.debug("data file %s: tensor %r of shape %s", path, key, shape)
-    return TensorFileBatches(path, key, shape, open_slicer, batch_size, dtype, drop_last)
+    batches = TensorFileBatches(path, key, shape, open_slicer, batch_size, dtype, drop_last)
+    if batches.note:
+        logger.info("%s", batches.note)
+    return batches
 
 
 def _pick(path: Path, keys: list[str], input_key: str | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import runpy
 import textwrap
@@ -339,3 +340,90 @@ def test_existing_output_is_refused_before_the_model_runs(user, capsys):
     )  # fmt: skip
     assert_one_line_error(r, 5, "already exists", "--force")
     assert user["out"].read_bytes() == b"keep me"
+
+
+def reject_constant(token: str) -> None:
+    raise ValueError(f"invalid JSON token {token}")
+
+
+def test_non_finite_statistics_are_written_and_reported(user, tmp_path, capsys):
+    # Written, not refused: like `wa average`, the output is made and the non-finite values are
+    # counted, on stderr and in the JSON report, which must stay valid JSON.
+    state = cnn_state(seed=1)
+    state["0.weight"][2, 0, 1, 1] = float("nan")  # channel 2 of the BatchNorm sees NaN
+    ckpt = tmp_path / "nan.safetensors"
+    save_file(state, ckpt)
+    r = run_wa(
+        ["bn-recalibrate", ckpt, "-o", user["out"], "--model", f"{user['code']}:build",
+         "--data", f"{user['code']}:loader", "--json"],
+        capsys,
+    )  # fmt: skip
+    assert r.code == 0, r.stderr
+    report = json.loads(r.stdout, parse_constant=reject_constant)
+    expected = updated(state, [x for x, _ in user["loader"]()])
+    counts = {k: int((~torch.isfinite(expected[k])).sum()) for k in BN_KEYS[:2]}
+    assert counts == {"1.running_mean": 1, "1.running_var": 1}  # the oracle saw channel 2 only
+    assert report["non_finite"] == counts
+    assert report["layers"][0]["mean_change"] is None and report["layers"][0]["var_change"] is None
+    assert report["warnings"] == [
+        "the re-estimated BatchNorm statistics hold 2 non-finite value(s) in 2 tensor(s) (most in "
+        "'1.running_mean', '1.running_var'): check the checkpoint's weights and the data for NaN "
+        "or infinite values"
+    ]
+    assert r.stderr == f"wa: warning: {report['warnings'][0]}\n"
+    out = load_file(user["out"])
+    for key in BN_KEYS[:2]:
+        torch.testing.assert_close(out[key], expected[key], rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+def test_float64_npy_with_a_one_row_tail_and_drop_last(user, tmp_path, capsys):
+    # np.save writes float64; 65 rows in batches of 64 leave one row, which BatchNorm1d rejects.
+    x = np.random.default_rng(1).normal(loc=2.0, scale=3.0, size=(65, 3))
+    np.save(tmp_path / "x.npy", x)
+    torch.manual_seed(0)
+    mlp = user["mlp"]()
+    save_file(mlp.state_dict(), tmp_path / "mlp.safetensors")
+    args = ["bn-recalibrate", tmp_path / "mlp.safetensors", "-o", user["out"], "--force",
+            "--model", f"{user['code']}:mlp", "--data", tmp_path / "x.npy"]  # fmt: skip
+    r = run_wa(args, capsys)
+    assert r.code == 0, r.stderr
+    assert "1 batches, 64 samples" in r.stdout
+    assert f"note: left out the last row of data file '{tmp_path / 'x.npy'}'" in r.stdout
+    rows = torch.from_numpy(x).float()
+    reference = copy.deepcopy(mlp)
+    update_bn([rows[:64]], reference)
+    assert_close_states(load_file(user["out"]), reference.state_dict())
+    params = json.loads(safe_open(str(user["out"]), "pt").metadata()["wa_params"])
+    assert (params["batch_size"], params["input_key"], params["drop_last"]) == (
+        64,
+        "(array)",
+        False,
+    )
+    assert params["dropped_rows"] == 1
+
+    r = run_wa([*args, "--batch-size", "30", "--drop-last", "--json"], capsys)
+    assert r.code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert (report["batches"], report["samples"]) == (2, 60)
+    assert report["notes"] == [
+        f"left out the last 5 of 65 rows of data file '{tmp_path / 'x.npy'}': drop last, they do "
+        "not fill a batch of 30"
+    ]
+    reference = copy.deepcopy(mlp)
+    update_bn([rows[:30], rows[30:60]], reference)
+    assert_close_states(load_file(user["out"]), reference.state_dict())
+    params = json.loads(safe_open(str(user["out"]), "pt").metadata()["wa_params"])
+    assert (params["batch_size"], params["drop_last"], params["dropped_rows"]) == (30, True, 5)
+
+
+def test_provenance_records_the_loader_arguments(user, capsys):
+    r = run_wa(
+        ["bn-recalibrate", user["ckpt"], "-o", user["out"], "--model", f"{user['code']}:build",
+         "--data", f"{user['code']}:loader", "--data-kwargs", '{"sizes": [4, 7]}', "-q"],
+        capsys,
+    )  # fmt: skip
+    assert r.code == 0, r.stderr
+    params = json.loads(safe_open(str(user["out"]), "pt").metadata()["wa_params"])
+    assert json.loads(params["data_kwargs"]) == {"sizes": [4, 7]}
+    assert params["data"] == f"{user['code']}:loader" and params["batches"] == 2
+    assert "batch_size" not in params  # the loader chose its own batches

@@ -12,6 +12,7 @@ from wa_cli.train.centralization import (
     centralize_gradients,
     enable_gradient_centralization,
 )
+from wa_cli.train.lookahead import Lookahead
 
 
 def row_means(t: torch.Tensor) -> torch.Tensor:
@@ -124,3 +125,28 @@ def test_folding_is_refused_for_decoupled_weight_decay() -> None:
     opt = torch.optim.AdamW(net().parameters(), lr=1e-3, weight_decay=0.01)
     with pytest.raises(WaError, match="decoupled weight decay"):
         enable_gradient_centralization(opt, fold_weight_decay=True)
+
+
+def test_folding_is_refused_for_adamw_without_the_group_entry() -> None:
+    # torch before 2.5 keeps no "decoupled_weight_decay" in AdamW's groups: AdamW by type then.
+    opt = torch.optim.AdamW(net().parameters(), lr=1e-3, weight_decay=0.01)
+    for group in opt.param_groups:
+        group.pop("decoupled_weight_decay", None)
+    with pytest.raises(WaError, match="param group 0 of AdamW uses decoupled weight decay"):
+        enable_gradient_centralization(opt, fold_weight_decay=True)
+    with pytest.raises(WaError, match="of AdamW uses decoupled weight decay"):
+        enable_gradient_centralization(Lookahead(opt), fold_weight_decay=True)
+
+
+def test_folding_is_refused_when_a_group_says_decoupled() -> None:
+    opt = torch.optim.SGD(net().parameters(), lr=0.1, weight_decay=0.01)
+    opt.param_groups[0]["decoupled_weight_decay"] = True  # e.g. Adam(decoupled_weight_decay=True)
+    with pytest.raises(WaError, match="decoupled weight decay"):
+        enable_gradient_centralization(opt, fold_weight_decay=True)
+    # Coupled decay is folded, and AdamW without weight decay has nothing to fold.
+    enable_gradient_centralization(
+        torch.optim.SGD(net().parameters(), lr=0.1, weight_decay=0.01), fold_weight_decay=True
+    ).remove()
+    enable_gradient_centralization(
+        torch.optim.AdamW(net().parameters(), lr=1e-3, weight_decay=0.0), fold_weight_decay=True
+    ).remove()

@@ -52,3 +52,31 @@ def test_table_reports_mean_std_and_failures() -> None:
     # mean 95 %, sample std of (90, 100) = 7.07; loss mean 0.4, std 0.1414
     assert lines[2] == "| SWA | 95.00 ± 7.07 | 0.4000 ± 0.1414 |"
     assert lines[3] == "| graft | n/a | wa graft exited 2: nope |"
+
+
+def test_lookahead_runs_are_evaluated_on_their_slow_weights() -> None:
+    # Batches of 64: 23 steps per epoch, not a multiple of k = 5, so the fast weights at the
+    # epoch end are 3 steps past the last sync. The slow weights are the fast weights right after
+    # step 20 (a sync sets both to the same point): a run stopped there is the oracle.
+    cfg = dataclasses.replace(SHORT, epochs=1, batch_size=64, lookahead=True)
+    oracle = digits.Run(cfg)
+    oracle.model.train()
+    for step, (xb, yb) in enumerate(oracle.loader):
+        if step == 20:
+            break
+        oracle.optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(oracle.model(xb), yb).backward()
+        oracle.optimizer.step()
+        oracle.scheduler.step()
+    run = digits.Run(cfg)
+    run.train_epoch()
+    assert len(run.loader) == 23
+    result = digits.train(cfg)
+    for (name, p), q, fast in zip(
+        result.named_parameters(),
+        oracle.model.parameters(),
+        run.model.parameters(),
+        strict=True,
+    ):
+        assert torch.equal(p, q), name
+        assert not torch.equal(p, fast), name  # the epoch-end fast weights are elsewhere

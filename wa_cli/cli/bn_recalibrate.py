@@ -63,6 +63,16 @@ def bn_recalibrate_command(
         str | None,
         typer.Option("--input-key", help="The tensor holding the inputs, in a tensor file."),
     ] = None,
+    drop_last: Annotated[
+        bool,
+        typer.Option(
+            "--drop-last",
+            help="Leave out the last batch of a tensor file when it is incomplete. Without it "
+            "only a last batch of exactly one row is left out (BatchNorm cannot take one "
+            "sample in training mode), with a note. Floating tensor-file data is cast to the "
+            "model's dtype.",
+        ),
+    ] = False,
     batches: Annotated[
         int | None,
         typer.Option("--batches", min=1, help="Stop after this many batches (default: all)."),
@@ -101,14 +111,18 @@ def bn_recalibrate_command(
 ) -> None:
     """Re-estimate BatchNorm statistics with one pass over training data (update_bn exactly).
 
-    Only the BatchNorm buffers change; every other tensor is copied bit for bit.
+    Only the BatchNorm buffers change; every other tensor is copied bit for bit. Statistics that
+    come out NaN or infinite are written and reported as a warning (and under "non_finite" and
+    "warnings" with --json), as wa average does.
 
     Example: wa bn-recalibrate swa.safetensors --model net.py:build --data net.py:loader -o out
     """
     from wa_cli.bn_checkpoint import recalibrate_checkpoint, resolve_data, resolve_model
+    from wa_cli.cli.render import warn
     from wa_cli.io.reader import open_checkpoint
     from wa_cli.io.writer import parse_size
     from wa_cli.loading import resolve_callable
+    from wa_cli.tensor_data import TensorFileBatches
 
     build = resolve_model(model, _json_kwargs(model_kwargs, "--model-kwargs"))
     source = resolve_data(
@@ -116,10 +130,25 @@ def bn_recalibrate_command(
         batch_size=batch_size,
         input_key=input_key,
         kwargs=_json_kwargs(data_kwargs, "--data-kwargs"),
+        drop_last=True if drop_last else None,
     )
     fn = resolve_callable(forward, what="forward function") if forward else None
     ckpt = open_checkpoint(checkpoint, key=key, strip_prefixes=strip_prefix)
-    specs = {"model": model, "model_kwargs": model_kwargs, "data": data, "forward": forward}
+    # Everything that shapes the statistics: the batch size changes every batch's mean and var.
+    specs: dict[str, Any] = {
+        "model": model,
+        "model_kwargs": model_kwargs,
+        "data": data,
+        "data_kwargs": data_kwargs,
+        "forward": forward,
+    }
+    if isinstance(source, TensorFileBatches):  # the values used, defaults and the key found too
+        specs.update(
+            batch_size=source.batch_size,
+            input_key=source.key,
+            drop_last=source.drop_last is True,
+            dropped_rows=source.dropped,
+        )
     with _batch_progress(quiet) as progress:
         report = recalibrate_checkpoint(
             ckpt,
@@ -136,8 +165,10 @@ def bn_recalibrate_command(
             progress=progress,
             params={k: v for k, v in specs.items() if v is not None},
         )
+    for message in report.warnings:
+        warn(message)
     if json_:
-        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+        sys.stdout.write(json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n")
     else:
         _print_summary(report)
 
@@ -220,3 +251,5 @@ def _print_summary(report: BNCheckpointReport) -> None:
         )
     Console(file=sys.stdout, highlight=False).print(table)
     print("Δ: relative change ‖new − old‖ / ‖old‖ of the checkpoint's statistics")
+    for note in report.notes:
+        print(f"note: {note}")

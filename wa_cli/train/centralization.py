@@ -76,10 +76,15 @@ def enable_gradient_centralization(
         >>> handle.remove()  # switch it off again
     """
     if fold_weight_decay:
+        # AdamW by type too: older torch (before ``decoupled_weight_decay`` became a group
+        # setting) has no such entry in AdamW's groups. A Lookahead is judged by what it wraps.
+        inner = getattr(optimizer, "optimizer", optimizer)
+        always_decoupled = isinstance(inner, torch.optim.AdamW)
         for i, group in enumerate(optimizer.param_groups):
-            if group.get("decoupled_weight_decay") and group.get("weight_decay", 0):
+            decoupled = always_decoupled or group.get("decoupled_weight_decay")
+            if decoupled and group.get("weight_decay", 0):
                 raise WaError(
-                    f"param group {i} of {type(optimizer).__name__} uses decoupled weight decay, "
+                    f"param group {i} of {type(inner).__name__} uses decoupled weight decay, "
                     "which never enters the gradient (use fold_weight_decay=False)",
                     ExitCode.USAGE,
                 )

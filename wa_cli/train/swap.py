@@ -61,7 +61,9 @@ def average_across_processes(
         model: this process's model (same architecture on every process).
         group: the process group (default: the world).
         recalibrate: called as ``recalibrate(model)`` after averaging, e.g.
-            ``lambda m: recalibrate_bn(m, loader)`` with ``wa_cli.bn.recalibrate_bn``.
+            ``lambda m: recalibrate_bn(m, loader, device=device)`` with
+            ``wa_cli.bn.recalibrate_bn`` (``device``: where ``model`` is; the batches are moved
+            there).
         average_recalibrated_stats: after ``recalibrate``, average the floating buffers again, so
             every process ends with the same statistics. With the same number of BN batches on
             each process this equals one re-estimation over all their batches.
@@ -70,8 +72,10 @@ def average_across_processes(
         ``model``, changed in place.
 
     Example:
-        >>> average_across_processes(model, recalibrate=lambda m: recalibrate_bn(m, loader))
-        ... # doctest: +SKIP
+        >>> device = torch.device("cuda", dist.get_rank())  # doctest: +SKIP
+        >>> average_across_processes(
+        ...     model, recalibrate=lambda m: recalibrate_bn(m, loader, device=device)
+        ... )  # doctest: +SKIP
     """
     if not (dist.is_available() and dist.is_initialized()):
         raise WaError(
