@@ -252,3 +252,24 @@ def test_mixed_float_dtypes_with_an_explicit_output_dtype(tmp_path, dtypes):
         assemble(plan, linear_combination(plan, lambda e: [1.0] * len(e.sources), chunk_elements=7))
     )
     assert torch.equal(chunked["w"], result["w"])
+
+
+def test_report_notes_what_was_left_out_and_counts_every_tensor(tmp_path):
+    save_file(
+        {"w": torch.ones(2), "only_a": torch.ones(1), "e": torch.empty(0)},
+        tmp_path / "a.safetensors",
+    )
+    save_file({"w": torch.zeros(2), "e": torch.empty(0)}, tmp_path / "b.safetensors")
+    report = average_to_file(
+        [tmp_path / "a.safetensors", tmp_path / "b.safetensors"],
+        tmp_path / "o.safetensors",
+        keys="intersection",
+    )
+    assert any("only_a" in note and "left out 1 key" in note for note in report.notes)
+    assert report.stats.combined == 2  # 'w' and the empty 'e'
+    torch.save({"state_dict": {"w": torch.ones(2)}, "opt": {"lr": 0.1}}, tmp_path / "c.pt")
+    torch.save({"state_dict": {"w": torch.ones(2), "cfg": "x"}}, tmp_path / "d.pt")
+    report = average_to_file(
+        [tmp_path / "c.pt", tmp_path / "d.pt"], tmp_path / "p.safetensors", keys="strict"
+    )
+    assert any("'cfg'" in note and "d.pt" in note for note in report.notes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import torch
 
@@ -17,7 +18,7 @@ from wa_cli.combine import linear_combination
 from wa_cli.device import resolve_device
 from wa_cli.dtypes import Precision
 from wa_cli.errors import WaError
-from wa_cli.io.reader import Checkpoint, open_checkpoint
+from wa_cli.io.reader import Checkpoint, open_checkpoints
 from wa_cli.pipeline import RunReport, assemble, combine_to_file
 from wa_cli.plan import KeyPlan, KeysMode, NonFloatPolicy, build_plan
 from wa_cli.provenance import provenance
@@ -56,7 +57,10 @@ def source_weights(weights: list[float]):  # noqa: ANN201 - a WeightsFn
 
 
 def open_all(inputs: Sequence[PathOrCheckpoint]) -> list[Checkpoint]:
-    return [c if isinstance(c, Checkpoint) else open_checkpoint(c) for c in inputs]
+    """Checkpoints as given, paths opened (headers only)."""
+    paths = [Path(c) for c in inputs if not isinstance(c, Checkpoint)]
+    opened = iter(open_checkpoints(paths))
+    return [c if isinstance(c, Checkpoint) else next(opened) for c in inputs]
 
 
 def average(
@@ -67,7 +71,7 @@ def average(
     non_float: NonFloatPolicy = "last",
     dtype: torch.dtype | None = None,
     precision: Precision = "auto",
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Average checkpoints; yields ``(key, tensor)`` pairs one tensor at a time.
 

@@ -100,7 +100,3 @@ def accumulator_dtype(dtype: torch.dtype, precision: Precision = "auto") -> torc
     if dtype == torch.float64 or dtype == torch.float32:
         return torch.float64
     return torch.float32
-
-
-def element_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()

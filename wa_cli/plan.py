@@ -156,6 +156,18 @@ def build_plan(
                 f"copied {len(copied)} non-float tensor(s) from the {non_float} input "
                 f"({listing(copied, 3)})"
             )
+    for c in ckpts:
+        if c.skipped:
+            plan.notes.append(
+                f"left out {len(c.skipped)} entr(ies) of {c.name} that are not tensors "
+                f"({listing(c.skipped, 3)})"
+            )
+    if keys == "intersection":
+        dropped = dropped_keys(plan)
+        if dropped:
+            plan.notes.append(
+                f"left out {len(dropped)} key(s) not held by every input ({listing(dropped, 3)})"
+            )
     if keys == "union":
         partial = [k.key for k in plan.keys if len(k.sources) < len(ckpts)]
         if partial:

@@ -111,3 +111,54 @@ def test_unknown_extension_and_missing_path(tmp_path):
         open_checkpoint(tmp_path / "x.txt")
     with pytest.raises(WaError, match="does not exist"):
         open_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_sharded_reads_keep_few_files_open(tmp_path, monkeypatch):
+    import os
+
+    import wa_cli.io.reader as reader
+
+    state = {f"w{i}": torch.full((3,), float(i)) for i in range(12)}
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    weight_map = {}
+    for i, (k, v) in enumerate(state.items()):  # one shard per tensor
+        save_file({k: v}, folder / f"s{i}.safetensors")
+        weight_map[k] = f"s{i}.safetensors"
+    import json
+
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    monkeypatch.setattr(reader, "MAX_OPEN_SHARDS", 2)
+    ckpt = open_checkpoint(folder)
+    before = len(os.listdir("/proc/self/fd"))
+    for k, v in state.items():
+        assert torch.equal(ckpt.tensor(k), v)
+    assert len(os.listdir("/proc/self/fd")) - before <= 2
+    ckpt.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_strip_prefix_on_a_shard_holding_a_key_its_index_does_not_list(tmp_path):
+    import json
+
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    save_file({"module.a": torch.ones(2), "module.extra": torch.zeros(1)}, folder / "s.safetensors")
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"module.a": "s.safetensors"}})
+    )
+    ckpt = open_checkpoint(folder, strip_prefixes=True)
+    assert ckpt.keys() == ["a"]
+    assert torch.equal(ckpt.tensor("a"), torch.ones(2))
+
+
+def test_pickle_with_an_unsupported_dtype_fails_at_open(tmp_path):
+    torch.save({"w": torch.ones(2), "z": torch.ones(2, dtype=torch.complex64)}, tmp_path / "c.pt")
+    with pytest.raises(WaError, match="complex64") as e:
+        open_checkpoint(tmp_path / "c.pt")
+    assert e.value.code == ExitCode.BAD_INPUT
+
+
+def test_pickle_entries_that_are_not_tensors_are_listed(tmp_path):
+    torch.save({"w": torch.ones(2), "nested": {"x": torch.ones(1)}, "n": 3}, tmp_path / "c.pt")
+    assert sorted(open_checkpoint(tmp_path / "c.pt").skipped) == ["n", "nested"]

@@ -141,7 +141,7 @@ def ema(
     non_float: NonFloatPolicy = "last",
     dtype: torch.dtype | None = None,
     precision: Precision = "auto",
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """EMA of checkpoints in the order given; yields ``(key, tensor)`` pairs one at a time.
 

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import os
 import re
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
+from wa_cli.dtypes import SAFETENSORS_NAMES
 from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.io.index import INDEX_SUFFIX, find_index, read_weight_map
 from wa_cli.io.safetensors_header import TensorInfo, read_header
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+MAX_OPEN_SHARDS = 4
 NESTED_STATE_KEYS = ("state_dict", "model", "state_dict_ema", "module")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _INT_METADATA = ("step", "global_step", "epoch")
@@ -39,6 +42,7 @@ class Checkpoint:
     name: str
     metadata: dict[str, str]
     key_order_known: bool = False
+    skipped: list[str] = []  # entries of a pickle's state dict that are not tensors (left out)
 
     def __init__(self, path: Path, tensors: dict[str, TensorInfo], metadata: dict[str, str]):
         self.path = path
@@ -59,10 +63,6 @@ class Checkpoint:
     def files(self) -> list[Path]:
         """Every file this checkpoint reads (an output must never be one of them)."""
         return [self.path]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(info.nbytes for info in self._tensors.values())
 
     def read_into(self, key: str, out: torch.Tensor, byte_offset: int = 0) -> None:
         """Fill the uint8 CPU tensor ``out`` with the key's bytes from ``byte_offset`` on."""
@@ -111,11 +111,6 @@ class SafetensorsFile(Checkpoint):
         header = read_header(path)
         super().__init__(path, header.tensors, header.metadata)
         self._fd: int | None = None
-        self._source_key: dict[str, str] = {k: k for k in header.tensors}
-
-    def _rename(self, renamed: dict[str, str]) -> None:
-        self._source_key = {renamed[k]: self._source_key[k] for k in self._tensors}
-        super()._rename(renamed)
 
     def read_into(self, key: str, out: torch.Tensor, byte_offset: int = 0) -> None:
         info = self._tensors[key]
@@ -133,7 +128,13 @@ class SafetensorsFile(Checkpoint):
         position = info.offset + byte_offset
         done = 0
         while done < n:
-            got = os.preadv(self._fd, [view[done:]], position + done)
+            try:
+                got = os.preadv(self._fd, [view[done:]], position + done)
+            except OSError as e:
+                raise WaError(
+                    f"cannot read {key!r} from '{self.path}': {e.strerror or e}",
+                    ExitCode.BAD_INPUT,
+                ) from e
             if got == 0:
                 raise WaError(
                     f"'{self.path}' ended while reading {key!r} (was it truncated while wa ran?)",
@@ -162,6 +163,7 @@ class ShardedCheckpoint(Checkpoint):
                 )
             self._shards[shard_name] = SafetensorsFile(shard_path)
         self._shard_of: dict[str, SafetensorsFile] = {}
+        self._open: OrderedDict[Path, SafetensorsFile] = OrderedDict()
         tensors: dict[str, TensorInfo] = {}
         for key, shard_name in weight_map.items():
             shard = self._shards[shard_name]
@@ -186,16 +188,25 @@ class ShardedCheckpoint(Checkpoint):
 
     def _rename(self, renamed: dict[str, str]) -> None:
         for shard in self._shards.values():
-            shard._rename({k: renamed[k] for k in shard.keys()})
+            shard._rename({k: renamed.get(k, k) for k in shard.keys()})
         self._shard_of = {renamed[k]: v for k, v in self._shard_of.items()}
         super()._rename(renamed)
 
     def read_into(self, key: str, out: torch.Tensor, byte_offset: int = 0) -> None:
-        self._shard_of[key].read_into(key, out, byte_offset)
+        shard = self._shard_of[key]
+        # Keep few shard files open: 40 checkpoints of 30 shards would pass the usual limit of
+        # 1024 open files, and reads go key by key, so a shard is rarely needed again soon.
+        self._open.pop(shard.path, None)
+        self._open[shard.path] = shard
+        while len(self._open) > MAX_OPEN_SHARDS:
+            _, oldest = self._open.popitem(last=False)
+            oldest.close()
+        shard.read_into(key, out, byte_offset)
 
     def close(self) -> None:
         for shard in self._shards.values():
             shard.close()
+        self._open.clear()
 
 
 class PickleCheckpoint(Checkpoint):
@@ -205,7 +216,7 @@ class PickleCheckpoint(Checkpoint):
 
     def __init__(self, path: Path, key: str | None = None):
         obj = _load_pickle(path)
-        state, metadata = _pick_state_dict(obj, path, key)
+        state, metadata, self.skipped = _pick_state_dict(obj, path, key)
         self._values = state
         tensors = {k: TensorInfo(v.dtype, tuple(v.shape)) for k, v in state.items()}
         super().__init__(path, tensors, metadata)
@@ -251,7 +262,8 @@ def _is_state_dict(obj: object) -> bool:
 
 def _pick_state_dict(
     obj: object, path: Path, key: str | None
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
+    """The chosen state dict, metadata from top-level step/epoch, and entries skipped."""
     if not isinstance(obj, dict):
         raise WaError(
             f"'{path}' holds a {type(obj).__name__}, not a dict of tensors", ExitCode.BAD_INPUT
@@ -287,10 +299,16 @@ def _pick_state_dict(
     if not _is_state_dict(chosen):
         raise WaError(f"entry {key!r} of '{path}' is not a dict of tensors", ExitCode.BAD_INPUT)
     tensors = {str(k): v for k, v in chosen.items() if isinstance(v, torch.Tensor)}
-    skipped = len(chosen) - len(tensors)
-    if skipped:
-        metadata["wa_skipped_non_tensors"] = str(skipped)
-    return {k: v.contiguous() if not v.is_contiguous() else v for k, v in tensors.items()}, metadata
+    for k, v in tensors.items():
+        if v.dtype not in SAFETENSORS_NAMES:
+            raise WaError(
+                f"tensor {k!r} of '{path}' has dtype {v.dtype}, which wa cannot average or "
+                "write (safetensors holds real floats, integers and booleans)",
+                ExitCode.BAD_INPUT,
+            )
+    skipped = [str(k) for k, v in chosen.items() if not isinstance(v, torch.Tensor)]
+    state = {k: v.contiguous() if not v.is_contiguous() else v for k, v in tensors.items()}
+    return state, metadata, skipped
 
 
 def open_checkpoint(

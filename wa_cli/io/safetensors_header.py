@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from wa_cli.dtypes import element_size, from_safetensors_name, safetensors_name
+from wa_cli.dtypes import from_safetensors_name, safetensors_name
 from wa_cli.errors import ExitCode, WaError
 
 # The reference implementation refuses headers above 100 MB; a larger one means a corrupt file.
@@ -37,14 +37,13 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * element_size(self.dtype)
+        return self.numel * self.dtype.itemsize
 
 
 @dataclass(frozen=True)
 class Header:
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
-    data_start: int
 
 
 def read_header(path: Path) -> Header:
@@ -102,7 +101,7 @@ def read_header(path: Path) -> Header:
                 "(the file is truncated)"
             )
         tensors[key] = info
-    return Header(tensors, dict(metadata), data_start)
+    return Header(tensors, dict(metadata))
 
 
 def build_header(
@@ -118,7 +117,7 @@ def build_header(
     sizes = []
     offset = 0
     for key, dtype, shape in tensors:
-        nbytes = math.prod(shape) * element_size(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
         entries[key] = {
             "dtype": safetensors_name(dtype),
             "shape": list(shape),
