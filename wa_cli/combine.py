@@ -33,6 +33,7 @@ from wa_cli.plan import KeyPlan, Plan
 # Elements per chunk: 256K keeps a float32 accumulator, its conversion buffer and the staging
 # bytes (about 2.5 MB together) in cache while the N inputs are added into it.
 DEFAULT_CHUNK_ELEMENTS = 1 << 18
+GPU_CHUNK_ELEMENTS = 1 << 22
 # Reads in flight ahead of the reduction (each holds one staging buffer).
 PREFETCH_DEPTH = 4
 
@@ -123,6 +124,8 @@ def linear_combination(
     stats = stats if stats is not None else CombineStats()
     device = device or torch.device("cpu")
     start = time.perf_counter()
+    if device.type == "cuda" and chunk_elements == DEFAULT_CHUNK_ELEMENTS:
+        chunk_elements = GPU_CHUNK_ELEMENTS  # launches and syncs per chunk cost more on a GPU
     tasks = schedule(plan, weights, chunk_elements)
     threads = torch.get_num_threads()
     reducer: Reducer | None = None

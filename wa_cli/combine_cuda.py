@@ -1,9 +1,13 @@
-"""The GPU path of the combination engine: disk reads, host-to-device copies and sums overlap.
+"""The GPU path of the combination engine.
 
-The prefetch thread reads chunks from disk into a ring of pinned host buffers; each is copied to
-the GPU on a separate copy stream while the compute stream adds the previous one. Events order the
-reuse of every buffer: a device staging buffer is refilled only after the addition that read it,
-and a host buffer is handed back to the prefetcher only after its copy finished.
+The prefetch thread reads chunks from disk into a ring of pinned host buffers while the GPU works;
+each chunk is copied to the device on a separate copy stream, and the compute stream adds it once
+the copy is done. Events order the reuse of every buffer: a device staging buffer is refilled only
+after the sum that read it, and a pinned buffer goes back to the prefetcher only after the copy out
+of it finished. Each output chunk is copied back and synchronized before the writer takes it, so
+disk reads overlap the GPU work, and copies overlap sums within a chunk, but chunks do not overlap
+each other's write-back. Untested here: no GPU was available when this was written (see the `gpu`
+tests).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class CudaReducer(Reducer):
         self.copied = [torch.cuda.Event() for _ in range(2)]
         self.consumed = [torch.cuda.Event() for _ in range(2)]
         self.slot = 0
+        self.pending_copy: torch.cuda.Event | None = None
         self.host_out = torch.empty(chunk_elements * 8, dtype=torch.uint8, pin_memory=True)
 
     def make_prefetcher(self, plan: Plan, tasks: list[ChunkTask], nbytes: int) -> Prefetcher:
@@ -35,8 +40,19 @@ class CudaReducer(Reducer):
     def empty(self, nbytes: int) -> torch.Tensor:
         return torch.empty(nbytes, dtype=torch.uint8, device=self.device)
 
+    def _host_chunk(self, task: ChunkTask, source: int) -> torch.Tensor:
+        # Asking the prefetcher for a chunk lets it refill the pinned buffer it gave out last:
+        # the copy out of that buffer must have finished by then (and only by then).
+        if self.pending_copy is not None:
+            self.pending_copy.synchronize()
+            self.pending_copy = None
+        return self.prefetcher.next(task, source)
+
+    def copy_input(self, task: ChunkTask, source: int) -> torch.Tensor:
+        return self._host_chunk(task, source).view(task.entry.dtype_of(source))
+
     def next_input(self, task: ChunkTask, source: int) -> torch.Tensor:
-        host = self.prefetcher.next(task, source)
+        host = self._host_chunk(task, source)
         slot = self.slot
         self.slot ^= 1
         staged = self.staged[slot][: host.numel()]
@@ -44,8 +60,7 @@ class CudaReducer(Reducer):
             self.copy_stream.wait_event(self.consumed[slot])  # the last sum that read it is done
             staged.copy_(host, non_blocking=True)
             self.copied[slot].record(self.copy_stream)
-        # The prefetcher refills `host` once the next read is requested: finish this copy first.
-        self.copied[slot].synchronize()
+        self.pending_copy = self.copied[slot]
         self.compute_stream.wait_event(self.copied[slot])
         return staged.view(task.entry.dtype_of(source))
 
