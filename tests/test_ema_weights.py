@@ -1,4 +1,4 @@
-"""Tests for wa_cli.ema: EMA coefficients against the recursion and PyTorch, weights parsing."""
+"""Tests for wa_cli.ema coefficients: against the recursion, PyTorch and Lookahead."""
 
 from __future__ import annotations
 
