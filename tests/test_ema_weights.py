@@ -1,4 +1,4 @@
-"""Tests for wa_cli.ema: EMA coefficients against the recursion and PyTorch, weights parsing."""
+"""Tests for wa_cli.ema coefficients: against the recursion, PyTorch and Lookahead."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from wa_cli.ema import (
     LOOKAHEAD_HELP,
     ema_coefficients,
     lookahead_decay,
-    parse_weights,
-    weighted_mean_coefficients,
 )
 from wa_cli.errors import ExitCode, WaError
 
@@ -194,55 +192,3 @@ def test_ema_usage_errors(kwargs: dict[str, object], message: str) -> None:
 def test_ema_of_no_checkpoints_is_an_error() -> None:
     with pytest.raises(WaError, match="at least one checkpoint"):
         ema_coefficients(0, decay=0.5)
-
-
-# ---------------------------------------------------------------------------- weighted mean
-
-
-def test_weighted_mean_coefficients_normalise() -> None:
-    assert weighted_mean_coefficients([1, 2, 1]) == [0.25, 0.5, 0.25]
-    assert weighted_mean_coefficients([0, 3]) == [0.0, 1.0]
-    thetas = trajectory(3, seed=5)
-    w = [0.2, 1.3, 2.5]
-    expected = sum(wi * t for wi, t in zip(w, thetas, strict=True)) / sum(w)
-    got = combine(weighted_mean_coefficients(w), thetas)
-    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize(
-    ("weights", "message"),
-    [
-        ([], "got none"),
-        ([1.0, -1.0], "--weights value 2 is -1.0; weights must be non-negative"),
-        ([0.0, 0.0], "all zero"),
-        ([1.0, math.inf], "--weights value 2 must be a finite number, got inf"),
-        ([math.nan, 1.0], "--weights value 1 must be a finite number, got nan"),
-    ],
-)
-def test_weighted_mean_errors(weights: list[float], message: str) -> None:
-    with pytest.raises(WaError, match=message) as e:
-        weighted_mean_coefficients(weights)
-    assert e.value.code == ExitCode.USAGE
-
-
-def test_parse_weights() -> None:
-    assert parse_weights("1,2,1", 3) == [1.0, 2.0, 1.0]
-    assert parse_weights(" 0.5 , 1e-1 ", 2) == [0.5, 0.1]
-
-
-@pytest.mark.parametrize(
-    ("text", "n", "message"),
-    [
-        ("1,2", 3, "--weights has 2 values but 3 checkpoints are selected"),
-        ("1,2,3,4", 3, "--weights has 4 values but 3 checkpoints are selected"),
-        ("1,x,1", 3, "--weights value 2 is 'x', not a number"),
-        ("1,,1", 3, "--weights value 2 is '', not a number"),
-        ("1,-2,1", 3, "weights must be non-negative"),
-        ("0,0", 2, "all zero"),
-        ("1,nan", 2, "finite number"),
-    ],
-)
-def test_parse_weights_errors(text: str, n: int, message: str) -> None:
-    with pytest.raises(WaError, match=message) as e:
-        parse_weights(text, n)
-    assert e.value.code == ExitCode.USAGE

@@ -309,7 +309,7 @@ def test_step_from_name_uses_the_last_number_of_the_stem() -> None:
     assert [e.step for e in order_trajectory(items[2:])] == [2]
 
 
-def test_sharded_index_takes_its_folders_number() -> None:
+def test_a_sharded_checkpoint_takes_its_folders_number() -> None:
     items = [
         Fake(Path("runs/step_200/model.safetensors.index.json")),
         Fake(Path("runs/step_100/model.safetensors.index.json")),
@@ -617,6 +617,16 @@ def test_missing_metrics_file_is_bad_input(tmp_path: Path) -> None:
     with pytest.raises(WaError, match="cannot read metrics file") as e:
         load_metrics_file(tmp_path / "nope.csv")
     assert e.value.code == ExitCode.BAD_INPUT
+
+
+@pytest.mark.parametrize("name", ["bad.csv", "bad.json"])
+def test_metrics_file_that_is_not_utf8_is_bad_input(tmp_path: Path, name: str) -> None:
+    p = tmp_path / name
+    p.write_bytes(b"file,value\n\xff\xfe\x80ckpt.pt,1\n")  # 0xff never occurs in UTF-8
+    with pytest.raises(WaError, match="is not UTF-8 text") as e:
+        load_metrics_file(p)
+    assert e.value.code == ExitCode.BAD_INPUT
+    assert "\n" not in e.value.message
 
 
 def test_metrics_file_round_trip_into_top_k(tmp_path: Path) -> None:

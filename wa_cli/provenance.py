@@ -9,17 +9,43 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wa_cli import __version__
-from wa_cli.io.reader import Checkpoint
+
+if TYPE_CHECKING:  # the CLI imports this module before torch, so `wa --help` stays fast
+    from wa_cli.io.reader import Checkpoint
+
+API_COMMAND = "(python API)"
+"""What ``wa_command`` records for a library call made outside the ``wa`` command line."""
+
+# Set by the CLI's main() for the duration of one command; None for library calls. sys.argv is
+# no guide: in a notebook it is the kernel's own command line ("-f kernel.json").
+_cli_command: str | None = None
+
+
+def set_cli_command(args: Sequence[str] | None) -> None:
+    """Record the arguments of the running ``wa`` command (``None`` clears it).
+
+    Example:
+        >>> set_cli_command(["average", "a.safetensors", "-o", "b.safetensors"])
+        >>> current_command()
+        'wa average a.safetensors -o b.safetensors'
+        >>> set_cli_command(None)
+    """
+    global _cli_command
+    _cli_command = None if args is None else shlex.join(["wa", *args])
 
 
 def current_command() -> str:
-    """The command line as typed (best effort), e.g. ``wa average a.safetensors -o b``."""
-    return shlex.join(["wa", *sys.argv[1:]])
+    """The running ``wa`` command line, or :data:`API_COMMAND` for a library call.
+
+    Example:
+        >>> current_command()
+        '(python API)'
+    """
+    return _cli_command if _cli_command is not None else API_COMMAND
 
 
 def provenance(
@@ -29,6 +55,9 @@ def provenance(
     command: str | None = None,
 ) -> dict[str, str]:
     """Metadata for an output made by ``method`` with ``params`` from ``checkpoints``.
+
+    ``wa_command`` is ``command`` when given, else the running ``wa`` command line, else
+    :data:`API_COMMAND`.
 
     Example:
         >>> provenance([], "mean", {"weights": [1, 1]})["wa_method"]

@@ -75,6 +75,8 @@ def _bad_inputs(tmp_path):
     state["0.weight"] = torch.ones(1, 2, 3, 4)
     save_file(state, tmp_path / "shape.safetensors")
     torch.save({"w": torch.ones(1), "x": Unsafe()}, tmp_path / "unsafe.pt")
+    # Latin-1, not UTF-8: 0xe9 followed by '.' is no valid UTF-8 sequence.
+    (tmp_path / "latin1.csv").write_bytes("file,value\nckpt_\xe9.pt,1\n".encode("latin-1"))
     return good
 
 
@@ -96,6 +98,12 @@ CASES = [
     (["{g0}", "--dtype", "int8"], 2, ["unknown dtype"]),
     (["{g0}", "--keys", "some"], 2, ["--keys"]),
     (["{g0}", "--max-shard-size", "big"], 2, ["cannot read size"]),
+    (["{g0}", "--max-shard-size", "inf"], 2, ["'inf'", "at least 1 byte"]),
+    (["{g0}", "--max-shard-size", "nan"], 2, ["'nan'", "at least 1 byte"]),
+    (["{g0}", "--max-shard-size", "1e400"], 2, ["'1e400'", "at least 1 byte"]),
+    (["{g0}", "--max-shard-size", "0.5"], 2, ["'0.5'", "at least 1 byte"]),
+    (["{g0}", "{g1}", "--weights", "1,nan"], 2, ["finite"]),
+    (["{g0}", "{g1}", "--top-k", "1", "--metrics", "{tmp}/latin1.csv"], 3, ["not UTF-8"]),
     (["{g0}", "--device", "tpu"], 2, ["device"]),
 ]
 
@@ -156,3 +164,27 @@ def test_debug_shows_the_traceback(tmp_path):
         ["average", tmp_path / "missing.safetensors", "-o", tmp_path / "o", "--debug"]
     )
     assert r.code != 0 and "Traceback" in r.stderr and "WaError" in r.stderr
+
+
+def test_force_never_deletes_other_files_in_a_shard_folder(tmp_path, capsys):
+    traj = make_trajectory(tmp_path / "in", n=2)
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "other.txt").write_text("x")
+    args = ["average", *traj.paths, "-o", models, "--max-shard-size", "5GB", "--force"]
+    r = run_wa(args, capsys)
+    assert_one_line_error(r, 5, "models'", "other.txt", "--force")
+    assert sorted(p.name for p in models.iterdir()) == ["other.txt"]
+    assert (models / "other.txt").read_text() == "x"
+    # A folder wa wrote (shards and index only) is replaced with --force.
+    (models / "other.txt").unlink()
+    assert run_wa(args, capsys).code == 0
+    assert run_wa(args, capsys).code == 0
+    assert (models / "model.safetensors.index.json").is_file()
+
+
+def test_single_file_output_named_like_a_pickle_is_refused(tmp_path, capsys):
+    traj = make_trajectory(tmp_path, n=2)
+    r = run_wa(["average", *traj.paths, "-o", tmp_path / "out.pt"], capsys)
+    assert_one_line_error(r, 2, "out.pt", "safetensors")
+    assert not (tmp_path / "out.pt").exists()

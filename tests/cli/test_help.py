@@ -40,3 +40,10 @@ def test_help_of_every_command_does_not_import_torch():
 def test_version():
     r = run_wa_process(["--version"])
     assert r.code == 0 and r.stdout.startswith("wa ")
+
+
+def test_bare_wa_prints_the_help_and_no_error_line():
+    r = run_wa_process([])
+    assert r.code == 0, r.stderr
+    assert "Usage" in r.stdout and "average" in r.stdout
+    assert "error" not in r.stderr and r.stderr.strip() == "", r.stderr

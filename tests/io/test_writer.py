@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from wa_cli.errors import WaError
+from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.writer import OutputTensor, parse_size, write_safetensors, write_state_dict
 
 ROUND_TRIP = {
@@ -113,3 +113,62 @@ def test_parse_size(text, expected):
 def test_parse_size_rejects_nonsense():
     with pytest.raises(WaError, match="cannot read size"):
         parse_size("lots")
+
+
+@pytest.mark.parametrize("text", ["inf", "nan", "-inf", "1e400", "1e300TB", "0.5", "0", "-3MB"])
+def test_parse_size_rejects_non_finite_and_sub_byte_sizes(text):
+    with pytest.raises(WaError, match="at least 1 byte") as e:
+        parse_size(text)
+    assert e.value.code == ExitCode.USAGE
+
+
+@pytest.mark.parametrize("text, expected", [("1.5", 1), ("0.5KB", 500), ("1e3", 1000)])
+def test_parse_size_accepts_fractions_that_come_to_whole_bytes(text, expected):
+    assert parse_size(text) == expected
+
+
+def test_force_never_replaces_a_folder_holding_other_files(tmp_path):
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / "other.txt").write_text("x")
+    (out / "old.safetensors").write_bytes(b"shard")
+    with pytest.raises(WaError, match="other.txt") as e:
+        write_state_dict(out, {"a": torch.ones(300)}, force=True, max_shard_size=1000)
+    assert e.value.code == ExitCode.OUTPUT
+    assert "\n" not in e.value.message
+    assert (out / "other.txt").read_text() == "x"
+    assert (out / "old.safetensors").read_bytes() == b"shard"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+
+
+def test_force_refuses_a_folder_with_a_subfolder(tmp_path):
+    out = tmp_path / "models"
+    (out / "sub").mkdir(parents=True)
+    with pytest.raises(WaError, match="'sub'"):
+        write_state_dict(out, {"a": torch.ones(3)}, force=True, max_shard_size=1000)
+    assert (out / "sub").is_dir()
+
+
+def test_force_replaces_a_folder_of_shards_and_index(tmp_path):
+    out = tmp_path / "models"
+    write_state_dict(out, {"a": torch.ones(300), "b": torch.zeros(300)}, max_shard_size=1000)
+    assert len(list(out.glob("*.safetensors"))) == 2
+    write_state_dict(out, {"c": torch.full((3,), 2.0)}, force=True, max_shard_size=1000)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["model-00001-of-00001.safetensors", "model.safetensors.index.json"]
+    assert torch.equal(load_file(out / names[0])["c"], torch.full((3,), 2.0))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".bin", ".ckpt", ".PT"])
+def test_single_file_output_with_a_pickle_suffix_is_refused(tmp_path, suffix):
+    out = tmp_path / f"avg{suffix}"
+    with pytest.raises(WaError, match="wa writes safetensors") as e:
+        write_state_dict(out, {"a": torch.ones(1)})
+    assert e.value.code == ExitCode.USAGE
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["avg", "avg.st", "avg.safetensors"])
+def test_single_file_output_with_another_suffix_is_written(tmp_path, name):
+    write_state_dict(tmp_path / name, {"a": torch.ones(2)})
+    assert torch.equal(load_file(tmp_path / name)["a"], torch.ones(2))

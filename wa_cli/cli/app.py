@@ -6,14 +6,17 @@ Command modules import torch and the library lazily, inside the command function
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from typing import Annotated
 
 import typer
 
 from wa_cli import __version__
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.provenance import set_cli_command
 
 app = typer.Typer(
     name="wa",
@@ -53,19 +56,86 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("WA_DEBUG", "") not in ("", "0")
 
 
+def _quiet_requested(argv: list[str]) -> bool:
+    return "-q" in argv or "--quiet" in argv
+
+
+class _StderrHandler(logging.Handler):
+    """The library's log records as ``wa: warning: <message>`` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if record.levelno >= logging.WARNING:
+                line = f"wa: warning: {record.getMessage()}"
+            else:
+                line = f"wa: {record.levelname.lower()}: {record.name}: {record.getMessage()}"
+            # sys.stderr looked up per record: tests and callers may swap it.
+            sys.stderr.write(line + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    logging.getLogger("wa_cli").warning("%s", message)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``wa`` console script: one ``wa: error:`` line per user error."""
+    """Entry point of the ``wa`` console script: one ``wa: error:`` line per user error.
+
+    Library warnings (``logging``) print as ``wa: warning:`` lines, silenced by ``-q``; with
+    ``--debug`` or ``WA_DEBUG=1`` every log record prints and Python warnings show as usual.
+    """
     args = sys.argv[1:] if argv is None else list(argv)
+    debug = _debug_requested(args)
+    logger = logging.getLogger("wa_cli")
+    handler = _StderrHandler(
+        logging.DEBUG if debug else logging.ERROR if _quiet_requested(args) else logging.WARNING
+    )
+    previous_level = logger.level
+    logger.addHandler(handler)
+    if debug:
+        logger.setLevel(logging.DEBUG)
+    set_cli_command(args)
+    try:
+        with warnings.catch_warnings():
+            if not debug:
+                # Warnings raised in torch, or in wa's calls into torch (wa itself warns through
+                # logging), say nothing a wa user can act on; any other Python warning (a user's
+                # model code, say) becomes one `wa: warning:` line.
+                warnings.filterwarnings("ignore", module=r"(torch|wa_cli)(\.|$)")
+                warnings.showwarning = _show_warning
+            _run(args, debug)
+    finally:
+        set_cli_command(None)
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+
+
+def _run(args: list[str], debug: bool) -> None:
     command = typer.main.get_command(app)
     try:
         code = command.main(args=args, prog_name="wa", standalone_mode=False)
     except WaError as e:
-        if _debug_requested(args):
+        if debug:
             raise
         _fail(e.message, e.code)
     except KeyboardInterrupt:
         _fail("interrupted; nothing was written", ExitCode.USAGE, status=130)
     except Exception as e:
+        if type(e).__name__ == "NoArgsIsHelpError":
+            # A bare `wa` (typer's click raises this usage error): the help is the answer, not
+            # an error. Rich help is already printed and leaves the message empty.
+            help_text = str(getattr(e, "format_message", str)()).strip()
+            if help_text:
+                sys.stdout.write(help_text + "\n")
+            sys.exit(0)
         # Usage errors of the vendored click parser carry `exit_code` and `format_message`;
         # render them as one line like every other user error. Anything else is a bug.
         if hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int):

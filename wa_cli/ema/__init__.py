@@ -23,8 +23,6 @@ from wa_cli.ema.coefficients import (
     ema_coefficients,
     ema_decays,
     lookahead_decay,
-    parse_weights,
-    weighted_mean_coefficients,
 )
 from wa_cli.ema.run import decay_options, ema, ema_to_file, ema_weights
 
@@ -37,6 +35,4 @@ __all__ = [
     "ema_to_file",
     "ema_weights",
     "lookahead_decay",
-    "parse_weights",
-    "weighted_mean_coefficients",
 ]

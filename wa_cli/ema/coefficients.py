@@ -1,4 +1,4 @@
-"""EMA coefficients over a trajectory (and weighted-mean coefficients): pure float64 math.
+"""EMA coefficients over a trajectory: pure float64 math.
 
 Part of :mod:`wa_cli.ema`. e_0 = θ_0, e_i = β_i e_{i−1} + (1 − β_i) θ_i is Σ c_i θ_i with
 c_N = 1 − β_N, c_i = (1 − β_i) Π_{j>i} β_j, c_0 = Π_{j≥1} β_j (SPEC.md, "EMA over a trajectory";
@@ -169,76 +169,3 @@ def ema_coefficients(
         tail *= beta
     coefficients[0] = tail
     return coefficients
-
-
-def weighted_mean_coefficients(weights: Sequence[float]) -> list[float]:
-    """Normalise weights w_i ≥ 0 to coefficients w_i / Σ w in float64 (``wa average --weights``).
-
-    Args:
-        weights: One finite, non-negative weight per checkpoint, not all zero.
-
-    Returns:
-        The coefficients, summing to 1.
-
-    Raises:
-        WaError: (USAGE) no weights, a negative or non-finite weight, or all weights zero.
-
-    Example:
-        >>> weighted_mean_coefficients([1, 2, 1])
-        [0.25, 0.5, 0.25]
-    """
-    if not weights:
-        raise WaError("--weights needs one weight per checkpoint, got none", ExitCode.USAGE)
-    values: list[float] = []
-    for i, w in enumerate(weights, start=1):
-        w = _finite(f"--weights value {i}", w)
-        if w < 0:
-            raise WaError(
-                f"--weights value {i} is {w!r}; weights must be non-negative", ExitCode.USAGE
-            )
-        values.append(w)
-    total = math.fsum(values)
-    if total == 0:
-        raise WaError(
-            "--weights are all zero; give at least one checkpoint a positive weight",
-            ExitCode.USAGE,
-        )
-    return [w / total for w in values]
-
-
-def parse_weights(text: str, n: int) -> list[float]:
-    """Parse ``--weights 1,2,1`` into one validated weight per checkpoint (not normalised).
-
-    Args:
-        text: Comma-separated numbers, in trajectory order.
-        n: Number of selected checkpoints.
-
-    Returns:
-        The weights as floats.
-
-    Raises:
-        WaError: (USAGE) a value that is not a number, a count other than ``n``, or weights
-            that :func:`weighted_mean_coefficients` rejects.
-
-    Example:
-        >>> parse_weights("1, 2, 1", 3)
-        [1.0, 2.0, 1.0]
-    """
-    parts = [p.strip() for p in text.split(",")]
-    weights: list[float] = []
-    for i, part in enumerate(parts, start=1):
-        try:
-            weights.append(float(part))
-        except ValueError:
-            raise WaError(
-                f"--weights value {i} is {part!r}, not a number (expected e.g. --weights 1,2,1)",
-                ExitCode.USAGE,
-            ) from None
-    if len(weights) != n:
-        raise WaError(
-            f"--weights has {len(weights)} values but {n} checkpoints are selected "
-            "(give one weight per checkpoint, in trajectory order; --dry-run lists them)",
-            ExitCode.USAGE,
-        )
-    weighted_mean_coefficients(weights)
-    return weights

@@ -14,7 +14,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from wa_cli.errors import ExitCode, WaError
+from wa_cli.errors import ExitCode, WaError, listing
+
+# What a folder written by wa holds (shards and their index): the only folder --force replaces.
+_SHARD_FOLDER_SUFFIXES = (".safetensors", ".index.json")
 
 
 def temporary_sibling(destination: Path) -> Path:
@@ -32,11 +35,34 @@ def fsync_path(path: Path) -> None:
 
 
 def check_destination(destination: Path, force: bool) -> None:
-    """Refuse an existing destination without ``force``, and a missing or read-only folder."""
+    """Refuse an existing destination without ``force``, and a missing or read-only folder.
+
+    Even with ``force``, an existing folder is replaced only if it holds nothing but
+    ``*.safetensors`` and ``*.index.json`` files (a sharded checkpoint): replacing a folder
+    deletes everything in it, and ``-o models --force`` must not delete a user's other files.
+    """
     if destination.exists() and not force:
         raise WaError(
             f"output '{destination}' already exists (pass --force to replace it)", ExitCode.OUTPUT
         )
+    if destination.is_dir():
+        try:
+            others = sorted(
+                child.name
+                for child in destination.iterdir()
+                if not (child.is_file() and child.name.endswith(_SHARD_FOLDER_SUFFIXES))
+            )
+        except OSError as e:
+            raise WaError(
+                f"cannot replace output folder '{destination}': {e.strerror or e}", ExitCode.OUTPUT
+            ) from e
+        if others:
+            raise WaError(
+                f"output folder '{destination}' holds other files than shards "
+                f"({listing(others)}); wa replaces a folder only if it holds just *.safetensors "
+                "and *.index.json files, even with --force (pick a new or empty folder)",
+                ExitCode.OUTPUT,
+            )
     parent = destination.parent if str(destination.parent) else Path(".")
     if not parent.is_dir():
         raise WaError(

@@ -10,6 +10,7 @@ the output is a folder of Hugging Face style shards plus ``model.safetensors.ind
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,6 +24,10 @@ from wa_cli.io.safetensors_header import build_header
 
 INDEX_NAME = "model.safetensors.index.json"
 
+# Suffixes loaders read as pickles (torch.load): safetensors bytes under one of them make a file
+# that torch.load, and wa itself, refuse.
+_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
 
 @dataclass(frozen=True)
 class OutputTensor:
@@ -32,7 +37,14 @@ class OutputTensor:
 
 
 def parse_size(text: str) -> int:
-    """``5GB``, ``500MB``, ``2GiB``, ``1000000`` → bytes (decimal units as Hugging Face uses)."""
+    """``5GB``, ``500MB``, ``2GiB``, ``1000000`` → bytes (decimal units as Hugging Face uses).
+
+    The value must be finite and come to at least one byte (``inf``, ``nan`` and ``0.5`` do not).
+
+    Example:
+        >>> parse_size("2KiB")
+        2048
+    """
     units = {
         "": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
         "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
@@ -41,12 +53,15 @@ def parse_size(text: str) -> int:
     number = s.rstrip("KMGTIB")
     unit = s[len(number) :]
     try:
-        value = float(number)
-    except ValueError:
-        value = -1.0
-    if unit not in units or value <= 0:
-        raise WaError(f"cannot read size {text!r} (expected e.g. 5GB, 500MB, 2GiB)")
-    return int(value * units[unit])
+        size = float(number) * units[unit]
+    except (ValueError, KeyError):
+        size = math.nan
+    if not (math.isfinite(size) and size >= 1):
+        raise WaError(
+            f"cannot read size {text!r} (expected a finite size of at least 1 byte, "
+            "e.g. 5GB, 500MB, 2GiB)"
+        )
+    return int(size)
 
 
 class _FileSink:
@@ -76,7 +91,9 @@ def write_safetensors(
     """Stream ``chunks`` into a safetensors file (or a folder of shards) atomically.
 
     Args:
-        destination: the output file, or the output folder when ``max_shard_size`` is set.
+        destination: the output file, or the output folder when ``max_shard_size`` is set. A
+            file named with a pickle suffix (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) is refused,
+            and so, even with ``force``, is a folder holding anything but shards and indexes.
         tensors: every output tensor, in the order their chunks will arrive.
         chunks: ``(key, tensor)`` pairs; a key's chunks arrive consecutively and, flattened and
             concatenated, make its tensor (a whole tensor is one chunk).
@@ -98,6 +115,12 @@ def write_safetensors(
             f"output '{destination}' is a folder (give a file name, or --max-shard-size to "
             "write shards into a folder)",
             ExitCode.OUTPUT,
+        )
+    if max_shard_size is None and destination.suffix.lower() in _PICKLE_SUFFIXES:
+        raise WaError(
+            f"output '{destination}' ends in {destination.suffix}, a pickle suffix, but wa writes "
+            f"safetensors (name it e.g. '{destination.with_suffix('.safetensors').name}')",
+            ExitCode.USAGE,
         )
     groups = _shard_groups(tensors, max_shard_size) if max_shard_size else [tensors]
     try:

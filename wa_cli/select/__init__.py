@@ -20,7 +20,6 @@ from wa_cli.select.expand import (
     expand_inputs,
     is_checkpoint_file,
     natural_key,
-    sharded_index,
 )
 from wa_cli.select.metrics import load_metrics_file
 from wa_cli.select.order import (
@@ -52,7 +51,6 @@ __all__ = [
     "order_trajectory",
     "select_trajectory",
     "selection_rows",
-    "sharded_index",
     "step_from_metadata",
     "step_from_name",
 ]

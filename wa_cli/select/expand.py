@@ -23,10 +23,9 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 """File suffixes a folder is searched for."""
 
-"""The index file that marks a Hugging Face style sharded checkpoint folder."""
-
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_DIGITS = re.compile(r"([0-9]+)")
+DIGIT_RUNS = re.compile(r"([0-9]+)")
+"""Runs of digits in a name (natural sort here, steps from file names in ``order``)."""
 
 
 def natural_key(name: str) -> tuple[object, ...]:
@@ -47,7 +46,7 @@ def natural_key(name: str) -> tuple[object, ...]:
     """
     # re.split with a capture group alternates text, digits, text, ...: every position holds
     # the same type in every key, so tuples never compare an int with a str.
-    parts = _DIGITS.split(name)
+    parts = DIGIT_RUNS.split(name)
     key = tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts))
     return (key, name)
 
@@ -58,14 +57,9 @@ def is_checkpoint_file(path: Path) -> bool:
     return not name.startswith(".") and name.lower().endswith(CHECKPOINT_SUFFIXES)
 
 
-def sharded_index(folder: Path) -> Path | None:
-    """The index of a sharded checkpoint folder, or ``None`` (``wa_cli.io.index.find_index``)."""
-    return find_index(folder)
-
-
 def _expand_folder(folder: Path) -> list[Path]:
     """A sharded folder is one checkpoint; any other folder expands to the checkpoints in it."""
-    if sharded_index(folder) is not None:
+    if find_index(folder) is not None:
         return [folder]
     found: list[Path] = []
     for child in folder.iterdir():

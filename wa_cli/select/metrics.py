@@ -124,8 +124,8 @@ def load_metrics_file(path: str | os.PathLike[str], metric: str | None = None) -
         A map from checkpoint name or path to value.
 
     Raises:
-        WaError: BAD_INPUT for an unreadable file, a missing header or column, a non-number,
-            a name listed twice; USAGE for another file type.
+        WaError: BAD_INPUT for an unreadable or non-UTF-8 file, a missing header or column, a
+            non-number, a name listed twice; USAGE for another file type.
 
     Example:
         >>> load_metrics_file("metrics.csv", "val_loss")  # doctest: +SKIP
@@ -143,5 +143,11 @@ def load_metrics_file(path: str | os.PathLike[str], metric: str | None = None) -
     except OSError as e:
         raise WaError(
             f"cannot read metrics file '{path}': {e.strerror or e}", ExitCode.BAD_INPUT
+        ) from e
+    except UnicodeDecodeError as e:
+        raise WaError(
+            f"metrics file '{path}' is not UTF-8 text (byte {e.start}); expected a CSV or JSON "
+            "text file with one value per checkpoint",
+            ExitCode.BAD_INPUT,
         ) from e
     return _load_csv(path, text, metric) if suffix == ".csv" else _load_json(path, text, metric)

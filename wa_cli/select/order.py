@@ -10,18 +10,15 @@ the file name, else natural name order. A tie or a mix of sources is an error na
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Literal, Protocol, TypeVar
 
 from wa_cli.errors import ExitCode, WaError, listing
-from wa_cli.select.expand import CHECKPOINT_SUFFIXES, INDEX_SUFFIX, natural_key
+from wa_cli.select.expand import CHECKPOINT_SUFFIXES, DIGIT_RUNS, INDEX_SUFFIX, natural_key
 
 logger = logging.getLogger(__name__)
-
-_DIGITS = re.compile(r"([0-9]+)")
 
 STEP_KEY = "step"
 """The safetensors metadata entry that holds a checkpoint's training step."""
@@ -90,7 +87,7 @@ def step_from_name(item: CheckpointLike) -> int | None:
         >>> step_from_name(SimpleNamespace(name="ckpt_10.pt", path=Path("ckpt_10.pt")))
         10
     """
-    numbers = _DIGITS.findall(checkpoint_stem(item))
+    numbers = DIGIT_RUNS.findall(checkpoint_stem(item))
     return int(numbers[-1]) if numbers else None
 
 
