@@ -30,7 +30,7 @@ from wa_cli.device import resolve_device
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.atomic import check_destination
 from wa_cli.io.reader import Checkpoint, open_checkpoint
-from wa_cli.io.writer import OutputTensor, write_safetensors
+from wa_cli.io.writer import OutputTensor, check_output_name, write_safetensors
 from wa_cli.loading import call_factory, load_state_dict_strict, resolve_callable
 from wa_cli.pipeline import check_output_is_not_input
 from wa_cli.provenance import provenance
@@ -227,6 +227,7 @@ def recalibrate_checkpoint(
     output = Path(output)
     try:
         check_output_is_not_input(output, [ckpt])
+        check_output_name(output, sharded=max_shard_size is not None)
         target = resolve_device(device)
         net = _as_module(
             call_factory(model, what="model factory") if not isinstance(model, nn.Module) else model

@@ -80,7 +80,9 @@ StripPrefix = Annotated[
     bool, typer.Option("--strip-prefix", help="Drop 'module.' and '_orig_mod.' key prefixes.")
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
-Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar, no hints.")]
+Quiet = Annotated[
+    bool, typer.Option("-q", "--quiet", help="No progress bar, no hints, no warning lines.")
+]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
 
 # Output for commands with --dry-run: required unless --dry-run is given (checked in the command).

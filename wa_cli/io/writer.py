@@ -64,6 +64,24 @@ def parse_size(text: str) -> int:
     return int(size)
 
 
+def check_output_name(destination: Path, *, sharded: bool = False) -> None:
+    """A single-file output is a file name, not a folder, and not named like a pickle."""
+    if sharded:
+        return
+    if destination.is_dir():
+        raise WaError(
+            f"output '{destination}' is a folder (give a file name, or --max-shard-size to "
+            "write shards into a folder)",
+            ExitCode.OUTPUT,
+        )
+    if destination.suffix.lower() in _PICKLE_SUFFIXES:
+        raise WaError(
+            f"output '{destination}' ends in {destination.suffix}, a pickle suffix, but wa writes "
+            f"safetensors (name it e.g. '{destination.with_suffix('.safetensors').name}')",
+            ExitCode.USAGE,
+        )
+
+
 class _FileSink:
     """Writes one safetensors file: header first, then exactly the announced bytes per tensor."""
 
@@ -110,18 +128,7 @@ def write_safetensors(
         ...                   [("t", t)], {"format": "pt"})  # doctest: +SKIP
     """
     destination = Path(destination)
-    if max_shard_size is None and destination.is_dir():
-        raise WaError(
-            f"output '{destination}' is a folder (give a file name, or --max-shard-size to "
-            "write shards into a folder)",
-            ExitCode.OUTPUT,
-        )
-    if max_shard_size is None and destination.suffix.lower() in _PICKLE_SUFFIXES:
-        raise WaError(
-            f"output '{destination}' ends in {destination.suffix}, a pickle suffix, but wa writes "
-            f"safetensors (name it e.g. '{destination.with_suffix('.safetensors').name}')",
-            ExitCode.USAGE,
-        )
+    check_output_name(destination, sharded=max_shard_size is not None)
     groups = _shard_groups(tensors, max_shard_size) if max_shard_size else [tensors]
     try:
         with atomic_destination(destination, force) as tmp:
