@@ -427,3 +427,23 @@ def test_provenance_records_the_loader_arguments(user, capsys):
     assert json.loads(params["data_kwargs"]) == {"sizes": [4, 7]}
     assert params["data"] == f"{user['code']}:loader" and params["batches"] == 2
     assert "batch_size" not in params  # the loader chose its own batches
+
+
+def test_a_pickle_named_output_fails_before_any_forward_pass(tmp_path, capsys):
+    from tests.helpers import REPO
+
+    sample = REPO / "sample_checkpoints"
+    out = tmp_path / "x.pt"
+    calls = tmp_path / "calls"
+    (tmp_path / "data.py").write_text(
+        f"def loader():\n    open({str(calls)!r}, 'w').write('called')\n    return []\n"
+    )
+    r = run_wa(
+        [
+            "bn-recalibrate", sample / "run_a/ckpt_1350.safetensors", "-o", out,
+            "--model", f"{sample}/model.py:build", "--data", f"{tmp_path}/data.py:loader",
+        ],
+        capsys,
+    )  # fmt: skip
+    assert_one_line_error(r, 2, "pickle suffix")
+    assert not out.exists() and not calls.exists()  # the data loader was never called
