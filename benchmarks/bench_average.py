@@ -188,7 +188,9 @@ def drop_page_cache() -> None:
     try:
         Path("/proc/sys/vm/drop_caches").write_text("1\n")
     except OSError as e:
-        raise SystemExit(f"bench: cannot drop the page cache ({e}): run as root, or drop --cold")
+        raise SystemExit(
+            f"bench: cannot drop the page cache ({e}): run as root, or drop --cold"
+        ) from e
 
 
 def variant_command(variant: str, inputs: list[Path], out: Path) -> list[str]:
