@@ -183,9 +183,14 @@ def warm_cache(paths: list[Path]) -> float:
 
 
 def drop_page_cache() -> None:
-    """Drop the page cache (root only); raises when the kernel refuses."""
+    """Drop the page cache (needs root), so every run reads its inputs from disk."""
     os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    except OSError as e:
+        raise SystemExit(
+            f"bench: cannot drop the page cache ({e}): run as root, or drop --cold"
+        ) from e
 
 
 def variant_command(variant: str, inputs: list[Path], out: Path) -> list[str]:
@@ -230,7 +235,8 @@ def run_rounds(
     for r in range(repeats):
         order = VARIANTS[r % 3 :] + VARIANTS[: r % 3]  # rotate: no variant always runs first
         for variant in order:
-            out = out_dir / f"{variant}.safetensors"
+            # The floor writes raw bytes, not a safetensors file.
+            out = out_dir / ("floor.bin" if variant == "floor" else f"{variant}.safetensors")
             out.unlink(missing_ok=True)
             os.sync()  # the previous run's unsynced writes must not land in this one's time
             if cold:
