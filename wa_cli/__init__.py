@@ -20,15 +20,15 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     # `average` and `ema` are also submodule names, so those two functions are imported from
-    # their modules: `from wa_cli.average import average`.
-    "average_to_file": "wa_cli.average",
-    "ema_to_file": "wa_cli.ema",
-    "graft_ring": "wa_cli.graft_state",
-    "graft_to_files": "wa_cli.graft_files",
-    "tensor_entropy": "wa_cli.entropy",
-    "entropy_report": "wa_cli.entropy_report",
-    "recalibrate_bn": "wa_cli.bn",
-    "recalibrate_checkpoint": "wa_cli.bn_checkpoint",
+    # their modules: `from wa_cli.methods.average import average`.
+    "average_to_file": "wa_cli.methods.average",
+    "ema_to_file": "wa_cli.methods.ema",
+    "graft_ring": "wa_cli.methods.graft.state",
+    "graft_to_files": "wa_cli.methods.graft.files",
+    "tensor_entropy": "wa_cli.methods.graft.entropy",
+    "entropy_report": "wa_cli.methods.graft.report",
+    "recalibrate_bn": "wa_cli.methods.bn.recalibrate",
+    "recalibrate_checkpoint": "wa_cli.methods.bn.checkpoint",
     "open_checkpoint": "wa_cli.io.reader",
     "write_state_dict": "wa_cli.io.writer",
     "WaError": "wa_cli.errors",

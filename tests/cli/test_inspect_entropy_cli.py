@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.helpers import REPO, assert_one_line_error, cnn_state, make_trajectory, run_wa
-from wa_cli.entropy import tensor_entropy
-from wa_cli.graft import graft_alpha
+from wa_cli.methods.graft.alpha import graft_alpha
+from wa_cli.methods.graft.entropy import tensor_entropy
 
 SAMPLE_A = REPO / "sample_checkpoints/run_a/ckpt_1350.safetensors"
 SAMPLE_B = REPO / "sample_checkpoints/run_b/ckpt_1350.safetensors"

@@ -25,7 +25,7 @@ def worker_model(rank: int) -> nn.Module:
 
 
 def fake_recalibrate(model: nn.Module) -> None:
-    # stands in for wa_cli.bn.recalibrate_bn: per-process statistics (different data shards)
+    # stands in for wa.recalibrate_bn: per-process statistics (different data shards)
     bn = model[1]
     bn.running_mean.fill_(float(dist.get_rank() + 1))  # 1 and 2 -> mean 1.5
 

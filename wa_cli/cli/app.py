@@ -15,8 +15,8 @@ from typing import Annotated
 import typer
 
 from wa_cli import __version__
+from wa_cli.engine.provenance import set_cli_command
 from wa_cli.errors import ExitCode, WaError
-from wa_cli.provenance import set_cli_command
 
 app = typer.Typer(
     name="wa",

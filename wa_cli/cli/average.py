@@ -53,7 +53,6 @@ def average_command(
 
     Example: wa average runs/a/ckpt_*.safetensors --top-k 5 --metric val_loss -o swa.safetensors
     """
-    from wa_cli.average import average_to_file, validate_weights
     from wa_cli.cli.inputs import (
         Selection,
         emit_selection,
@@ -63,8 +62,9 @@ def average_command(
         select_inputs,
         selection_report,
     )
-    from wa_cli.dtypes import parse_user_dtype
+    from wa_cli.engine.precision import parse_user_dtype
     from wa_cli.io.writer import parse_size
+    from wa_cli.methods.average import average_to_file, validate_weights
 
     sel = Selection(order, last, every, from_step, to_step, top_k, metric, mode, metrics)
     ckpts = open_inputs(inputs, key=key, strip_prefix=strip_prefix)

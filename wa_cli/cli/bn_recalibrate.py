@@ -15,7 +15,7 @@ from wa_cli.cli.app import app
 from wa_cli.errors import ExitCode, WaError
 
 if TYPE_CHECKING:
-    from wa_cli.bn_checkpoint import BNCheckpointReport
+    from wa_cli.methods.bn.checkpoint import BNCheckpointReport
 
 
 @app.command("bn-recalibrate")
@@ -117,12 +117,12 @@ def bn_recalibrate_command(
 
     Example: wa bn-recalibrate swa.safetensors --model net.py:build --data net.py:loader -o out
     """
-    from wa_cli.bn_checkpoint import recalibrate_checkpoint, resolve_data, resolve_model
     from wa_cli.cli.render import warn
     from wa_cli.io.reader import open_checkpoint
     from wa_cli.io.writer import parse_size
-    from wa_cli.loading import resolve_callable
-    from wa_cli.tensor_data import TensorFileBatches
+    from wa_cli.methods.bn.checkpoint import recalibrate_checkpoint, resolve_data, resolve_model
+    from wa_cli.methods.bn.tensor_data import TensorFileBatches
+    from wa_cli.methods.bn.usercode import resolve_callable
 
     build = resolve_model(model, _json_kwargs(model_kwargs, "--model-kwargs"))
     source = resolve_data(

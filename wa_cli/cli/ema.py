@@ -9,7 +9,7 @@ import typer
 from wa_cli.cli import options as opt
 from wa_cli.cli.app import app
 from wa_cli.cli.render import byte_progress, emit_run_report
-from wa_cli.ema import LOOKAHEAD_HELP
+from wa_cli.methods.ema import LOOKAHEAD_HELP
 
 _DECAY = "Decay (give exactly one)"
 
@@ -88,9 +88,9 @@ def ema_command(
         select_inputs,
         selection_report,
     )
-    from wa_cli.dtypes import parse_user_dtype
-    from wa_cli.ema import decay_options, ema_coefficients, ema_to_file
+    from wa_cli.engine.precision import parse_user_dtype
     from wa_cli.io.writer import parse_size
+    from wa_cli.methods.ema import decay_options, ema_coefficients, ema_to_file
 
     sel = Selection(order, last, every, from_step, to_step, top_k, metric, mode, metrics)
     decays = decay_options(decay, decay_per_step, half_life, alpha)  # checks --alpha

@@ -11,7 +11,7 @@ from wa_cli.cli import options as opt
 from wa_cli.cli.app import app
 
 if TYPE_CHECKING:
-    from wa_cli.graft_files import GraftPlan
+    from wa_cli.methods.graft.files import GraftPlan
 
 
 @app.command("graft")
@@ -64,9 +64,9 @@ def graft_command(
     """
     from wa_cli.cli.inputs import open_inputs
     from wa_cli.cli.render import byte_progress, emit_run_report, hint, print_json, warn
-    from wa_cli.dtypes import parse_user_dtype
+    from wa_cli.engine.precision import parse_user_dtype
     from wa_cli.errors import WaError
-    from wa_cli.graft_files import graft_to_files, output_paths, plan_graft
+    from wa_cli.methods.graft.files import graft_to_files, output_paths, plan_graft
 
     if output is None and not dry_run:
         raise WaError("wa graft needs -o OUT (a file, or a folder for 3+ inputs), or --dry-run")

@@ -11,7 +11,7 @@ from wa_cli.cli import options as opt
 from wa_cli.cli.app import app
 
 if TYPE_CHECKING:
-    from wa_cli.entropy_report import EntropyReport
+    from wa_cli.methods.graft.report import EntropyReport
 
 BAR_WIDTH = 8
 _EIGHTHS = " ▏▎▍▌▋▊▉"
@@ -72,15 +72,15 @@ def inspect_entropy_command(
     """
     from wa_cli.cli.inputs import open_inputs
     from wa_cli.cli.render import print_json
-    from wa_cli.entropy_report import (
+    from wa_cli.engine.run import check_output_is_not_input
+    from wa_cli.errors import WaError
+    from wa_cli.io.atomic import check_destination
+    from wa_cli.methods.graft.report import (
         check_plot_available,
         compile_filter,
         entropy_report,
         plot_entropies,
     )
-    from wa_cli.errors import WaError
-    from wa_cli.io.atomic import check_destination
-    from wa_cli.pipeline import check_output_is_not_input
 
     if json and csv:
         raise WaError("--json and --csv both print on stdout; pick one")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from wa_cli.dtypes import SAFETENSORS_NAMES
 from wa_cli.errors import ExitCode, WaError, listing
+from wa_cli.io.dtypes import SAFETENSORS_NAMES
 from wa_cli.io.index import INDEX_SUFFIX, find_index, read_weight_map
 from wa_cli.io.safetensors_header import TensorInfo, read_header
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from wa_cli.dtypes import from_safetensors_name, safetensors_name
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.io.dtypes import from_safetensors_name, safetensors_name
 
 # The reference implementation refuses headers above 100 MB; a larger one means a corrupt file.
 MAX_HEADER_BYTES = 100_000_000

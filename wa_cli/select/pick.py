@@ -227,7 +227,7 @@ def selection_rows(
     Args:
         entries: The selected entries (:func:`select_trajectory`).
         weights: Each checkpoint's coefficient in the result (e.g.
-            :func:`wa_cli.ema.ema_coefficients`), or ``None``.
+            :func:`wa_cli.methods.ema.ema_coefficients`), or ``None``.
 
     Returns:
         One JSON-ready row per entry, in trajectory order.

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from wa_cli.dtypes import accumulator_dtype
+from wa_cli.engine.precision import accumulator_dtype
 from wa_cli.errors import ExitCode, WaError
 
 logger = logging.getLogger(__name__)
@@ -62,8 +62,8 @@ def average_across_processes(
         group: the process group (default: the world).
         recalibrate: called as ``recalibrate(model)`` after averaging, e.g.
             ``lambda m: recalibrate_bn(m, loader, device=device)`` with
-            ``wa_cli.bn.recalibrate_bn`` (``device``: where ``model`` is; the batches are moved
-            there).
+            ``wa_cli.methods.bn.recalibrate.recalibrate_bn`` (``device``: where ``model`` is;
+            the batches are moved there).
         average_recalibrated_stats: after ``recalibrate``, average the floating buffers again, so
             every process ends with the same statistics. With the same number of BN batches on
             each process this equals one re-estimation over all their batches.

@@ -1,0 +1,287 @@
+"""The engine every reducing command shares: a per-key linear combination, streamed in chunks.
+
+A uniform or weighted mean, an EMA over a trajectory (whose result is Σ c_i θ_i with effective
+weights c_i) and a graft (α u + (1 − α) v) are all linear combinations of the inputs' tensors for
+one key. This module computes ``Σ w_i θ_i / Σ w_i`` chunk by chunk, so the memory a run needs is a
+few chunk-sized buffers, whatever the number of checkpoints or the size of a tensor.
+
+Precision (DESIGN.md): sums are kept in a wider type than the input (float32 for 16-bit inputs,
+float64 for float32) and rounded once to the output dtype. Summing the raw weights and dividing once
+by their total keeps k identical inputs bit-identical to themselves (k·x and k·x/k are exact).
+
+Speed: on CPU the time goes to page faults of fresh allocations and to dtype conversion, not to the
+additions (PEERS.md). So every buffer is allocated once per run and reused; a chunk is converted
+into a reused accumulator-typed buffer before it is added (a mixed-dtype ``add_`` is about twice as
+slow); chunks are small enough for the accumulator to stay in cache across the N inputs; and a
+background thread reads the next chunks from disk while the current one is summed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from wa_cli.engine.plan import KeyPlan, Plan
+from wa_cli.engine.precision import Precision, accumulator_dtype
+
+# Elements per chunk: 256K keeps a float32 accumulator, its conversion buffer and the staging
+# bytes (about 2.5 MB together) in cache while the N inputs are added into it.
+DEFAULT_CHUNK_ELEMENTS = 1 << 18
+GPU_CHUNK_ELEMENTS = 1 << 22
+# Reads in flight ahead of the reduction (each holds one staging buffer).
+PREFETCH_DEPTH = 4
+
+WeightsFn = Callable[[KeyPlan], Sequence[float]]
+ProgressFn = Callable[[int], None]
+
+
+@dataclass
+class CombineStats:
+    """What a run did, for the report."""
+
+    bytes_read: int = 0
+    bytes_written: int = 0
+    combined: int = 0
+    copied: int = 0
+    non_finite: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """One output chunk: elements [start, start + count) of ``entry``, from weighted inputs."""
+
+    entry: KeyPlan
+    start: int
+    count: int
+    inputs: tuple[tuple[int, float], ...]  # (input index, weight); zero weights left out
+    total: float  # Σ w over the key's sources: the divisor
+
+    def byte_offset(self, source: int) -> int:
+        return self.start * self.entry.dtype_of(source).itemsize
+
+    def nbytes(self, source: int) -> int:
+        return self.count * self.entry.dtype_of(source).itemsize
+
+    @property
+    def read_bytes(self) -> int:
+        return sum(self.nbytes(source) for source, _ in self.inputs)
+
+
+def schedule(plan: Plan, weights: WeightsFn, chunk_elements: int) -> list[ChunkTask]:
+    """Every chunk of every key, in output order; the reads follow this order exactly."""
+    tasks = []
+    for entry in plan.keys:
+        if entry.interpolate:
+            w = [float(x) for x in weights(entry)]
+            if len(w) != len(entry.sources):
+                raise ValueError(f"{len(w)} weights for {len(entry.sources)} sources")
+            if sum(w) <= 0:
+                raise ValueError(f"weights for {entry.key!r} sum to {sum(w)}")
+            inputs = tuple((s, x) for s, x in zip(entry.sources, w) if x != 0)
+            total = sum(w)
+        else:
+            inputs, total = ((entry.copy_from, 1.0),), 1.0
+        for start in range(0, entry.numel, chunk_elements):
+            count = min(chunk_elements, entry.numel - start)
+            tasks.append(ChunkTask(entry, start, count, inputs, total))
+    return tasks
+
+
+def planned_read_bytes(plan: Plan, weights: WeightsFn) -> int:
+    """How many input bytes a combination will read (for progress bars)."""
+    tasks = schedule(plan, weights, chunk_elements=1 << 62)
+    return sum(t.read_bytes for t in tasks)
+
+
+def linear_combination(
+    plan: Plan,
+    weights: WeightsFn,
+    *,
+    precision: Precision = "auto",
+    device: torch.device | None = None,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    progress: ProgressFn | None = None,
+    stats: CombineStats | None = None,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(key, chunk)`` for every key of ``plan``: ``Σ w_i θ_i / Σ w_i`` over its sources.
+
+    ``weights(entry)`` gives one non-negative weight per source of ``entry`` (aligned with
+    ``entry.sources``); a zero weight skips reading that input. Non-float keys are copied from
+    ``entry.copy_from``. Chunks are flat CPU tensors of the output dtype, valid only until the
+    next one is requested (the buffers are reused): pass them to a writer, or copy them.
+
+    Example:
+        >>> chunks = linear_combination(plan, lambda e: [1.0] * len(e.sources))  # doctest: +SKIP
+        >>> write_safetensors("a.safetensors", plan.output_tensors(), chunks, {})  # doctest: +SKIP
+    """
+    stats = stats if stats is not None else CombineStats()
+    device = device or torch.device("cpu")
+    start = time.perf_counter()
+    if device.type == "cuda" and chunk_elements == DEFAULT_CHUNK_ELEMENTS:
+        chunk_elements = GPU_CHUNK_ELEMENTS  # launches and syncs per chunk cost more on a GPU
+    tasks = schedule(plan, weights, chunk_elements)
+    threads = torch.get_num_threads()
+    reducer: Reducer | None = None
+    try:
+        if device.type == "cuda":
+            from wa_cli.engine.cuda import CudaReducer
+
+            reducer = CudaReducer(plan, tasks, chunk_elements, device)
+        else:
+            reducer = Reducer(plan, tasks, chunk_elements)
+            # Leave a core to the prefetch thread: OpenMP workers spin while they wait, and on
+            # two cores a second one contending with the reader made runs ~7x slower (measured).
+            torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 2) - 1)))
+        stats.combined = sum(1 for k in plan.keys if k.interpolate)
+        stats.copied = len(plan.keys) - stats.combined
+        for task in tasks:
+            entry = task.entry
+            if entry.interpolate:
+                out = reducer.combine(task, accumulator_dtype(entry.dtype, precision), stats)
+            else:
+                out = reducer.copy_input(task, entry.copy_from)
+            read = task.read_bytes
+            stats.bytes_read += read
+            stats.bytes_written += out.numel() * out.element_size()
+            if progress:
+                progress(read)
+            yield entry.key, out
+    finally:
+        if reducer is not None:
+            reducer.close()
+        torch.set_num_threads(threads)
+        stats.seconds = time.perf_counter() - start
+
+
+def widest_input(tasks: list[ChunkTask]) -> int:
+    """The largest element size any input chunk has (staging buffers are sized for it)."""
+    return max((t.entry.dtype_of(s).itemsize for t in tasks for s, _ in t.inputs), default=1)
+
+
+class Prefetcher:
+    """Reads the chunks a schedule needs, in order, on a background thread.
+
+    ``depth`` buffers form a ring: up to ``depth - 1`` reads run ahead while the caller uses the
+    buffer it was last given, which stays valid until it asks for the next one.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        tasks: list[ChunkTask],
+        buffer_bytes: int,
+        depth: int = PREFETCH_DEPTH,
+        pin_memory: bool = False,
+    ):
+        self.checkpoints = plan.checkpoints
+        self.reads = ((t, i) for t in tasks for i, _ in t.inputs)
+        self.ring = [
+            torch.empty(max(buffer_bytes, 1), dtype=torch.uint8, pin_memory=pin_memory)
+            for _ in range(depth)
+        ]
+        self.slot = 0
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wa-read")
+        self.pending: deque[tuple[ChunkTask, int, Future[None], torch.Tensor]] = deque()
+        for _ in range(depth - 1):
+            self._submit()
+
+    def _submit(self) -> None:
+        item = next(self.reads, None)
+        if item is None:
+            return
+        task, source = item
+        buf = self.ring[self.slot][: task.nbytes(source)]
+        self.slot = (self.slot + 1) % len(self.ring)
+        read = self.checkpoints[source].read_into
+        future = self.pool.submit(read, task.entry.key, buf, task.byte_offset(source))
+        self.pending.append((task, source, future, buf))
+
+    def next(self, task: ChunkTask, source: int) -> torch.Tensor:
+        """The bytes of ``source``'s chunk of ``task`` (must be the next read in the schedule)."""
+        expected, expected_source, future, buf = self.pending.popleft()
+        if expected is not task or expected_source != source:
+            raise RuntimeError("reads requested out of schedule order")
+        future.result()
+        self._submit()
+        return buf
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Reducer:
+    """CPU reduction with buffers allocated once per run and reused for every key and chunk."""
+
+    def __init__(self, plan: Plan, tasks: list[ChunkTask], chunk_elements: int):
+        widest = widest_input(tasks)
+        self.prefetcher = self.make_prefetcher(plan, tasks, chunk_elements * widest)
+        # Accumulator, conversion and output buffers, sized for float64 (the widest accumulator).
+        self.work = {name: self.empty(chunk_elements * 8) for name in ("acc", "tmp", "out")}
+
+    def make_prefetcher(self, plan: Plan, tasks: list[ChunkTask], nbytes: int) -> Prefetcher:
+        return Prefetcher(plan, tasks, nbytes)
+
+    def empty(self, nbytes: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8)
+
+    def work_buffer(self, name: str, count: int, dtype: torch.dtype) -> torch.Tensor:
+        return self.work[name][: count * dtype.itemsize].view(dtype)
+
+    def next_input(self, task: ChunkTask, source: int) -> torch.Tensor:
+        """A chunk of one input, typed, on the compute device."""
+        return self.prefetcher.next(task, source).view(task.entry.dtype_of(source))
+
+    def copy_input(self, task: ChunkTask, source: int) -> torch.Tensor:
+        """A chunk of a non-float tensor, copied as is (on the host: it needs no arithmetic)."""
+        return self.prefetcher.next(task, source).view(task.entry.dtype_of(source))
+
+    def done_with(self, x: torch.Tensor) -> None:
+        """Called once the reduction has consumed ``x`` (the GPU path reuses its staging)."""
+
+    def combine(self, task: ChunkTask, acc_dtype: torch.dtype, stats: CombineStats) -> torch.Tensor:
+        acc = self.work_buffer("acc", task.count, acc_dtype)
+        for n, (source, w) in enumerate(task.inputs):
+            x = self.next_input(task, source)
+            if n == 0:
+                acc.copy_(x)
+                if w != 1.0:
+                    acc.mul_(w)
+            elif x.dtype == acc_dtype:
+                acc.add_(x, alpha=w)
+            else:
+                tmp = self.work_buffer("tmp", task.count, acc_dtype)
+                tmp.copy_(x)
+                acc.add_(tmp, alpha=w)
+            self.done_with(x)
+        return self.finish(task, acc, stats)
+
+    def finish(self, task: ChunkTask, acc: torch.Tensor, stats: CombineStats) -> torch.Tensor:
+        """Divide by the total weight, round once to the output dtype, count non-finite values."""
+        out_dtype = task.entry.out_dtype
+        if out_dtype == acc.dtype:
+            out = acc.div_(task.total) if task.total != 1.0 else acc
+        else:
+            out = self.work_buffer("out", task.count, out_dtype)
+            if task.total != 1.0:
+                torch.div(acc, task.total, out=out)  # computed in acc's precision, rounded once
+            else:
+                out.copy_(acc)
+        # A finite sum of the accumulator means no NaN or inf in it; only a narrower output
+        # dtype (--dtype float16) can still overflow when rounding, so that case is counted.
+        narrower = torch.finfo(out_dtype).max < torch.finfo(task.entry.dtype).max
+        if narrower or not bool(torch.isfinite(acc.sum())):
+            bad = int(out.numel() - int(torch.isfinite(out).sum()))
+            if bad:
+                key = task.entry.key
+                stats.non_finite[key] = stats.non_finite.get(key, 0) + bad
+        return out
+
+    def close(self) -> None:
+        self.prefetcher.close()

@@ -1,0 +1,250 @@
+"""Compatibility checks from headers, and the per-key plan every reducing command follows.
+
+Everything is checked before a byte is written: key sets, shapes and dtypes of all inputs. A
+mismatch is one error naming the key, the files and both values (at most five keys, then "and N
+more"); ``keys="intersection"`` or ``"union"`` relaxes key sets on purpose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from wa_cli.engine.precision import is_interpolable
+from wa_cli.errors import ExitCode, WaError, listing
+from wa_cli.io.reader import Checkpoint
+from wa_cli.io.writer import OutputTensor
+
+KeysMode = Literal["strict", "intersection", "union"]
+NonFloatPolicy = Literal["last", "first", "error"]
+BN_STATISTICS = (".running_mean", ".running_var")
+KEYS_HINT = "use --keys intersection or --keys union to combine them anyway"
+ARCHITECTURE_HINT = "all inputs must share one architecture"
+
+
+@dataclass(frozen=True)
+class KeyPlan:
+    """What happens to one key: interpolated over ``sources``, or copied from ``copy_from``."""
+
+    key: str
+    dtype: torch.dtype  # the widest of the inputs' dtypes (it picks the accumulator)
+    shape: tuple[int, ...]
+    out_dtype: torch.dtype
+    sources: tuple[int, ...]  # indices of the inputs that hold the key, in input order
+    interpolate: bool
+    copy_from: int  # the input a non-interpolated key is copied from
+    source_dtypes: tuple[torch.dtype, ...] = ()  # per source; differ only with an explicit --dtype
+
+    def dtype_of(self, source: int) -> torch.dtype:
+        """The dtype the key has in input ``source`` (its bytes are read as this)."""
+        if not self.source_dtypes:
+            return self.dtype
+        return self.source_dtypes[self.sources.index(source)]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class Plan:
+    checkpoints: list[Checkpoint]
+    keys: list[KeyPlan]
+    notes: list[str] = field(default_factory=list)  # policy actions the report shows
+
+    def output_tensors(self) -> list[OutputTensor]:
+        return [OutputTensor(k.key, k.out_dtype, k.shape) for k in self.keys]
+
+    @property
+    def holds_bn_statistics(self) -> bool:
+        return any(k.interpolate and k.key.endswith(BN_STATISTICS) for k in self.keys)
+
+
+def build_plan(
+    checkpoints: Sequence[Checkpoint],
+    *,
+    keys: KeysMode = "strict",
+    non_float: NonFloatPolicy = "last",
+    dtype: torch.dtype | None = None,
+    key_mismatch_hint: str = KEYS_HINT,
+) -> Plan:
+    """Check that the checkpoints can be combined and decide, per key, what to do.
+
+    Args:
+        checkpoints: the inputs, in trajectory order.
+        keys: ``strict`` (every input holds every key), ``intersection`` (keys all inputs hold) or
+            ``union`` (each key over the inputs that hold it).
+        non_float: which input a non-float tensor is copied from; ``error`` fails when they differ.
+        dtype: output dtype of floating tensors (default: each tensor's own).
+        key_mismatch_hint: what a strict key-set error tells the user to do.
+
+    Example:
+        >>> plan = build_plan([open_checkpoint(p) for p in paths])  # doctest: +SKIP
+    """
+    ckpts = list(checkpoints)
+    if not ckpts:
+        raise WaError("no input checkpoints given")
+    for c in ckpts:
+        if not c.keys():
+            raise WaError(f"'{c.path}' holds no tensors", ExitCode.BAD_INPUT)
+    names = _display_names(ckpts)
+    order = _key_order(ckpts, keys, names, key_mismatch_hint)
+    plan = Plan(ckpts, [])
+    shape_problems: list[str] = []
+    dtype_problems: list[str] = []
+    for key in order:
+        sources = tuple(i for i, c in enumerate(ckpts) if key in c)
+        first = ckpts[sources[0]].info(key)
+        for i in sources[1:]:
+            info = ckpts[i].info(key)
+            if info.shape != first.shape:
+                shape_problems.append(
+                    f"{key!r}: {tuple(info.shape)} in {names[i]} vs {tuple(first.shape)} in "
+                    f"{names[sources[0]]}"
+                )
+                break
+            if info.dtype != first.dtype and not (
+                dtype is not None and info.dtype.is_floating_point and first.dtype.is_floating_point
+            ):
+                dtype_problems.append(
+                    f"{key!r}: {_dtype_name(info.dtype)} in {names[i]} vs "
+                    f"{_dtype_name(first.dtype)} in {names[sources[0]]}"
+                )
+                break
+        interpolate = is_interpolable(first.dtype)
+        source_dtypes = tuple(ckpts[i].info(key).dtype for i in sources)
+        widest = (
+            max(source_dtypes, key=lambda d: (d.itemsize, torch.finfo(d).max))
+            if (interpolate)
+            else first.dtype
+        )
+        plan.keys.append(
+            KeyPlan(
+                key=key,
+                dtype=widest,
+                source_dtypes=source_dtypes,
+                shape=tuple(first.shape),
+                out_dtype=(dtype or widest) if interpolate else first.dtype,
+                sources=sources,
+                interpolate=interpolate,
+                copy_from=sources[0] if non_float == "first" else sources[-1],
+            )
+        )
+    if shape_problems:
+        raise WaError(
+            _problem_message("shape mismatch", shape_problems) + f" ({ARCHITECTURE_HINT})",
+            ExitCode.INCOMPATIBLE,
+        )
+    if dtype_problems:
+        raise WaError(
+            _problem_message("dtype mismatch", dtype_problems)
+            + " (pass --dtype to combine floating tensors of different dtypes)",
+            ExitCode.INCOMPATIBLE,
+        )
+    copied = [k.key for k in plan.keys if not k.interpolate]
+    if copied:
+        if non_float == "error":
+            _require_equal_non_float(plan, names)
+        else:
+            plan.notes.append(
+                f"copied {len(copied)} non-float tensor(s) from the {non_float} input "
+                f"({listing(copied, 3)})"
+            )
+    for c in ckpts:
+        if c.skipped:
+            plan.notes.append(
+                f"left out {len(c.skipped)} entr(ies) of {c.name} that are not tensors "
+                f"({listing(c.skipped, 3)})"
+            )
+    if keys == "intersection":
+        dropped = dropped_keys(plan)
+        if dropped:
+            plan.notes.append(
+                f"left out {len(dropped)} key(s) not held by every input ({listing(dropped, 3)})"
+            )
+    if keys == "union":
+        partial = [k.key for k in plan.keys if len(k.sources) < len(ckpts)]
+        if partial:
+            plan.notes.append(
+                f"{len(partial)} key(s) held by only some inputs were combined over the inputs "
+                f"that hold them ({listing(partial, 3)})"
+            )
+    return plan
+
+
+def _display_names(ckpts: list[Checkpoint]) -> list[str]:
+    """File names, or full paths when two inputs share a file name."""
+    short = [c.name for c in ckpts]
+    if len(set(short)) == len(short):
+        return short
+    return [str(c.path) for c in ckpts]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _problem_message(what: str, problems: list[str]) -> str:
+    if len(problems) == 1:
+        return f"{what} for {problems[0]}"
+    rest = len(problems) - 1
+    return f"{what} for {problems[0]}; {rest} more key(s) differ too"
+
+
+def _key_order(ckpts: list[Checkpoint], mode: KeysMode, names: list[str], hint: str) -> list[str]:
+    """The output keys: sorted (as safetensors stores them) unless every input knows its order."""
+    key_sets = [set(c.keys()) for c in ckpts]
+    if mode == "strict":
+        for i, ks in enumerate(key_sets[1:], start=1):
+            if ks != key_sets[0]:
+                missing = sorted(key_sets[0] - ks)
+                extra = sorted(ks - key_sets[0])
+                parts = []
+                if missing:
+                    parts.append(f"{names[i]} lacks {listing(missing)} (present in {names[0]})")
+                if extra:
+                    parts.append(f"{names[i]} has {listing(extra)} (absent from {names[0]})")
+                raise WaError(
+                    "key sets differ: " + "; ".join(parts) + f" ({hint})", ExitCode.INCOMPATIBLE
+                )
+        chosen = key_sets[0]
+    elif mode == "intersection":
+        chosen = set.intersection(*key_sets)
+        if not chosen:
+            raise WaError(
+                "the inputs share no key (--keys intersection is empty)", ExitCode.INCOMPATIBLE
+            )
+    elif mode == "union":
+        chosen = set.union(*key_sets)
+    else:
+        raise WaError(f"unknown --keys mode {mode!r} (expected strict, intersection or union)")
+    if all(c.key_order_known for c in ckpts):
+        ordered = list(dict.fromkeys(k for c in ckpts for k in c.keys() if k in chosen))
+        return ordered
+    return sorted(chosen)
+
+
+def _require_equal_non_float(plan: Plan, names: list[str]) -> None:
+    for entry in plan.keys:
+        if entry.interpolate:
+            continue
+        first = plan.checkpoints[entry.sources[0]].tensor(entry.key)
+        for i in entry.sources[1:]:
+            if not torch.equal(plan.checkpoints[i].tensor(entry.key), first):
+                raise WaError(
+                    f"non-float tensor {entry.key!r} differs between {names[entry.sources[0]]} "
+                    f"and {names[i]} (--non-float last or first copies one of them)",
+                    ExitCode.INCOMPATIBLE,
+                )
+
+
+def dropped_keys(plan: Plan) -> list[str]:
+    """Keys some input holds that the plan leaves out (``--keys intersection``)."""
+    kept = {k.key for k in plan.keys}
+    return sorted({k for c in plan.checkpoints for k in c.keys()} - kept)

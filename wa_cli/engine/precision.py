@@ -1,0 +1,59 @@
+"""Dtype policy: which tensors are interpolated, and in what precision.
+
+Floating tensors are accumulated in a type wider than their own (float32 for 8/16-bit floats,
+float64 for float32): fairseq and mergekit sum bf16 in bf16 and lose about 3 significant digits.
+Non-float tensors (``num_batches_tracked``, masks) are never interpolated.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from wa_cli.errors import WaError
+
+Precision = Literal["auto", "float32", "float64"]
+USER_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+}
+
+
+def parse_user_dtype(name: str | None) -> torch.dtype | None:
+    """``--dtype`` values: float32, float16, bfloat16, float64 (and fp32, fp16, bf16, fp64)."""
+    if name is None:
+        return None
+    try:
+        return USER_DTYPES[name.lower()]
+    except KeyError:
+        raise WaError(
+            f"unknown dtype {name!r} (expected one of float32, float16, bfloat16, float64)"
+        ) from None
+
+
+def is_interpolable(dtype: torch.dtype) -> bool:
+    """Floating tensors are averaged; integers and booleans are copied by policy."""
+    return dtype.is_floating_point
+
+
+def accumulator_dtype(dtype: torch.dtype, precision: Precision = "auto") -> torch.dtype:
+    """The type sums of ``dtype`` tensors are kept in: wider than the input unless overridden.
+
+    Example:
+        >>> accumulator_dtype(torch.bfloat16)
+        torch.float32
+    """
+    if precision == "float32":
+        return torch.float32
+    if precision == "float64":
+        return torch.float64
+    if dtype == torch.float64 or dtype == torch.float32:
+        return torch.float64
+    return torch.float32

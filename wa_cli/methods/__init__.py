@@ -1,0 +1,1 @@
+"""The techniques: average (SWA), EMA, Filter Grafting and BatchNorm re-estimation."""

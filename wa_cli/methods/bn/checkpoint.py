@@ -1,0 +1,393 @@
+"""BatchNorm re-estimation of a checkpoint file: read it, run the network, write it back.
+
+The last step of SWA (Izmailov et al. 2018, arXiv 1803.05407, section 3.2) and SWAP's phase 3
+(Gupta et al. 2020, arXiv 2001.02312): an averaged set of weights needs running statistics of its
+own, computed with one pass over training data (``methods.bn.recalibrate.recalibrate_bn``). This
+module puts that pass between two files. The model comes from the user's factory and the checkpoint
+is loaded into it strictly; afterwards only the re-estimated buffers (``running_mean``,
+``running_var``, ``num_batches_tracked``) are new, cast to their own dtype in the input. Every
+other tensor is copied from the input file's bytes, so a bf16 checkpoint stays bit-identical
+outside BatchNorm even though the model ran in float32. The output keeps the input's metadata, adds
+provenance, and is written atomically, never over the input.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wa_cli.engine.device import resolve_device
+from wa_cli.engine.provenance import provenance
+from wa_cli.engine.run import check_output_is_not_input
+from wa_cli.errors import ExitCode, WaError
+from wa_cli.io.atomic import check_destination
+from wa_cli.io.reader import Checkpoint, open_checkpoint
+from wa_cli.io.writer import OutputTensor, check_output_name, write_safetensors
+from wa_cli.methods.bn.recalibrate import (
+    NO_BN_NOTE,
+    BNReport,
+    Weighting,
+    norm_layers,
+    recalibrate_bn,
+)
+from wa_cli.methods.bn.tensor_data import SUFFIXES, TensorFileBatches, tensor_file_batches
+from wa_cli.methods.bn.usercode import call_factory, load_state_dict_strict, resolve_callable
+
+logger = logging.getLogger(__name__)
+
+METHOD = "bn_recalibrate"
+DEFAULT_BATCH_SIZE = 64
+_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+ModelSource = nn.Module | Callable[[], nn.Module]
+DataSource = Iterable[Any] | Callable[[], Iterable[Any]]
+
+
+@dataclass
+class BNCheckpointReport:
+    """What :func:`recalibrate_checkpoint` did; ``output`` is None when nothing was written.
+
+    ``non_finite`` counts NaN and infinite elements per written statistics key (in the output's
+    dtype); ``warnings`` says so in a sentence, ``notes`` holds remarks such as left-out rows.
+    """
+
+    input: str
+    output: str | None
+    device: str
+    bn: BNReport
+    replaced: list[str] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    non_finite: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: input, output, device, replaced keys, then the BN report's fields.
+
+        Example:
+            >>> BNCheckpointReport("a.safetensors", None, "cpu", BNReport()).to_json()["written"]
+            False
+        """
+        return {
+            "method": METHOD,
+            "input": self.input,
+            "output": self.output,
+            "written": self.output is not None,
+            "device": self.device,
+            "params": self.params,
+            "replaced_keys": self.replaced,
+            "non_finite": self.non_finite,
+            "notes": self.notes,
+            "warnings": self.warnings,
+            **self.bn.to_json(),
+        }
+
+
+def resolve_model(spec: str, kwargs: Mapping[str, Any] | None = None) -> Callable[[], nn.Module]:
+    """The model factory named by ``spec`` (``pkg.mod:fn`` or ``file.py:fn``), ready to call.
+
+    The spec is resolved (imported) now, so a typo fails at once; the factory runs when the
+    returned function is called, and an exception it raises becomes a one-line ``WaError``.
+
+    Args:
+        spec: where the factory lives.
+        kwargs: keyword arguments for the factory (``--model-kwargs``).
+
+    Returns:
+        A function of no arguments that builds the model.
+
+    Example:
+        >>> build = resolve_model("torch.nn:Linear", {"in_features": 2, "out_features": 1})
+        >>> build().weight.shape
+        torch.Size([1, 2])
+    """
+    factory = resolve_callable(spec, what="model factory")
+    return lambda: _as_module(call_factory(factory, kwargs, what="model factory"), spec)
+
+
+def resolve_data(
+    spec: str,
+    *,
+    batch_size: int | None = None,
+    input_key: str | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    drop_last: bool | None = None,
+) -> DataSource:
+    """The batches named by ``--data``: a loader factory spec, or a tensor file of inputs.
+
+    A spec ending in ``.safetensors``, ``.pt``, ``.pth``, ``.npy`` or ``.npz`` (or holding no
+    ``:``) is a tensor file, opened and checked now and cut into ``batch_size`` rows per batch;
+    anything else is ``pkg.mod:fn`` or ``file.py:fn``, resolved now and called with ``kwargs``
+    only when the batches are needed (a model without BatchNorm never loads data).
+
+    Args:
+        spec: the tensor file or the loader factory.
+        batch_size: rows per batch of a tensor file (default 64).
+        input_key: the tensor holding the inputs, in a file with several.
+        kwargs: keyword arguments for a loader factory (``--data-kwargs``).
+        drop_last: for a tensor file, as in
+            :func:`~wa_cli.methods.bn.tensor_data.tensor_file_batches`
+            (None: leave out only a last batch of one row).
+
+    Returns:
+        An iterable of batches, or a function of no arguments that returns one.
+
+    Raises:
+        WaError: a spec that does not resolve, a bad tensor file, or options of the other form.
+
+    Example:
+        >>> batches = resolve_data("calib.safetensors", batch_size=128)  # doctest: +SKIP
+    """
+    source, sep, _ = spec.rpartition(":")
+    is_file = Path(spec).suffix.lower() in SUFFIXES or not sep or not source
+    if is_file:
+        if kwargs:
+            raise WaError(
+                f"--data '{spec}' is a tensor file, which takes no --data-kwargs "
+                "(use --batch-size and --input-key)",
+                ExitCode.USAGE,
+            )
+        return tensor_file_batches(
+            spec,
+            batch_size=batch_size or DEFAULT_BATCH_SIZE,
+            input_key=input_key,
+            drop_last=drop_last,
+        )
+    if batch_size is not None or input_key is not None or drop_last is not None:
+        raise WaError(
+            f"--batch-size, --input-key and --drop-last apply to a tensor file, but --data "
+            f"'{spec}' names a loader (pass its arguments with --data-kwargs)",
+            ExitCode.USAGE,
+        )
+    loader = resolve_callable(spec, what="data loader")
+    return lambda: call_factory(loader, kwargs, what="data loader")
+
+
+def recalibrate_checkpoint(
+    checkpoint: str | os.PathLike[str] | Checkpoint,
+    output: str | os.PathLike[str],
+    model: ModelSource,
+    data: DataSource,
+    *,
+    device: str | torch.device = "auto",
+    weighting: Weighting = "batch",
+    max_batches: int | None = None,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    include_instancenorm: bool = False,
+    force: bool = False,
+    max_shard_size: int | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+    params: Mapping[str, Any] | None = None,
+    command: str | None = None,
+) -> BNCheckpointReport:
+    """Re-estimate the BatchNorm statistics of ``checkpoint`` and write the result to ``output``.
+
+    Semantics are ``torch.optim.swa_utils.update_bn``'s (see
+    :func:`wa_cli.methods.bn.recalibrate.recalibrate_bn`).
+    Everything that can fail before the forward passes is checked first: the output path, the
+    model, the strict load. A model without BatchNorm writes nothing unless ``force`` (then an
+    unchanged copy with provenance). Batches of a tensor file (:func:`resolve_data`) are cast to
+    the dtype of the model's first floating parameter, so float64 ``.npy`` data fits a float32
+    model. Statistics that come out NaN or infinite are written as they are, like ``wa average``
+    writes its results, and counted in the report's ``non_finite`` and ``warnings``.
+
+    Args:
+        checkpoint: any checkpoint ``open_checkpoint`` reads, or an opened one.
+        output: the output ``.safetensors`` file (a folder with ``max_shard_size``).
+        model: the network, or a function of no arguments that builds it (on the CPU).
+        data: an iterable of batches, or a function of no arguments returning one (called only
+            when there is something to re-estimate).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``: where the forward passes run.
+        weighting: ``"batch"`` (update_bn) or ``"sample"`` (batches weighted by their size).
+        max_batches: stop after this many batches.
+        forward: ``forward(model, batch)`` for dict batches and multi-input models.
+        include_instancenorm: also re-estimate InstanceNorm layers with running statistics.
+        force: replace an existing output; write a copy even without BatchNorm layers.
+        max_shard_size: write Hugging Face style shards of at most this many bytes.
+        progress: called with ``(batches done, total or None)`` after each batch.
+        params: extra parameters to record in the provenance (e.g. the specs used).
+        command: the command line to record (default: this process's).
+
+    Returns:
+        A :class:`BNCheckpointReport`.
+
+    Raises:
+        WaError: a checkpoint that does not fit the model, a bad model or data, an output that
+            exists (without ``force``) or is the input. Nothing is written then.
+
+    Example:
+        >>> report = recalibrate_checkpoint(
+        ...     "swa.safetensors", "swa_bn.safetensors", build, train_loader
+        ... )  # doctest: +SKIP
+        >>> report.bn.batches  # doctest: +SKIP
+        23
+    """
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint)
+    output = Path(output)
+    try:
+        check_output_is_not_input(output, [ckpt])
+        check_output_name(output, sharded=max_shard_size is not None)
+        target = resolve_device(device)
+        net = _as_module(
+            call_factory(model, what="model factory") if not isinstance(model, nn.Module) else model
+        )
+        keys = ckpt.keys()  # the output keeps the input's keys, in the input's order
+        load_state_dict_strict(net, {key: ckpt.tensor(key) for key in keys})
+        layers = norm_layers(net, include_instancenorm)
+        recorded = {
+            "weighting": weighting,
+            "max_batches": max_batches,
+            "include_instancenorm": include_instancenorm,
+            **(params or {}),
+        }
+        if not layers:
+            report = BNCheckpointReport(
+                str(ckpt.path),
+                None,
+                str(target),
+                recalibrate_bn(net, (), weighting=weighting),
+                params=recorded,
+            )
+            if not force:
+                logger.info("%s; nothing written", NO_BN_NOTE)
+                return report
+        else:
+            # Before the forward passes: an output that cannot be written should not cost a run.
+            check_destination(output, force)
+            net.to(target)
+            batches = data() if callable(data) and not hasattr(data, "__iter__") else data
+            batches = _in_model_dtype(batches, net)
+            total = _total(batches, max_batches)
+            bn = recalibrate_bn(
+                net,
+                batches,
+                device=target,
+                weighting=weighting,
+                max_batches=max_batches,
+                forward=forward,
+                include_instancenorm=include_instancenorm,
+                progress=None if progress is None else lambda done: progress(done, total),
+            )
+            report = BNCheckpointReport(str(ckpt.path), None, str(target), bn, params=recorded)
+            note = batches.note if isinstance(batches, TensorFileBatches) else None
+            # Only when the pass reached the end of the file, where the rows were left out.
+            if note and bn.batches == len(batches):
+                report.notes.append(note)
+        new = _new_statistics(net, layers, ckpt)
+        report.replaced = list(new)
+        report.non_finite = _non_finite(new)
+        if report.non_finite:
+            report.warnings.append(_non_finite_warning(report.non_finite))
+        recorded.update(batches=report.bn.batches, samples=report.bn.samples)
+        written = write_safetensors(
+            output,
+            [OutputTensor(key, ckpt.info(key).dtype, ckpt.info(key).shape) for key in keys],
+            _tensors(ckpt, keys, new),
+            _metadata(ckpt, recorded, command),
+            force=force,
+            max_shard_size=max_shard_size,
+        )
+        report.output = str(written[0].parent if max_shard_size else written[0])
+        return report
+    finally:
+        ckpt.close()
+
+
+def _as_module(value: Any, spec: str | None = None) -> nn.Module:
+    if isinstance(value, nn.Module):
+        return value
+    where = f"model factory '{spec}'" if spec else "the model factory"
+    raise WaError(
+        f"{where} returned a {type(value).__name__}, not a torch.nn.Module "
+        "(it must build and return the network)",
+        ExitCode.USAGE,
+    )
+
+
+def _in_model_dtype(batches: Any, net: nn.Module) -> Any:
+    """Tensor-file batches cast to the model's floating dtype (``np.save`` writes float64)."""
+    if not isinstance(batches, TensorFileBatches) or batches.dtype is not None:
+        return batches
+    dtype = next((p.dtype for p in net.parameters() if p.is_floating_point()), None)
+    if dtype is None:
+        return batches
+    batches = copy.copy(batches)  # the caller's object keeps its own settings
+    batches.dtype = dtype
+    return batches
+
+
+def _non_finite(new: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """NaN and infinite elements per key, counted in the dtype that is written."""
+    counts = {
+        key: int((~torch.isfinite(value)).sum())
+        for key, value in new.items()
+        if value.is_floating_point()
+    }
+    return {key: count for key, count in counts.items() if count}
+
+
+def _non_finite_warning(counts: Mapping[str, int]) -> str:
+    total = sum(counts.values())
+    worst = sorted(counts, key=counts.__getitem__, reverse=True)[:3]
+    return (
+        f"the re-estimated BatchNorm statistics hold {total} non-finite value(s) in "
+        f"{len(counts)} tensor(s) (most in {', '.join(repr(k) for k in worst)}): check the "
+        "checkpoint's weights and the data for NaN or infinite values"
+    )
+
+
+def _total(batches: Any, max_batches: int | None) -> int | None:
+    try:
+        total: int | None = len(batches)
+    except TypeError:  # generators and iterable datasets have no length
+        total = None
+    if max_batches is not None:
+        total = max_batches if total is None else min(total, max_batches)
+    return total
+
+
+def _new_statistics(
+    net: nn.Module, layers: Mapping[nn.Module, str], ckpt: Checkpoint
+) -> dict[str, torch.Tensor]:
+    """The re-estimated buffers by state-dict key, on the CPU in the checkpoint's dtypes."""
+    # Matched by identity, not by name: a layer registered twice, or a model with its own
+    # state-dict naming, still maps each buffer to every key that holds it.
+    buffers = {
+        id(tensor)
+        for module in layers
+        for name in _STATISTICS
+        if isinstance(tensor := getattr(module, name, None), torch.Tensor)
+    }
+    return {
+        key: value.detach().cpu().to(ckpt.info(key).dtype)
+        for key, value in net.state_dict(keep_vars=True).items()
+        if id(value) in buffers
+    }
+
+
+def _tensors(
+    ckpt: Checkpoint, keys: list[str], new: Mapping[str, torch.Tensor]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every key in order: the new statistics, else the input's own bytes, one at a time."""
+    for key in keys:
+        yield key, new[key] if key in new else ckpt.tensor(key)
+
+
+def _metadata(ckpt: Checkpoint, params: dict[str, Any], command: str | None) -> dict[str, str]:
+    """The input's metadata, this run's provenance, and the input's own recipe as ``wa_parent``."""
+    parent = {k: v for k, v in ckpt.metadata.items() if k.startswith("wa_")}
+    metadata = {k: v for k, v in ckpt.metadata.items() if not k.startswith("wa_")}
+    metadata.update(provenance([ckpt], METHOD, params, command))
+    if parent:
+        # Keeps how the input was made (e.g. the average of which files) next to this step.
+        metadata["wa_parent"] = json.dumps(parent, sort_keys=True)
+    return metadata

@@ -1,0 +1,362 @@
+"""Filter Grafting between checkpoints on disk: two passes, one tensor at a time.
+
+Meng et al., "Filter Grafting for Deep Neural Networks", CVPR 2020 (arXiv 2001.05868; code
+fxmeng/filter-grafting); the math is in ``wa_cli.methods.graft.alpha``. ``plan_graft`` checks the
+inputs from their headers (keys, shapes, dtypes), decides from key names alone which tensors'
+entropies give each key its alpha (``AlphaPlan.entropy_keys``), and reads only those, one tensor at
+a time.
+``graft_to_files`` then streams every output through the same engine and atomic writer as
+``wa average``: per key, the weights [alpha, 1 - alpha] over (receiver, donor); non-float tensors
+keep the receiver's values.
+
+Two models write one output (the two grafts coincide); N >= 3 models graft in a ring (model i
+receives from model i - 1, model 0 from model N - 1), all from the pre-graft weights, and write N
+outputs into a folder, each atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wa_cli.engine.device import resolve_device
+from wa_cli.engine.plan import ARCHITECTURE_HINT, KeyPlan, Plan, build_plan
+from wa_cli.engine.precision import Precision
+from wa_cli.engine.provenance import provenance
+from wa_cli.engine.run import RunReport, check_output_is_not_input, combine_to_file
+from wa_cli.errors import ExitCode, WaError
+from wa_cli.io.atomic import check_destination
+from wa_cli.io.reader import Checkpoint
+from wa_cli.methods.average import PathOrCheckpoint, open_all
+from wa_cli.methods.graft.alpha import (
+    AlphaPlan,
+    Rule,
+    alphas_from_entropies,
+    check_graft_params,
+    module_of,
+    plan_alphas,
+    ring_pairs_to_write,
+)
+from wa_cli.methods.graft.entropy import check_bins, tensor_entropy
+
+log = logging.getLogger(__name__)
+
+OUTPUT_SUFFIX = ".grafted.safetensors"
+GRAFT_BN_HINT = (
+    "the inputs hold BatchNorm statistics, which were grafted like weights; "
+    "`wa bn-recalibrate` gives the grafted weights their own statistics"
+)
+
+
+def distinct_names(paths: Sequence[Path], sep: str = "/") -> list[str]:
+    """Short names that tell checkpoints apart: the file stem, with parent folders if needed.
+
+    Example:
+        >>> distinct_names([Path("run_a/ckpt_9.safetensors"), Path("run_b/ckpt_9.safetensors")])
+        ['run_a/ckpt_9', 'run_b/ckpt_9']
+    """
+    parts = [_stem_parts(p) for p in paths]
+    longest = max((len(p) for p in parts), default=1)
+    for depth in range(1, longest + 1):
+        names = [sep.join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    # The same checkpoint given twice: number them.
+    return [f"{i + 1}{sep}{sep.join(p[-1:])}" for i, p in enumerate(parts)]
+
+
+def _stem_parts(path: Path) -> list[str]:
+    p = path.resolve()
+    if p.name.endswith(".index.json"):  # a sharded checkpoint named by its index: the folder
+        p = p.parent
+    stem = p.name.removesuffix(".safetensors") if p.is_dir() else p.stem
+    return [*(x for x in p.parent.parts if x != p.anchor), stem]
+
+
+@dataclass
+class AlphaRow:
+    """One alpha decision: the keys that share it, whose entropies decide it, and the alphas.
+
+    Attributes:
+        name: the module (when all its floating keys share one alpha) or the key.
+        keys: the floating keys this row's alpha applies to.
+        source: the key whose entropies give the alpha, or None for a fixed alpha.
+        entropies: H(source) per input, in nats (None for a fixed alpha).
+        alphas: the receiver's alpha for each graft written (aligned with ``GraftPlan.pairs``).
+    """
+
+    name: str
+    keys: list[str]
+    source: str | None
+    entropies: list[float] | None
+    alphas: list[float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "keys": self.keys,
+            "from": self.source,
+            "entropy": self.entropies,
+            "alpha": self.alphas,
+        }
+
+
+@dataclass
+class GraftPlan:
+    """Everything ``graft_to_files`` will do, known before a byte is written."""
+
+    checkpoints: list[Checkpoint]
+    names: list[str]
+    rule: Rule
+    a: float
+    c: float
+    bins: int
+    check: Plan
+    alpha_plan: AlphaPlan
+    pairs: list[tuple[int, int]]  # (receiver, donor) of each output
+    alphas: list[dict[str, float]]  # per pair: {floating key: alpha}
+    rows: list[AlphaRow]
+    dtype: torch.dtype | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def params(self) -> dict[str, Any]:
+        return {"rule": self.rule, "a": self.a, "c": self.c, "bins": self.bins}
+
+
+def plan_graft(
+    inputs: Sequence[PathOrCheckpoint],
+    *,
+    rule: Rule = "module",
+    a: float = 0.4,
+    c: float = 500.0,
+    bins: int = 10,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+) -> GraftPlan:
+    """Check the inputs and compute every alpha: the first pass of a graft (``--dry-run``).
+
+    Reads only the tensors whose entropies the rule needs, one at a time.
+
+    Args:
+        inputs: two or more checkpoints (paths or opened), in ring order.
+        rule: "module" (default), "tensor" or "paper" (see ``wa_cli.methods.graft.alpha``).
+        a: amplitude A, 0 <= a < 1 (paper: 0.4; 0 gives a plain mean).
+        c: steepness, c > 0 (paper: 500).
+        bins: histogram bins B >= 2 (paper: 10).
+        dtype: output dtype of floating tensors (lets inputs of different float dtypes graft).
+        device: where the entropies are computed.
+
+    Returns:
+        A ``GraftPlan``: the alpha table, the pairs to write, and warnings (paper rule).
+
+    Raises:
+        WaError: fewer than two inputs, bad a/c/bins, or incompatible checkpoints.
+
+    Example:
+        >>> plan = plan_graft(["a.safetensors", "b.safetensors"])  # doctest: +SKIP
+        >>> [(r.name, r.alphas) for r in plan.rows]  # doctest: +SKIP
+    """
+    if len(inputs) < 2:
+        raise WaError(
+            f"grafting needs at least two checkpoints, got {len(inputs)} "
+            "(give a receiver and a donor: wa graft A.safetensors B.safetensors -o OUT)"
+        )
+    check_graft_params(a, c)
+    check_bins(bins)
+    dev = resolve_device(device)
+    ckpts = open_all(inputs)
+    try:
+        # Receiver first: its non-float tensors are the ones kept.
+        check = build_plan(
+            ckpts, non_float="first", dtype=dtype, key_mismatch_hint=ARCHITECTURE_HINT
+        )
+        warnings: list[str] = []
+        alpha_plan = plan_alphas(
+            [k.key for k in check.keys],
+            {k.key for k in check.keys if k.interpolate},
+            rule=rule,
+            bins=bins,
+            ordered=all(ck.key_order_known for ck in ckpts),
+            warn=warnings.append,
+        )
+        entropies = [_entropies(ck, alpha_plan, dev) for ck in ckpts]
+        pairs = ring_pairs_to_write(len(ckpts))
+        alphas = [
+            alphas_from_entropies(
+                alpha_plan, lambda k, r=r, d=d: (entropies[r][k], entropies[d][k]), a=a, c=c
+            )
+            for r, d in pairs
+        ]
+    except BaseException:
+        for ck in ckpts:  # the second pass closes them on success
+            ck.close()
+        raise
+    rows = _rows(alpha_plan, entropies, alphas)
+    return GraftPlan(
+        checkpoints=ckpts,
+        names=distinct_names([ck.path for ck in ckpts]),
+        rule=rule, a=a, c=c, bins=bins,
+        check=check, alpha_plan=alpha_plan, pairs=pairs, alphas=alphas, rows=rows,
+        dtype=dtype, warnings=warnings,
+    )  # fmt: skip
+
+
+def _entropies(ckpt: Checkpoint, plan: AlphaPlan, device: torch.device) -> dict[str, float]:
+    # One tensor in memory at a time: read, measure, drop.
+    out = {}
+    for key in plan.entropy_keys:
+        t = ckpt.tensor(key).to(device)
+        out[key] = tensor_entropy(t, bins=plan.bins, half_open=plan.half_open, name=key)
+    ckpt.close()
+    return out
+
+
+def _rows(
+    plan: AlphaPlan, entropies: list[dict[str, float]], alphas: list[dict[str, float]]
+) -> list[AlphaRow]:
+    """One row per module whose floating keys share a source, else one row per key."""
+    by_module: dict[str, list[str]] = {}
+    for k in plan.source:
+        by_module.setdefault(module_of(k), []).append(k)
+    groups: list[tuple[str, list[str]]] = []
+    for mod, keys in by_module.items():
+        if plan.rule != "tensor" and len({plan.source[k] for k in keys}) == 1:
+            groups.append((mod or keys[0], keys))
+        else:
+            groups.extend((k, [k]) for k in keys)
+    rows = []
+    for name, keys in groups:
+        src = plan.source[keys[0]]
+        rows.append(
+            AlphaRow(
+                name=name,
+                keys=keys,
+                source=src,
+                entropies=None if src is None else [e[src] for e in entropies],
+                alphas=[al[keys[0]] for al in alphas],
+            )
+        )
+    return rows
+
+
+def output_paths(plan: GraftPlan, output: str | os.PathLike[str]) -> list[Path]:
+    """Where each graft goes: ``output`` itself for two models, else ``output/<name>.grafted...``.
+
+    Example:
+        >>> output_paths(plan, "grafted")  # doctest: +SKIP
+        [PosixPath('grafted/a.grafted.safetensors'), ...]
+    """
+    out = Path(output)
+    if len(plan.pairs) == 1:
+        return [out]
+    if out.suffix == ".safetensors" or (out.exists() and not out.is_dir()):
+        raise WaError(
+            f"{len(plan.pairs)} models graft into {len(plan.pairs)} outputs, so -o must name a "
+            f"folder, got '{out}' (e.g. -o grafted/)",
+            ExitCode.USAGE,
+        )
+    stems = distinct_names([ck.path for ck in plan.checkpoints], sep="_")
+    return [out / f"{stems[r]}{OUTPUT_SUFFIX}" for r, _ in plan.pairs]
+
+
+def graft_to_files(
+    inputs: Sequence[PathOrCheckpoint] | GraftPlan,
+    output: str | os.PathLike[str],
+    *,
+    rule: Rule = "module",
+    a: float = 0.4,
+    c: float = 500.0,
+    bins: int = 10,
+    dtype: torch.dtype | None = None,
+    precision: Precision = "auto",
+    device: str | torch.device = "auto",
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    command: str | None = None,
+) -> tuple[GraftPlan, list[RunReport]]:
+    """Graft checkpoints and write the result(s), streaming and atomically per file.
+
+    Two inputs write one file, ``output``; N >= 3 inputs write N files into the folder
+    ``output`` (created if needed), named ``<input stem>.grafted.safetensors``. Every output is
+    checked (not an input, not existing without ``force``) before the first is written. The
+    provenance of each records A, c, the rule, the receiver, the donor and every alpha.
+
+    Args:
+        inputs: two or more checkpoints, or a ``GraftPlan`` from ``plan_graft``.
+        output: a file (two inputs) or a folder (three or more).
+        rule, a, c, bins, dtype: as in ``plan_graft`` (ignored when given a plan).
+        precision: accumulator ("auto": float64 for float32 inputs, float32 for 16-bit ones).
+        device: where the combination runs (auto, cpu, cuda[:N]).
+        force: replace existing outputs.
+        progress: ``progress(bytes_done_now, bytes_total)`` per output, as input is consumed.
+        command: the command line recorded in the metadata (default: ``sys.argv``).
+
+    Returns:
+        The plan and one ``RunReport`` per output.
+
+    Example:
+        >>> _, reports = graft_to_files(["a.st", "b.st"], "g.safetensors")  # doctest: +SKIP
+    """
+    dev = resolve_device(device)
+    if isinstance(inputs, GraftPlan):
+        plan = inputs
+    else:
+        plan = plan_graft(inputs, rule=rule, a=a, c=c, bins=bins, dtype=dtype, device=dev)
+    ckpts, names = plan.checkpoints, plan.names
+    paths = output_paths(plan, output)
+    pair_plans = [
+        build_plan([ckpts[r], ckpts[d]], non_float="first", dtype=plan.dtype) for r, d in plan.pairs
+    ]
+    for path in paths:
+        check_output_is_not_input(path, plan.check)
+        if len(paths) == 1 or path.parent.is_dir():
+            check_destination(path, force)
+    if len(paths) > 1:
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+    reports = []
+    for path, pair_plan, (r, d), alphas in zip(
+        paths, pair_plans, plan.pairs, plan.alphas, strict=True
+    ):
+        by_name = {row.name: alphas[row.keys[0]] for row in plan.rows}
+        params = {
+            **plan.params(), "receiver": names[r], "donor": names[d], "alphas": by_name,
+            "precision": precision,
+            "dtype": str(plan.dtype).removeprefix("torch.") if plan.dtype else None,
+        }  # fmt: skip
+        report = combine_to_file(
+            pair_plan,
+            _weights(alphas),
+            path,
+            method="graft",
+            metadata=provenance([ckpts[r], ckpts[d]], "graft", params, command),
+            params=params,
+            precision=precision,
+            device=dev,
+            force=force,
+            progress=progress,
+            bn_hint=GRAFT_BN_HINT,
+        )
+        values = sorted(set(by_name.values()))
+        if values:
+            report.notes.append(
+                f"{names[r]} <- {names[d]}: alpha {values[0]:.4g} to {values[-1]:.4g} over "
+                f"{len(by_name)} group(s) (rule {plan.rule})"
+            )
+        reports.append(report)
+    return plan, reports
+
+
+def _weights(alphas: dict[str, float]) -> Callable[[KeyPlan], list[float]]:
+    """The engine's weights for one pair: [alpha, 1 - alpha] over (receiver, donor)."""
+
+    def for_entry(entry: KeyPlan) -> list[float]:
+        alpha = alphas[entry.key]
+        return [alpha, 1.0 - alpha]
+
+    return for_entry

@@ -1,0 +1,317 @@
+"""Per-layer weight entropy of checkpoints: the rows behind ``wa inspect-entropy``.
+
+Meng et al., "Filter Grafting for Deep Neural Networks", CVPR 2020 (arXiv 2001.05868): the
+information a layer carries is the entropy of its weights' histogram, and output filters with a
+small L1 norm are "invalid". With two or more checkpoints each row also carries the alpha that
+``wa graft`` would use (ring order: checkpoint i receives from i - 1), so the report doubles as a
+graft preview. Entropies are computed tensor by tensor, reading one tensor at a time; this module
+is pure data (no printing): the CLI renders it as a table, JSON, CSV or a plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from wa_cli.engine.device import resolve_device
+from wa_cli.engine.plan import KeysMode, build_plan
+from wa_cli.errors import ExitCode, WaError
+from wa_cli.io.atomic import atomic_destination
+from wa_cli.methods.average import PathOrCheckpoint, open_all
+from wa_cli.methods.graft.alpha import (
+    check_graft_params,
+    graft_alpha,
+    module_of,
+    plan_alphas,
+    ring_pairs_to_write,
+)
+from wa_cli.methods.graft.entropy import (
+    check_base,
+    check_bins,
+    check_threshold,
+    count_invalid_filters,
+    tensor_entropy,
+)
+from wa_cli.methods.graft.files import distinct_names
+
+By = Literal["tensor", "module"]
+Sort = Literal["order", "name", "entropy"]
+
+
+@dataclass
+class EntropyRow:
+    """One tensor (or one module, measured on its ``weight``) across the checkpoints.
+
+    Attributes:
+        name: the key (``by="tensor"``) or the module (``by="module"``).
+        key: the tensor measured.
+        shape, dtype, numel: of that tensor.
+        entropy: H per checkpoint in the report's unit (None where a checkpoint lacks the key).
+        invalid_filters: per checkpoint, output filters with L1 norm below the threshold
+            (None for tensors with fewer than 2 dimensions).
+        filters: number of output filters (dim 0) for ndim >= 2, else None.
+        alpha: with two or more checkpoints, the receiver's alpha of each graft ``wa graft``
+            writes (aligned with ``EntropyReport.pairs``), else empty.
+    """
+
+    name: str
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+    numel: int
+    entropy: list[float | None]
+    invalid_filters: list[int | None]
+    filters: int | None
+    alpha: list[float | None]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "key": self.key, "shape": list(self.shape), "dtype": self.dtype,
+            "numel": self.numel, "entropy": self.entropy, "invalid_filters": self.invalid_filters,
+            "filters": self.filters, "alpha": self.alpha,
+        }  # fmt: skip
+
+
+@dataclass
+class EntropyReport:
+    """Entropy rows of one or more checkpoints, with the settings that produced them."""
+
+    checkpoints: list[str]  # display names, distinct
+    paths: list[str]
+    by: By
+    bins: int
+    base: float | None
+    l1_threshold: float
+    a: float
+    c: float
+    pairs: list[tuple[int, int]]  # (receiver, donor) of each alpha column
+    rows: list[EntropyRow]
+
+    @property
+    def unit(self) -> str:
+        return "nats" if self.base is None else ("bits" if self.base == 2 else f"log{self.base:g}")
+
+    @property
+    def max_entropy(self) -> float:
+        """ln B in the report's unit: the entropy of a histogram spread evenly over B bins."""
+        return math.log(self.bins) / (1.0 if self.base is None else math.log(self.base))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "checkpoints": self.checkpoints, "paths": self.paths, "by": self.by,
+            "bins": self.bins, "unit": self.unit, "max_entropy": self.max_entropy,
+            "l1_threshold": self.l1_threshold, "a": self.a, "c": self.c,
+            "alpha_pairs": [list(p) for p in self.pairs],
+            "rows": [r.to_json() for r in self.rows],
+        }  # fmt: skip
+
+    def pair_label(self, pair: tuple[int, int]) -> str:
+        r, d = pair
+        return f"{self.checkpoints[r]}<-{self.checkpoints[d]}"
+
+    def to_csv(self) -> str:
+        """One line per row: name, key, shape (``16x1x3x3``), dtype, numel, then per checkpoint
+        ``entropy[<name>]`` and ``invalid[<name>]``, then ``alpha[<receiver><-<donor>]``."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(
+            ["name", "key", "shape", "dtype", "numel", "filters"]
+            + [f"entropy[{n}]" for n in self.checkpoints]
+            + [f"invalid[{n}]" for n in self.checkpoints]
+            + [f"alpha[{self.pair_label(p)}]" for p in self.pairs]
+        )
+        for r in self.rows:
+            w.writerow(
+                [r.name, r.key, "x".join(map(str, r.shape)), r.dtype, r.numel, _blank(r.filters)]
+                + [_blank(h) for h in r.entropy]
+                + [_blank(n) for n in r.invalid_filters]
+                + [_blank(x) for x in r.alpha]
+            )
+        return buf.getvalue()
+
+
+def _blank(x: object) -> object:
+    return "" if x is None else x
+
+
+def compile_filter(pattern: str | None) -> re.Pattern[str] | None:
+    """``--filter REGEX`` → a compiled pattern, or a one-line error naming the problem.
+
+    Example:
+        >>> compile_filter("^conv").search("conv1.weight") is not None
+        True
+    """
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise WaError(
+            f"cannot read --filter {pattern!r}: {e} (expected a Python regular expression, "
+            "e.g. 'conv|fc')",
+            ExitCode.USAGE,
+        ) from None
+
+
+def entropy_report(
+    inputs: Sequence[PathOrCheckpoint],
+    *,
+    by: By = "tensor",
+    bins: int = 10,
+    base: float | None = None,
+    l1_threshold: float = 0.1,
+    pattern: str | None = None,
+    sort: Sort = "order",
+    keys: KeysMode = "strict",
+    a: float = 0.4,
+    c: float = 500.0,
+    device: str | torch.device = "cpu",
+) -> EntropyReport:
+    """Entropy of every floating tensor (or module) of one or more checkpoints.
+
+    By module, a module is measured on its ``weight`` (else its first floating tensor), as
+    ``wa graft --rule module`` does; by tensor, each floating tensor is measured, and the alpha
+    column is then ``wa graft --rule tensor``'s. Alphas use nats whatever ``base`` is.
+
+    Args:
+        inputs: checkpoints (paths or opened); two or more add the alpha columns.
+        by: one row per "tensor" or per "module".
+        bins: histogram bins B >= 2 (paper: 10).
+        base: logarithm base of the reported entropies (None: nats; 2: bits).
+        l1_threshold: filters with L1 norm below this are invalid (paper: 0.1 or 0.01).
+        pattern: keep rows whose name matches this regular expression (re.search).
+        sort: "order" (the checkpoint's key order), "name", or "entropy" (lowest first, on the
+            first checkpoint).
+        keys: "strict" (all checkpoints hold the same keys), "intersection" or "union".
+        a, c: the graft amplitude and steepness for the alpha column.
+        device: where entropies are computed.
+
+    Returns:
+        An ``EntropyReport``.
+
+    Raises:
+        WaError: bad bins, base, threshold, pattern, a or c; incompatible checkpoints.
+
+    Example:
+        >>> report = entropy_report(["run_a/last.safetensors"], by="module")  # doctest: +SKIP
+        >>> [(r.name, r.entropy[0]) for r in report.rows]  # doctest: +SKIP
+    """
+    check_bins(bins)
+    check_graft_params(a, c)
+    if base is not None:
+        check_base(base)
+    check_threshold(l1_threshold)
+    regex = compile_filter(pattern)
+    dev = resolve_device(device)
+    ckpts = open_all(inputs)
+    try:
+        # Checks key sets and shapes from headers; entropy does not care about dtypes, so floating
+        # inputs of different dtypes are allowed (a target dtype lifts the dtype check).
+        plan = build_plan(ckpts, keys=keys, dtype=torch.float64)
+        floating = [k.key for k in plan.keys if k.interpolate]
+        if by == "module":
+            # The same choice `wa graft --rule module` makes: a module is measured on its weight.
+            source = plan_alphas([k.key for k in plan.keys], floating, rule="module").source
+            chosen = {module_of(key): src for key, src in source.items() if src is not None}
+            named = [(mod or key, key) for mod, key in chosen.items()]
+        else:
+            named = [(k, k) for k in floating]
+        if regex is not None:
+            named = [(n, k) for n, k in named if regex.search(n)]
+        info = {k.key: k for k in plan.keys}
+        pairs = ring_pairs_to_write(len(ckpts)) if len(ckpts) >= 2 else []
+        scale = 1.0 if base is None else math.log(base)
+        rows = []
+        for name, key in named:
+            entry = info[key]
+            nats: list[float | None] = []
+            invalid: list[int | None] = []
+            for i, ck in enumerate(ckpts):
+                if i not in entry.sources:
+                    nats.append(None)
+                    invalid.append(None)
+                    continue
+                t = ck.tensor(key).to(dev)  # one tensor in memory at a time
+                nats.append(tensor_entropy(t, bins=bins, name=key))
+                invalid.append(
+                    count_invalid_filters(t, l1_threshold, name=key) if t.ndim >= 2 else None
+                )
+            alpha = [
+                None
+                if nats[r] is None or nats[d] is None
+                else graft_alpha(nats[r], nats[d], a=a, c=c)
+                for r, d in pairs
+            ]
+            rows.append(
+                EntropyRow(
+                    name=name, key=key, shape=entry.shape,
+                    dtype=str(entry.dtype).removeprefix("torch."), numel=entry.numel,
+                    entropy=[None if h is None else h / scale + 0.0 for h in nats],
+                    invalid_filters=invalid,
+                    filters=entry.shape[0] if len(entry.shape) >= 2 else None, alpha=alpha,
+                )
+            )  # fmt: skip
+    finally:
+        for ck in ckpts:
+            ck.close()
+    if sort == "name":
+        rows.sort(key=lambda r: r.name)
+    elif sort == "entropy":
+        rows.sort(key=lambda r: (r.entropy[0] is None, r.entropy[0] or 0.0))
+    return EntropyReport(
+        checkpoints=distinct_names([ck.path for ck in ckpts]),
+        paths=[str(ck.path) for ck in ckpts],
+        by=by, bins=bins, base=base, l1_threshold=l1_threshold, a=a, c=c, pairs=pairs, rows=rows,
+    )  # fmt: skip
+
+
+def check_plot_available() -> None:
+    """Raise a one-line ``WaError`` when matplotlib (the ``wa[plot]`` extra) is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise WaError(
+            "--plot needs matplotlib, which is not installed (pip install 'wa[plot]')",
+            ExitCode.USAGE,
+        ) from None
+
+
+def plot_entropies(
+    report: EntropyReport, path: str | os.PathLike[str], *, force: bool = False
+) -> Path:
+    """Entropy per row (layer), one series per checkpoint, as a PNG written atomically.
+
+    Example:
+        >>> plot_entropies(entropy_report(["a.safetensors"]), "entropy.png")  # doctest: +SKIP
+    """
+    check_plot_available()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # A Figure with its own Agg canvas: no pyplot global state, no display needed.
+    n = len(report.rows)
+    fig = Figure(figsize=(max(6.0, 0.35 * n + 2), 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    xs = list(range(n))
+    for i, name in enumerate(report.checkpoints):
+        ys = [math.nan if r.entropy[i] is None else r.entropy[i] for r in report.rows]
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.axhline(report.max_entropy, color="grey", linestyle=":", label=f"ln {report.bins}")
+    ax.set_xticks(xs, [r.name for r in report.rows], rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel(f"weight entropy ({report.unit}, {report.bins} bins)")
+    ax.set_title(f"entropy per {report.by}")
+    ax.legend(fontsize=8)
+    destination = Path(path)
+    with atomic_destination(destination, force) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    return destination
