@@ -24,7 +24,7 @@ def bn_recalibrate_command(
         str,
         typer.Argument(
             help="The checkpoint: a .safetensors file, a sharded folder or its index.json, or a "
-            ".pt/.pth/.bin/.ckpt pickle.",
+            ".pt/.pth/.pth.tar/.bin/.ckpt pickle.",
             show_default=False,
         ),
     ],

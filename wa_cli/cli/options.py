@@ -11,7 +11,8 @@ Inputs = Annotated[
     list[str],
     typer.Argument(
         help="Checkpoints: .safetensors files, sharded folders or their index.json, .pt/.pth/"
-        ".bin/.ckpt pickles, folders of checkpoints, or quoted globs (expanded in natural order).",
+        ".pth.tar/.bin/.ckpt pickles, run folders (checkpoint-N/, save_pretrained, DCP), "
+        "folders of checkpoints, or quoted globs (expanded in natural order).",
         show_default=False,
     ),
 ]

@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 
 from wa_cli.errors import ExitCode, WaError, listing
+from wa_cli.io.formats import INDEX_SUFFIX
 
-INDEX_SUFFIX = ".safetensors.index.json"
+__all__ = ["INDEX_SUFFIX", "find_index", "index_files", "read_weight_map"]
 
 
 def index_files(folder: Path) -> list[Path]:

@@ -1,8 +1,8 @@
 """Lazy checkpoint readers: headers at open, tensor bytes only when a key (or chunk) is read.
 
 Accepted inputs (DESIGN.md): a ``.safetensors`` file; a Hugging Face style sharded folder or its
-``*.safetensors.index.json``; a PyTorch pickle (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) loaded with
-``weights_only=True`` and ``mmap=True``. Safetensors data is read with ``pread`` into buffers the
+``*.safetensors.index.json``; a PyTorch pickle (:data:`wa_cli.io.formats.PICKLE_SUFFIXES`),
+loaded through :mod:`wa_cli.io.pickles`. Safetensors data is read with ``pread`` into buffers the
 caller owns rather than memory-mapped: every mapped page a process touches counts in its resident
 memory, which is how a streaming loop over mmapped files still reaches 9 GB (PEERS.md).
 """
@@ -18,10 +18,10 @@ import torch
 
 from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.io.dtypes import SAFETENSORS_NAMES
+from wa_cli.io.formats import PICKLE_SUFFIXES, is_pickle_name, is_safetensors_name
 from wa_cli.io.index import INDEX_SUFFIX, find_index, read_weight_map
 from wa_cli.io.safetensors_header import TensorInfo, read_header
 
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 MAX_OPEN_SHARDS = 4
 NESTED_STATE_KEYS = ("state_dict", "model", "state_dict_ema", "module")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -318,7 +318,7 @@ def open_checkpoint(
 
     Args:
         path: a ``.safetensors`` file, a sharded folder, an ``*.safetensors.index.json``, or a
-            PyTorch pickle (``.pt``, ``.pth``, ``.bin``, ``.ckpt``).
+            PyTorch pickle (``.pt``, ``.pth``, ``.pth.tar``, ``.bin``, ``.ckpt``).
         key: for pickles, the nested dict holding the state dict (auto-detected if unambiguous).
         strip_prefixes: drop ``module.`` and ``_orig_mod.`` key prefixes.
 
@@ -338,9 +338,9 @@ def open_checkpoint(
         ckpt: Checkpoint = ShardedCheckpoint(index, p)
     elif p.name.endswith(".index.json"):
         ckpt = ShardedCheckpoint(p, p)
-    elif p.suffix in PICKLE_SUFFIXES:
+    elif is_pickle_name(p):
         ckpt = PickleCheckpoint(p, key)
-    elif p.suffix == ".safetensors":
+    elif is_safetensors_name(p):
         ckpt = SafetensorsFile(p)
     else:
         raise WaError(

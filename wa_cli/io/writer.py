@@ -20,13 +20,10 @@ import torch
 
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.atomic import atomic_destination
+from wa_cli.io.formats import checkpoint_suffix, is_pickle_name, strip_checkpoint_suffix
 from wa_cli.io.safetensors_header import build_header
 
 INDEX_NAME = "model.safetensors.index.json"
-
-# Suffixes loaders read as pickles (torch.load): safetensors bytes under one of them make a file
-# that torch.load, and wa itself, refuse.
-_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
 @dataclass(frozen=True)
@@ -74,10 +71,14 @@ def check_output_name(destination: Path, *, sharded: bool = False) -> None:
             "write shards into a folder)",
             ExitCode.OUTPUT,
         )
-    if destination.suffix.lower() in _PICKLE_SUFFIXES:
+    # Loaders read these names with torch.load: safetensors bytes under one of them make a file
+    # that torch.load, and wa itself, refuse.
+    if is_pickle_name(destination):
+        suffix = checkpoint_suffix(destination) or destination.suffix
+        stem = strip_checkpoint_suffix(destination.name)
         raise WaError(
-            f"output '{destination}' ends in {destination.suffix}, a pickle suffix, but wa writes "
-            f"safetensors (name it e.g. '{destination.with_suffix('.safetensors').name}')",
+            f"output '{destination}' ends in {suffix}, a pickle suffix, but wa writes "
+            f"safetensors (name it e.g. '{stem}.safetensors')",
             ExitCode.USAGE,
         )
 
@@ -110,8 +111,8 @@ def write_safetensors(
 
     Args:
         destination: the output file, or the output folder when ``max_shard_size`` is set. A
-            file named with a pickle suffix (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) is refused,
-            and so, even with ``force``, is a folder holding anything but shards and indexes.
+            file named with a pickle suffix (``.pt``, ``.pth.tar``, ``.ckpt``, ...) is refused, and
+            so, even with ``force``, is a folder holding anything but shards and indexes.
         tensors: every output tensor, in the order their chunks will arrive.
         chunks: ``(key, tensor)`` pairs; a key's chunks arrive consecutively and, flattened and
             concatenated, make its tensor (a whole tensor is one chunk).

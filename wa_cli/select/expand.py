@@ -16,12 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wa_cli.errors import ExitCode, WaError, listing
+from wa_cli.io.formats import CHECKPOINT_SUFFIXES, suffix_list
 from wa_cli.io.index import INDEX_SUFFIX, find_index, index_files, read_weight_map
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-"""File suffixes a folder is searched for."""
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 DIGIT_RUNS = re.compile(r"([0-9]+)")
@@ -72,7 +70,7 @@ def _expand_folder(folder: Path) -> list[Path]:
     if not found:
         raise WaError(
             f"folder '{folder}' holds no checkpoint (expected files ending in "
-            f"{', '.join(CHECKPOINT_SUFFIXES)} or a *{INDEX_SUFFIX} sharded checkpoint)",
+            f"{suffix_list()} or a *{INDEX_SUFFIX} sharded checkpoint)",
             ExitCode.BAD_INPUT,
         )
     return sorted(found, key=lambda p: natural_key(p.name))
@@ -107,7 +105,7 @@ def _expand_glob(pattern: str) -> list[Path]:
         raise WaError(
             f"pattern '{pattern}' matches {len(matches)} path(s) but no checkpoint "
             f"({listing([str(m) for m in sorted(matches, key=lambda p: natural_key(str(p)))])}); "
-            f"checkpoints end in {', '.join(CHECKPOINT_SUFFIXES)}",
+            f"checkpoints end in {suffix_list()}",
             ExitCode.BAD_INPUT,
         )
     return sorted(kept, key=lambda p: natural_key(str(p)))
@@ -122,7 +120,8 @@ def expand_inputs(args: Sequence[str | os.PathLike[str]]) -> list[Path]:
       quoted glob: wa expands it (``**`` recurses) in natural order, ``ckpt_2`` before
       ``ckpt_10``, keeping only checkpoint files and folders.
     * A folder holding a ``*.safetensors.index.json`` is one (sharded) checkpoint; any other
-      folder expands to its ``.safetensors``, ``.pt``, ``.pth``, ``.bin`` and ``.ckpt`` files
+      folder expands to its checkpoint files (``.safetensors`` and the pickle suffixes of
+      :mod:`wa_cli.io.formats`, ``.pth.tar`` included)
       and its sharded sub-folders, in natural order, hidden names skipped.
 
     Args:

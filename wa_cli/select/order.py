@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Generic, Literal, Protocol, TypeVar
 
 from wa_cli.errors import ExitCode, WaError, listing
-from wa_cli.select.expand import CHECKPOINT_SUFFIXES, DIGIT_RUNS, INDEX_SUFFIX, natural_key
+from wa_cli.io.formats import strip_checkpoint_suffix
+from wa_cli.select.expand import DIGIT_RUNS, INDEX_SUFFIX, natural_key
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +73,7 @@ def checkpoint_stem(item: CheckpointLike) -> str:
     name = item.name
     if name.endswith(INDEX_SUFFIX):
         return Path(item.path).parent.name
-    lower = name.lower()
-    for suffix in CHECKPOINT_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return strip_checkpoint_suffix(name)
 
 
 def step_from_name(item: CheckpointLike) -> int | None:

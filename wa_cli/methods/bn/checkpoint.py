@@ -39,7 +39,12 @@ from wa_cli.methods.bn.recalibrate import (
     norm_layers,
     recalibrate_bn,
 )
-from wa_cli.methods.bn.tensor_data import SUFFIXES, TensorFileBatches, tensor_file_batches
+from wa_cli.methods.bn.tensor_data import (
+    SUFFIXES,
+    TensorFileBatches,
+    data_suffix,
+    tensor_file_batches,
+)
 from wa_cli.methods.bn.usercode import call_factory, load_state_dict_strict, resolve_callable
 
 logger = logging.getLogger(__name__)
@@ -148,7 +153,7 @@ def resolve_data(
         >>> batches = resolve_data("calib.safetensors", batch_size=128)  # doctest: +SKIP
     """
     source, sep, _ = spec.rpartition(":")
-    is_file = Path(spec).suffix.lower() in SUFFIXES or not sep or not source
+    is_file = data_suffix(Path(spec)) in SUFFIXES or not sep or not source
     if is_file:
         if kwargs:
             raise WaError(

@@ -19,11 +19,12 @@ from typing import Any
 import torch
 
 from wa_cli.errors import ExitCode, WaError, listing
+from wa_cli.io.formats import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, checkpoint_suffix
 from wa_cli.methods.bn.usercode import describe_exception
 
 logger = logging.getLogger(__name__)
 
-SUFFIXES = (".safetensors", ".pt", ".pth", ".npy", ".npz")
+SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES, ".npy", ".npz")
 # Names that mark the model's input when a file holds several tensors (inputs and labels, say).
 INPUT_NAMES = ("inputs", "x", "images")
 
@@ -140,7 +141,7 @@ def tensor_file_batches(
     path = Path(path)
     if not path.is_file():
         raise WaError(f"data file '{path}' does not exist", ExitCode.BAD_INPUT)
-    suffix = path.suffix.lower()
+    suffix = data_suffix(path)
     if suffix not in SUFFIXES:
         raise WaError(
             f"data file '{path}' has suffix '{suffix}', expected one of {listing(list(SUFFIXES))} "
@@ -148,7 +149,8 @@ def tensor_file_batches(
             ExitCode.USAGE,
         )
     try:
-        key, shape, open_slicer = _OPENERS[suffix](path, input_key)
+        opener = _open_pickle if suffix in PICKLE_SUFFIXES else _OPENERS[suffix]
+        key, shape, open_slicer = opener(path, input_key)
     except WaError:
         raise
     except Exception as e:  # safetensors, pickle, zip and numpy format errors alike
@@ -194,6 +196,11 @@ def _pick(path: Path, keys: list[str], input_key: str | None) -> str:
         "with --input-key",
         ExitCode.USAGE,
     )
+
+
+def data_suffix(path: Path) -> str:
+    """The lowercased suffix that says how to read a data file (``.pth.tar`` as one)."""
+    return (checkpoint_suffix(path) or path.suffix).lower()
 
 
 def _open_safetensors(
@@ -274,8 +281,6 @@ _OPENERS: dict[
     str, Callable[[Path, str | None], tuple[str, tuple[int, ...], Callable[[], _Slicer]]]
 ] = {
     ".safetensors": _open_safetensors,
-    ".pt": _open_pickle,
-    ".pth": _open_pickle,
     ".npy": _open_npy,
     ".npz": _open_npz,
 }
