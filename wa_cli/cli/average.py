@@ -63,6 +63,7 @@ def average_command(
         selection_report,
     )
     from wa_cli.engine.precision import parse_user_dtype
+    from wa_cli.engine.rounding import normalized_weights
     from wa_cli.io.writer import parse_size
     from wa_cli.methods.average import average_to_file, validate_weights
 
@@ -76,9 +77,8 @@ def average_command(
     if dry_run:
         raw = validate_weights(w, len(entries))
         method = "mean" if len(set(raw)) == 1 else "weighted_mean"
-        total = sum(raw)
         report = selection_report(
-            entries, [x / total for x in raw], method=method, total=len(ckpts), metric=metric
+            entries, normalized_weights(raw), method=method, total=len(ckpts), metric=metric
         )
         emit_selection(report, json)
         return

@@ -38,7 +38,9 @@ Precision = Annotated[
     Literal["auto", "float32", "float64"],
     typer.Option(
         "--precision",
-        help="Accumulator: auto = float32 for 16-bit inputs, float64 for float32 inputs.",
+        help="Accumulator: auto = float32 for 16-bit inputs, float64 for float32 inputs "
+        "(never narrower than the input or --dtype). float32 on float32 inputs rounds every "
+        "sum: k identical inputs may then not average to themselves bit for bit.",
     ),
 ]
 Device = Annotated[

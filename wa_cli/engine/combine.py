@@ -18,6 +18,7 @@ background thread reads the next chunks from disk while the current one is summe
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import deque
@@ -29,6 +30,13 @@ import torch
 
 from wa_cli.engine.plan import KeyPlan, Plan
 from wa_cli.engine.precision import Precision, accumulator_dtype
+from wa_cli.engine.rounding import (
+    SIXTEEN_BIT,
+    input_shift,
+    is_power_of_two,
+    round_into,
+    scale_weights,
+)
 
 # Elements per chunk: 256K keeps a float32 accumulator, its conversion buffer and the staging
 # bytes (about 2.5 MB together) in cache while the N inputs are added into it.
@@ -82,10 +90,12 @@ def schedule(plan: Plan, weights: WeightsFn, chunk_elements: int) -> list[ChunkT
             w = [float(x) for x in weights(entry)]
             if len(w) != len(entry.sources):
                 raise ValueError(f"{len(w)} weights for {len(entry.sources)} sources")
-            if sum(w) <= 0:
-                raise ValueError(f"weights for {entry.key!r} sum to {sum(w)}")
+            # Extreme weights (1e308, 5e-324) are rescaled by a power of two: ratios unchanged.
+            w = scale_weights(w)
+            total = math.fsum(w)
+            if not total > 0:
+                raise ValueError(f"weights for {entry.key!r} sum to {total}")
             inputs = tuple((s, x) for s, x in zip(entry.sources, w) if x != 0)
-            total = sum(w)
         else:
             inputs, total = ((entry.copy_from, 1.0),), 1.0
         for start in range(0, entry.numel, chunk_elements):
@@ -144,7 +154,8 @@ def linear_combination(
         for task in tasks:
             entry = task.entry
             if entry.interpolate:
-                out = reducer.combine(task, accumulator_dtype(entry.dtype, precision), stats)
+                acc_dtype = accumulator_dtype(entry.dtype, precision, entry.out_dtype)
+                out = reducer.combine(task, acc_dtype, stats)
             else:
                 out = reducer.copy_input(task, entry.copy_from)
             read = task.read_bytes
@@ -265,23 +276,58 @@ class Reducer:
     def finish(self, task: ChunkTask, acc: torch.Tensor, stats: CombineStats) -> torch.Tensor:
         """Divide by the total weight, round once to the output dtype, count non-finite values."""
         out_dtype = task.entry.out_dtype
-        if out_dtype == acc.dtype:
-            out = acc.div_(task.total) if task.total != 1.0 else acc
-        else:
-            out = self.work_buffer("out", task.count, out_dtype)
-            if task.total != 1.0:
-                torch.div(acc, task.total, out=out)  # computed in acc's precision, rounded once
-            else:
-                out.copy_(acc)
-        # A finite sum of the accumulator means no NaN or inf in it; only a narrower output
-        # dtype (--dtype float16) can still overflow when rounding, so that case is counted.
+        # A finite sum of the accumulator means no NaN or inf in it (the common case, one
+        # reduction); otherwise elements that overflowed are recomputed exactly below.
+        acc_finite = bool(torch.isfinite(acc.sum()))
+        overflowed = None if acc_finite else ~torch.isfinite(acc)
+        out = self.divide_and_round(task, acc)
+        if overflowed is not None and bool(overflowed.any()):
+            self.recompute_overflowed(task, out, overflowed)
+        # Only a narrower output dtype (--dtype float16) can still overflow when rounding.
         narrower = torch.finfo(out_dtype).max < torch.finfo(task.entry.dtype).max
-        if narrower or not bool(torch.isfinite(acc.sum())):
+        if narrower or not acc_finite:
             bad = int(out.numel() - int(torch.isfinite(out).sum()))
             if bad:
                 key = task.entry.key
                 stats.non_finite[key] = stats.non_finite.get(key, 0) + bad
         return out
+
+    def divide_and_round(self, task: ChunkTask, acc: torch.Tensor) -> torch.Tensor:
+        """acc / Σw in the output dtype with one rounding from the accumulator's quotient."""
+        out_dtype, total = task.entry.out_dtype, task.total
+        if out_dtype == acc.dtype:
+            return acc.div_(total) if total != 1.0 else acc
+        out = self.work_buffer("out", task.count, out_dtype)
+        if out_dtype in SIXTEEN_BIT and (acc.dtype == torch.float64 or not is_power_of_two(total)):
+            # A float32 quotient rounded again to 16 bits is a double rounding: divide in
+            # float64 and round to odd on the way through float32 (see engine.rounding).
+            if acc.dtype != torch.float64:
+                acc = self.work_buffer("tmp", task.count, torch.float64).copy_(acc)
+            round_into(out, acc.div_(total) if total != 1.0 else acc)
+        elif total != 1.0:
+            torch.div(acc, total, out=out)  # exact division or a single rounding
+        else:
+            out.copy_(acc)
+        return out
+
+    def recompute_overflowed(self, task: ChunkTask, out: torch.Tensor, where: torch.Tensor) -> None:
+        """Σ wᵢxᵢ left the accumulator's range: redo the chunk in float64 with inputs scaled by
+        2^-s (Σw · 2^-s <= 1, so no partial sum exceeds the inputs' own range), scale back."""
+        shift = input_shift(task.total)
+        acc = torch.zeros(task.count, dtype=torch.float64)
+        for source, w in task.inputs:
+            x = self.reread(task, source).to(torch.float64)
+            acc.add_(x.mul_(2.0**-shift), alpha=w)  # a power of two: exact
+        mean = acc.div_(task.total).mul_(2.0**shift)
+        exact = round_into(torch.empty(task.count, dtype=out.dtype), mean).to(out.device)
+        out.copy_(torch.where(where, exact, out))
+
+    def reread(self, task: ChunkTask, source: int) -> torch.Tensor:
+        """One input's chunk again, on the host (read by the prefetch thread, after its queue)."""
+        buf = torch.empty(task.nbytes(source), dtype=torch.uint8)
+        read = self.prefetcher.checkpoints[source].read_into
+        self.prefetcher.pool.submit(read, task.entry.key, buf, task.byte_offset(source)).result()
+        return buf.view(task.entry.dtype_of(source))
 
     def close(self) -> None:
         self.prefetcher.close()

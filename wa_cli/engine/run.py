@@ -138,6 +138,13 @@ def combine_to_file(
         stats=stats,
         notes=list(plan.notes),
     )
+    if precision == "float32" and any(
+        k.interpolate and k.dtype == torch.float32 for k in plan.keys
+    ):
+        report.notes.append(
+            "--precision float32 summed float32 tensors in float32: every addition rounds, so "
+            "k identical inputs may not average to themselves bit for bit (auto sums in float64)"
+        )
     if stats.non_finite:
         total = sum(stats.non_finite.values())
         worst = sorted(stats.non_finite, key=stats.non_finite.get, reverse=True)[:3]

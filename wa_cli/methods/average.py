@@ -19,6 +19,7 @@ from wa_cli.engine.device import resolve_device
 from wa_cli.engine.plan import KeyPlan, KeysMode, NonFloatPolicy, build_plan
 from wa_cli.engine.precision import Precision
 from wa_cli.engine.provenance import provenance
+from wa_cli.engine.rounding import normalized_weights
 from wa_cli.engine.run import RunReport, assemble, combine_to_file
 from wa_cli.errors import WaError
 from wa_cli.io.reader import Checkpoint, open_checkpoints
@@ -36,7 +37,7 @@ def validate_weights(weights: Sequence[float] | None, n: int) -> list[float]:
     bad = [x for x in w if not math.isfinite(x) or x < 0]
     if bad:
         raise WaError(f"weights must be finite and non-negative, got {bad[0]:g}")
-    if sum(w) == 0:
+    if not any(w):
         raise WaError("the weights are all zero (at least one must be positive)")
     return w
 
@@ -46,7 +47,7 @@ def source_weights(weights: list[float]):  # noqa: ANN201 - a WeightsFn
 
     def for_entry(entry: KeyPlan) -> list[float]:
         w = [weights[i] for i in entry.sources]
-        if sum(w) == 0:
+        if not any(w):
             raise WaError(
                 f"key {entry.key!r} is held only by inputs of weight 0 (drop those inputs or "
                 "use --keys intersection)"
@@ -115,7 +116,6 @@ def average_to_file(
         "weights": w, "keys": keys, "non_float": non_float, "precision": precision,
         "dtype": str(dtype).removeprefix("torch.") if dtype else None,
     }  # fmt: skip
-    total = sum(w)
     return combine_to_file(
         plan,
         source_weights(w),
@@ -123,7 +123,7 @@ def average_to_file(
         method=method,
         metadata=provenance(ckpts, method, params, command),
         params=params,
-        input_weights=[x / total for x in w],
+        input_weights=normalized_weights(w),
         precision=precision,
         device=resolve_device(device),
         force=force,
