@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from wa_cli import __version__
+from wa_cli.engine import distributed
 from wa_cli.engine.provenance import set_cli_command
 from wa_cli.errors import ExitCode, WaError
 
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
                 warnings.showwarning = _show_warning
             _run(args, debug)
     finally:
+        distributed.stop()  # under torchrun: after rank 0 has printed, every rank leaves
         set_cli_command(None)
         logger.removeHandler(handler)
         logger.setLevel(previous_level)
@@ -121,13 +123,20 @@ def main(argv: list[str] | None = None) -> None:
 def _run(args: list[str], debug: bool) -> None:
     command = typer.main.get_command(app)
     try:
+        if distributed.launched():  # torchrun: join the other ranks (see README, Many machines)
+            distributed.start(args)
         code = command.main(args=args, prog_name="wa", standalone_mode=False)
+        distributed.finish()
     except WaError as e:
         if debug:
             raise
-        _fail(e.message, e.code)
+        # Under torchrun a failure is shared with every rank and printed by rank 0 alone.
+        message, exit_code = distributed.share_failure(e)
+        _fail(message, exit_code)
     except KeyboardInterrupt:
         _fail("interrupted; nothing was written", ExitCode.USAGE, status=130)
+    except distributed.Terminated:
+        _fail(distributed.terminated_message(), ExitCode.USAGE, status=143)
     except Exception as e:
         if type(e).__name__ == "NoArgsIsHelpError":
             # A bare `wa` (typer's click raises this usage error): the help is the answer, not
@@ -146,7 +155,8 @@ def _run(args: list[str], debug: bool) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _fail(message: str, code: ExitCode, status: int | None = None) -> None:
-    sys.stderr.write(f"wa: error: {message}\n")
-    sys.stderr.flush()
+def _fail(message: str | None, code: ExitCode, status: int | None = None) -> None:
+    if message is not None:  # None: another rank prints the error
+        sys.stderr.write(f"wa: error: {message}\n")
+        sys.stderr.flush()
     sys.exit(int(code) if status is None else status)

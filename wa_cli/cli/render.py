@@ -83,6 +83,10 @@ def emit_run_report(report: Any, as_json: bool, quiet: bool) -> None:
             f"({s.combined} combined, {s.copied} copied), read {human_bytes(s.bytes_read)} "
             f"in {s.seconds:.2f} s{rate}"
         )
+        ranks = getattr(report, "ranks", None)
+        if ranks:  # torchrun: what each rank read (the line above is the global total)
+            shares = ", ".join(f"{human_bytes(r['bytes_read'])}" for r in ranks)
+            print(f"  {len(ranks)} ranks read {shares}")
         for note in report.notes:
             print(f"  {note}")
     for message in report.hints:

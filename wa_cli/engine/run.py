@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from wa_cli.engine import distributed
 from wa_cli.engine.combine import (
     CombineStats,
     ProgressFn,
@@ -49,10 +50,12 @@ class RunReport:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)
+    # Under torchrun: what each rank read and how long it took (rank 0's report only).
+    ranks: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         s = self.stats
-        return {
+        out: dict[str, Any] = {
             "method": self.method,
             "inputs": self.inputs,
             "outputs": self.outputs,
@@ -70,6 +73,9 @@ class RunReport:
             "warnings": self.warnings,
             "hints": self.hints,
         }
+        if self.ranks is not None:
+            out["ranks"] = self.ranks
+        return out
 
 
 def check_output_is_not_input(output: Path, inputs: Plan | Sequence[Checkpoint]) -> None:
@@ -108,6 +114,15 @@ def combine_to_file(
     ``progress(bytes_done_now, bytes_total)`` is called as input bytes are consumed;
     ``bn_hint`` is shown when the inputs hold BatchNorm statistics (they were combined too).
     """
+    if distributed.active() is not None:  # torchrun: every rank writes its part
+        from wa_cli.engine.parallel_write import combine_to_file_distributed
+
+        return combine_to_file_distributed(
+            plan, weights, output,
+            method=method, metadata=metadata, params=params, input_weights=input_weights,
+            precision=precision, device=device, force=force, max_shard_size=max_shard_size,
+            progress=progress, bn_hint=bn_hint,
+        )  # fmt: skip
     output = Path(output)
     check_output_is_not_input(output, plan)
     stats = CombineStats()
@@ -128,6 +143,23 @@ def combine_to_file(
     finally:
         for ckpt in plan.checkpoints:
             ckpt.close()
+    return build_report(
+        plan, stats, written,
+        method=method, params=params, input_weights=input_weights, bn_hint=bn_hint,
+    )  # fmt: skip
+
+
+def build_report(
+    plan: Plan,
+    stats: CombineStats,
+    written: Sequence[Path],
+    *,
+    method: str,
+    params: dict[str, Any],
+    input_weights: list[float] | None,
+    bn_hint: str = BN_HINT,
+) -> RunReport:
+    """The report of a finished combination (one process, or every rank's stats merged)."""
     report = RunReport(
         method=method,
         inputs=[str(c.path) for c in plan.checkpoints],

@@ -234,3 +234,41 @@ def write_state_dict(
     return write_safetensors(
         destination, specs, pairs, metadata or {}, force=force, max_shard_size=max_shard_size
     )
+
+
+# The pieces of a write, for writers that split one output between processes
+# (wa_cli.engine.parallel_write): the same layout, names, header and index as write_safetensors.
+
+
+def shard_layout(
+    tensors: list[OutputTensor], max_shard_size: int | None
+) -> list[list[OutputTensor]]:
+    """The tensors of each output file: one file, or the shards ``write_safetensors`` makes."""
+    return _shard_groups(tensors, max_shard_size) if max_shard_size else [tensors]
+
+
+def shard_file_name(index: int, total: int) -> str:
+    """The name of shard ``index`` (from 0) of ``total``, as ``write_safetensors`` names it."""
+    return f"model-{index + 1:05d}-of-{total:05d}.safetensors"
+
+
+def write_files(
+    paths: list[Path],
+    groups: list[list[OutputTensor]],
+    chunks: Iterable[tuple[str, torch.Tensor]],
+    metadata: dict[str, str],
+) -> None:
+    """Write each group to its path (header, then its tensors' bytes from ``chunks``), fsynced."""
+    _write_groups(paths, groups, chunks, metadata)
+
+
+def write_index(
+    path: Path, shards: list[Path], groups: list[list[OutputTensor]], metadata: dict[str, str]
+) -> None:
+    """``model.safetensors.index.json`` for ``shards`` holding ``groups``."""
+    _write_index(path, shards, groups, metadata)
+
+
+def chunk_bytes(chunk: torch.Tensor) -> memoryview:
+    """The bytes of a chunk as a writer stores them."""
+    return _as_bytes(chunk)

@@ -1,0 +1,337 @@
+"""Many processes (torchrun): the process group, and the one collective every step goes through.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1, ``RANK``, ``LOCAL_RANK`` set) every rank runs the same
+command: it opens the headers and builds the plan itself, then the ranks meet at a few
+*steps*. A step runs a function on every rank and all-gathers one small object per rank (gloo,
+over the CPU, even when NCCL carries GPU work: the objects are a few kilobytes). A rank whose
+function fails, or that fails anywhere between two steps, sends its error in the next step
+instead, so every rank learns of it at the same step and stops: rank 0 prints ``wa: error: rank
+R: ...`` once, the others print nothing and exit with the same code. A rank that dies breaks the
+connection (gloo reports that at once) or stops answering (the collective times out after
+``WA_DIST_TIMEOUT`` seconds); either way every rank still alive exits with a message saying so.
+
+Without torchrun nothing here is called: :func:`active` is ``None`` and no process group exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from wa_cli.errors import ExitCode, WaError
+
+TIMEOUT_ENV = "WA_DIST_TIMEOUT"
+# Collectives wait for the slowest rank; a rank that has more to read than the others (or a
+# first read from a cold filesystem) must not be taken for a dead one. 30 minutes by default.
+DEFAULT_TIMEOUT_S = 1800.0
+
+T = TypeVar("T")
+
+
+@dataclass
+class Group:
+    """This process's place in a torchrun launch."""
+
+    rank: int
+    world: int
+    local_rank: int
+    timeout_s: float
+    control: Any = None  # the gloo process group the steps use
+    broken: bool = False  # a collective failed: no further one can be trusted
+    closed: bool = False  # the command's last step passed: errors from now on are local
+    together: bool = False  # every rank ends here (success or a shared failure): meet to leave
+
+
+@dataclass(frozen=True)
+class _Failure:
+    message: str
+    code: int
+
+
+class RankFailure(WaError):
+    """A failure every rank knows of (learned at the same step): only rank 0 prints it."""
+
+    def __init__(self, message: str, code: ExitCode, rank: int) -> None:
+        super().__init__(message, code)
+        self.rank = rank
+
+
+_group: Group | None = None
+
+
+def launched(environ: os._Environ[str] | dict[str, str] | None = None) -> bool:
+    """Whether this process is one of several ranks (torchrun, or srun with the same variables)."""
+    env = os.environ if environ is None else environ
+    try:
+        return int(env.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def active() -> Group | None:
+    """The group of this run, or ``None`` for a single process."""
+    return _group
+
+
+def start(args: Sequence[str]) -> Group:
+    """Join the process group torchrun describes (``MASTER_ADDR``/``MASTER_PORT`` rendezvous).
+
+    gloo carries the steps; with a GPU asked for (``--device cuda...``, or ``auto`` where CUDA
+    is available) the group is ``cpu:gloo,cuda:nccl`` and each rank uses ``cuda:LOCAL_RANK``.
+    """
+    global _group
+    import torch
+    import torch.distributed as dist
+
+    rank, world = _int_env("RANK"), _int_env("WORLD_SIZE")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    timeout_s = _timeout()
+    timeout = datetime.timedelta(seconds=timeout_s)
+    backend = "gloo"
+    if _wants_cuda(args) and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        backend = "cpu:gloo,cuda:nccl"
+    try:
+        dist.init_process_group(backend=backend, timeout=timeout)
+    except Exception as e:
+        raise WaError(
+            f"rank {rank}: cannot join the other {world - 1} rank(s) ({_first_line(e)}); check "
+            "MASTER_ADDR/MASTER_PORT or torchrun's --rdzv-endpoint",
+            ExitCode.USAGE,
+        ) from e
+    control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
+    _group = Group(rank, world, local_rank, timeout_s, control)
+    if rank != 0:
+        _silence_output()
+    # torchrun stops the other ranks with SIGTERM when one fails: unwind, so that temporary
+    # files are removed, instead of dying where we stand.
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return _group
+
+
+def _int_env(name: str) -> int:
+    try:
+        return int(os.environ[name])
+    except (KeyError, ValueError):
+        raise WaError(
+            f"WORLD_SIZE is set but {name} is not a number (launch with torchrun, or set RANK, "
+            "WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT for every process)",
+            ExitCode.USAGE,
+        ) from None
+
+
+def _timeout() -> float:
+    text = os.environ.get(TIMEOUT_ENV, "")
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise WaError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _wants_cuda(args: Sequence[str]) -> bool:
+    device = "auto"
+    for i, arg in enumerate(args):
+        if arg == "--device" and i + 1 < len(args):
+            device = args[i + 1]
+        elif arg.startswith("--device="):
+            device = arg.split("=", 1)[1]
+    return device == "auto" or device.startswith("cuda")
+
+
+class _ErrorsOnly:
+    """stderr of ranks other than 0: errors pass, warnings, hints and progress do not."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if text.startswith(("wa: warning:", "hint:")):
+            return len(text)
+        return int(self.stream.write(text))
+
+    def isatty(self) -> bool:  # no progress bar
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _silence_output() -> None:
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    sys.stderr = _ErrorsOnly(sys.stderr)
+
+
+class Terminated(BaseException):
+    """SIGTERM (torchrun stopping the group): unwinds like Ctrl-C, so cleanup runs."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    if _group is not None:
+        _group.broken = True  # the others are being stopped too: no last meeting
+    raise Terminated()
+
+
+def step(what: str, fn: Callable[[], T]) -> list[T]:
+    """Run ``fn`` on every rank and gather the results (index = rank); a failure anywhere raises.
+
+    ``what`` names the step in the message when a rank is lost ("writing the shards").
+    """
+    group = _require()
+    try:
+        mine: Any = fn()
+    except WaError as e:
+        if isinstance(e, RankFailure):
+            raise
+        mine = _Failure(_local_message(e.message, group), int(e.code))
+    except OSError as e:
+        mine = _Failure(_local_message(f"{e.strerror or e}", group), int(ExitCode.OUTPUT))
+    gathered = _gather(mine, what)
+    for rank, item in enumerate(gathered):
+        if isinstance(item, _Failure):
+            raise RankFailure(item.message, ExitCode(item.code), rank)
+    return gathered
+
+
+def share_failure(error: WaError) -> tuple[str | None, ExitCode]:
+    """What the CLI prints for ``error`` (``None``: another rank prints it) and the exit code.
+
+    A failure this rank alone knows of (raised between steps) is sent to the others in place of
+    their next step, so that they stop too; rank 0 then prints it for everyone.
+    """
+    group = _group
+    if group is None:
+        return error.message, error.code
+    if isinstance(error, RankFailure):
+        group.together = True
+        return (error.message if group.rank == 0 else None), error.code
+    message = _local_message(error.message, group)
+    if group.broken or group.closed:
+        return message, error.code
+    try:
+        gathered = _gather(_Failure(message, int(error.code)), "reporting an error")
+    except WaError as lost:
+        return f"{message} (and {lost.message.split(': ', 1)[-1]})", error.code
+    group.together = True
+    first = next((rank, item) for rank, item in enumerate(gathered) if isinstance(item, _Failure))
+    code = ExitCode(first[1].code)
+    return (first[1].message if group.rank == 0 else None), code
+
+
+def finish() -> None:
+    """The command's last step: every rank has done its part (a failure elsewhere raises)."""
+    group = _group
+    if group is not None and not group.closed and not group.broken:
+        step("finishing", lambda: None)
+        group.closed = group.together = True
+
+
+def stop() -> None:
+    """Leave the group: wait until every rank is here (so rank 0 has printed), then tear down."""
+    global _group
+    group = _group
+    if group is None:
+        return
+    import torch.distributed as dist
+
+    if group.together and not group.broken:
+        with contextlib.suppress(Exception):
+            dist.barrier(group=group.control)
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _group = None
+
+
+def _gather(item: Any, what: str) -> list[Any]:
+    import torch.distributed as dist
+
+    group = _require()
+    out: list[Any] = [None] * group.world
+    try:
+        dist.all_gather_object(out, item, group=group.control)
+    except Exception as e:
+        group.broken = True
+        raise WaError(
+            f"rank {group.rank}: lost contact with the other ranks while {what} (a rank died, or "
+            f"did not answer within {group.timeout_s:g} s, {TIMEOUT_ENV}): {_first_line(e)}; "
+            "nothing was written",
+            ExitCode.OUTPUT,
+        ) from e
+    return out
+
+
+def _require() -> Group:
+    if _group is None:
+        raise RuntimeError("no process group: not launched by torchrun")
+    return _group
+
+
+def _local_message(message: str, group: Group) -> str:
+    prefix = f"rank {group.rank}: "
+    return message if message.startswith(prefix) else prefix + message
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    line = text[0] if text else type(e).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def assign_balanced(costs: Sequence[int], world: int) -> list[int]:
+    """The rank of each item, largest first to the least loaded rank (ties: the lower rank).
+
+    Deterministic from ``costs`` alone, so every rank computes the same assignment.
+
+    Example:
+        >>> assign_balanced([5, 1, 4, 2], 2)
+        [0, 1, 1, 0]
+    """
+    load = [0] * world
+    owner = [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        rank = min(range(world), key=lambda r: (load[r], r))
+        owner[i] = rank
+        load[rank] += costs[i]
+    return owner
+
+
+def assign_contiguous(costs: Sequence[int], world: int) -> list[int]:
+    """Ranks for items in order, in ``world`` runs of about equal total cost.
+
+    An item goes to the rank whose share of the total holds the item's midpoint, so each rank
+    writes one contiguous stretch of a file.
+
+    Example:
+        >>> assign_contiguous([1, 1, 1, 1], 2)
+        [0, 0, 1, 1]
+    """
+    total = sum(costs)
+    if total <= 0:
+        return [0] * len(costs)
+    owner = []
+    done = 0
+    for cost in costs:
+        mid = done + cost / 2
+        owner.append(min(world - 1, int(mid * world / total)))
+        done += cost
+    return owner
+
+
+def terminated_message() -> str:
+    """What a rank stopped by SIGTERM says (torchrun's summary names the rank that failed)."""
+    group = _group
+    who = f"rank {group.rank}: " if group is not None else ""
+    return (
+        f"{who}stopped by SIGTERM (torchrun stops every rank when one fails); nothing was written"
+    )
