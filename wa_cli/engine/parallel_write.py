@@ -83,6 +83,7 @@ def combine_to_file_distributed(
     report = build_report(
         plan, stats, job.final_paths(),
         method=method, params=params, input_weights=input_weights, bn_hint=bn_hint,
+        precision=precision,
     )  # fmt: skip
     report.ranks = [
         {

@@ -146,6 +146,7 @@ def combine_to_file(
     return build_report(
         plan, stats, written,
         method=method, params=params, input_weights=input_weights, bn_hint=bn_hint,
+        precision=precision,
     )  # fmt: skip
 
 
@@ -158,6 +159,7 @@ def build_report(
     params: dict[str, Any],
     input_weights: list[float] | None,
     bn_hint: str = BN_HINT,
+    precision: Precision = "auto",
 ) -> RunReport:
     """The report of a finished combination (one process, or every rank's stats merged)."""
     report = RunReport(
