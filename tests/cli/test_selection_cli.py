@@ -120,7 +120,8 @@ def test_top_k_from_a_metrics_file_both_directions(tmp_path, capsys, name_traj):
     csv.write_text(
         "file,loss\n" + "".join(f"ckpt_{s}.safetensors,{v}\n" for s, v in losses.items())
     )
-    report = dry_run(capsys, "average", name_traj, "--top-k", "2", "--metrics", str(csv))
+    flags = ["--top-k", "2", "--metrics", str(csv), "--mode", "min"]
+    report = dry_run(capsys, "average", name_traj, *flags)
     assert names(report) == ["ckpt_3", "ckpt_30"]
     assert [r["value"] for r in report["checkpoints"]] == [0.1, 0.2]
     js = tmp_path / "m.json"
@@ -196,7 +197,7 @@ SELECTION_ERRORS = [
     (["--every", "0"], 2, ["--every must be a positive integer"]),
     (["--last", "-1"], 2, ["--last must be a positive integer"]),
     (["--order", "random"], 2, ["--order must be one of"]),
-    (["--order", "step"], 2, ["--order step needs 'step' metadata"]),
+    (["--order", "step"], 2, ["--order step needs a step ('step' or 'global_step')"]),
     (["--mode", "best"], 2, ["--mode"]),
     (["--top-k", "1", "--metrics", "{tmp}/none.csv"], 3, ["cannot read metrics file"]),
 ]

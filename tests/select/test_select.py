@@ -246,7 +246,7 @@ def test_auto_with_partial_metadata_uses_names_and_warns(caplog: pytest.LogCaptu
 
 def test_auto_partial_metadata_and_duplicate_name_steps_says_why() -> None:
     items = fakes(["seed1_step100.pt", "seed2_step100.pt"], step=[7, None])
-    with pytest.raises(WaError, match="only 1 of 2 checkpoints carry 'step' metadata") as e:
+    with pytest.raises(WaError, match="only 1 of 2 checkpoints record a step inside") as e:
         order_trajectory(items)
     assert e.value.code == ExitCode.USAGE
     assert "--order name" in e.value.message
@@ -266,7 +266,7 @@ def test_auto_duplicate_metadata_steps_name_the_files() -> None:
         order_trajectory(items)
     msg = e.value.message
     assert "'x.pt', 'y.pt' share step 100" in msg
-    assert "from 'step' metadata" in msg
+    assert "from 'step' recorded inside the files" in msg
     assert "--order name" in msg and "--order given" in msg
 
 
@@ -543,11 +543,11 @@ def test_a_bare_name_matching_two_runs_is_refused() -> None:
     items = [Fake(Path("run_a/last_1.pt")), Fake(Path("run_b/last_1.pt"))]
     entries = order_trajectory(items, "given")
     with pytest.raises(WaError, match="'last_1.pt' matches both") as e:
-        select_trajectory(entries, top_k=1, metrics={"last_1.pt": 0.1})
+        select_trajectory(entries, top_k=1, metrics={"last_1.pt": 0.1}, mode="min")
     assert e.value.code == ExitCode.BAD_INPUT
     # Keyed by path, the same two are told apart.
     got = select_trajectory(
-        entries, top_k=1, metrics={"run_a/last_1.pt": 2.0, "run_b/last_1.pt": 1.0}
+        entries, top_k=1, metrics={"run_a/last_1.pt": 2.0, "run_b/last_1.pt": 1.0}, mode="min"
     )
     assert [str(e.item.path) for e in got] == [str(Path("run_b/last_1.pt"))]
 

@@ -30,7 +30,7 @@ def average_command(
     to_step: opt.ToStep = None,
     top_k: opt.TopK = None,
     metric: opt.Metric = None,
-    mode: opt.Mode = "min",
+    mode: opt.Mode = None,
     metrics: opt.MetricsFile = None,
     dry_run: opt.DryRun = False,
     keys: opt.Keys = "strict",
@@ -55,7 +55,9 @@ def average_command(
     """
     from wa_cli.cli.inputs import (
         Selection,
+        attach_selection,
         emit_selection,
+        format_rows,
         open_inputs,
         parse_weight_list,
         require_output,
@@ -74,12 +76,12 @@ def average_command(
     default_order = "auto" if sel.filters else ("given" if dry_run else None)
     entries = select_inputs(ckpts, sel, default_order=default_order)
     w = parse_weight_list(weights)
+    raw = validate_weights(w, len(entries))
+    method = "mean" if len(set(raw)) == 1 else "weighted_mean"
+    report = selection_report(
+        entries, normalized_weights(raw), method=method, total=len(ckpts), metric=metric, sel=sel
+    )
     if dry_run:
-        raw = validate_weights(w, len(entries))
-        method = "mean" if len(set(raw)) == 1 else "weighted_mean"
-        report = selection_report(
-            entries, normalized_weights(raw), method=method, total=len(ckpts), metric=metric
-        )
         emit_selection(report, json)
         return
     output = require_output(output, "average")
@@ -97,4 +99,9 @@ def average_command(
             max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
             progress=progress,
         )
+    attach_selection(result, report)
     emit_run_report(result, json, quiet)
+    if not json and report["mode"] is not None:
+        print("  kept:")
+        for line in format_rows(report["checkpoints"], metric):
+            print(line)

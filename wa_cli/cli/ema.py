@@ -56,7 +56,7 @@ def ema_command(
     to_step: opt.ToStep = None,
     top_k: opt.TopK = None,
     metric: opt.Metric = None,
-    mode: opt.Mode = "min",
+    mode: opt.Mode = None,
     metrics: opt.MetricsFile = None,
     dry_run: opt.DryRun = False,
     keys: opt.Keys = "strict",
@@ -81,6 +81,7 @@ def ema_command(
     """
     from wa_cli.cli.inputs import (
         Selection,
+        attach_selection,
         emit_selection,
         format_rows,
         open_inputs,
@@ -99,7 +100,9 @@ def ema_command(
     steps = [e.step for e in entries]
     # The coefficients (and every decay error) before any tensor is read or -o is checked.
     coefficients = ema_coefficients(len(entries), **decays, steps=steps)  # type: ignore[arg-type]
-    report = selection_report(entries, coefficients, method="ema", total=len(ckpts), metric=metric)
+    report = selection_report(
+        entries, coefficients, method="ema", total=len(ckpts), metric=metric, sel=sel
+    )
     if dry_run:
         emit_selection(report, json)
         return
@@ -122,6 +125,7 @@ def ema_command(
             max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
             progress=progress,
         )
+    attach_selection(result, report)
     emit_run_report(result, json, quiet)
     if not json:
         print("  weights in the result:")

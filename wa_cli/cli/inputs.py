@@ -55,7 +55,7 @@ class Selection:
     to_step: int | None = None
     top_k: int | None = None
     metric: str | None = None
-    mode: str = "min"
+    mode: str | None = None
     metrics: Path | None = None
 
     @property
@@ -99,13 +99,6 @@ def select_inputs(
     return picked
 
 
-_SOURCES = {
-    "metadata": "steps from 'step' metadata",
-    "name": "steps from file names",
-    "order": "no steps",
-}
-
-
 def selection_report(
     entries: Sequence[Entry[Checkpoint]],
     weights: Sequence[float],
@@ -113,18 +106,42 @@ def selection_report(
     method: str,
     total: int,
     metric: str | None,
+    sel: Selection | None = None,
 ) -> dict[str, Any]:
-    """The ``--dry-run`` report (and the data of the per-checkpoint table of ``wa ema``)."""
-    from wa_cli.select import selection_rows
+    """The ``--dry-run`` report (and the per-checkpoint table of a real run's report).
 
+    ``order`` says where the steps came from (recorded inside the files, the names, the
+    folders, epochs used as steps...), and ``mode`` the direction ``--top-k`` ranked by.
+    """
+    from wa_cli.select import mode_from_name, selection_rows
+
+    mode = None
+    if sel is not None and sel.top_k is not None:
+        mode = sel.mode or (mode_from_name(metric) if metric else None)
     return {
         "dry_run": True,
         "method": method,
         "selected": len(entries),
         "of": total,
         "metric": metric,
+        "mode": mode,
+        "order": entries[0].order if entries else "",
         "checkpoints": selection_rows(entries, weights),
     }
+
+
+def attach_selection(result: Any, report: dict[str, Any]) -> None:
+    """Put the selection (kept checkpoints, steps, values, weights) into a run's report."""
+    result.selection = report["checkpoints"]
+    if report["order"]:
+        result.notes.insert(0, f"order: {report['order']}")
+    if report["mode"] is not None:
+        best = "lowest" if report["mode"] == "min" else "highest"
+        result.notes.insert(
+            0,
+            f"kept the {report['selected']} of {report['of']} checkpoint(s) with the {best} "
+            f"{report['metric'] or 'value'} (--mode {report['mode']})",
+        )
 
 
 def format_rows(rows: Sequence[dict[str, Any]], metric: str | None) -> list[str]:
@@ -158,11 +175,14 @@ def emit_selection(report: dict[str, Any], as_json: bool) -> None:
         print_json(report)
         return
     rows = report["checkpoints"]
-    sources = {r["source"] for r in rows}
-    steps = _SOURCES[sources.pop()] if len(sources) == 1 else "steps"
+    order = f" ({report['order']})" if report["order"] else ""
+    kept = ""
+    if report["mode"] is not None:
+        best = "lowest" if report["mode"] == "min" else "highest"
+        kept = f"; kept the {best} {report['metric'] or 'value'} (--mode {report['mode']})"
     print(
-        f"dry run: {report['method']} of {report['selected']} of {report['of']} checkpoint(s) "
-        f"({steps}); nothing written"
+        f"dry run: {report['method']} of {report['selected']} of {report['of']} checkpoint(s)"
+        f"{order}{kept}; nothing written"
     )
     for line in format_rows(rows, report["metric"]):
         print(line)

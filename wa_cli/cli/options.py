@@ -106,8 +106,9 @@ Order = Annotated[
     str | None,
     typer.Option(
         "--order",
-        help="Trajectory order: auto (step metadata, else the last number in the file name, else "
-        "natural name order), step, name or given. Default: auto for ema; for average, auto when "
+        help="Trajectory order: auto (the step recorded inside the files, else the step in the "
+        "file or folder name, else the recorded epoch, else natural name order), step, name or "
+        "given. Default: auto for ema; for average, auto when "
         "a selection flag is given, else the given order.",
         rich_help_panel=_SELECT,
         show_default=False,
@@ -151,11 +152,14 @@ Metric = Annotated[
     ),
 ]
 Mode = Annotated[
-    Literal["min", "max"],
+    Literal["min", "max"] | None,
     typer.Option(
         "--mode",
-        help="Which metric values are best: min (a loss) or max (an accuracy).",
+        help="Which metric values are best: min (a loss) or max (an accuracy). Default: from the "
+        "metric's name (loss, err, ppl, wer → min; acc, top1, f1, bleu, map, auc → max); "
+        "required when the name does not say.",
         rich_help_panel=_SELECT,
+        show_default=False,
     ),
 ]
 MetricsFile = Annotated[

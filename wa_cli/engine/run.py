@@ -52,6 +52,7 @@ class RunReport:
     hints: list[str] = field(default_factory=list)
     # Under torchrun: what each rank read and how long it took (rank 0's report only).
     ranks: list[dict[str, Any]] | None = None
+    selection: list[dict[str, Any]] = field(default_factory=list)  # kept inputs: step, value
 
     def to_json(self) -> dict[str, Any]:
         s = self.stats
@@ -72,6 +73,7 @@ class RunReport:
             "notes": self.notes,
             "warnings": self.warnings,
             "hints": self.hints,
+            "selection": self.selection,
         }
         if self.ranks is not None:
             out["ranks"] = self.ranks

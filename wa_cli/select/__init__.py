@@ -14,6 +14,7 @@ higher is better, file-name conventions, "every file in the folder"), so every r
 explicit, and every ambiguity is an error that says which flag resolves it.
 """
 
+from wa_cli.select.direction import Mode, mode_from_name, resolve_mode
 from wa_cli.select.expand import (
     CHECKPOINT_SUFFIXES,
     INDEX_SUFFIX,
@@ -27,15 +28,17 @@ from wa_cli.select.order import (
     CheckpointLike,
     Entry,
     Order,
-    StepSource,
     order_trajectory,
     step_from_metadata,
     step_from_name,
 )
-from wa_cli.select.pick import Mode, SelectionRow, select_trajectory, selection_rows
+from wa_cli.select.pick import SelectionRow, select_trajectory, selection_rows
+from wa_cli.select.steps import MAX_STEP, STEP_KEYS, StepSource
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
+    "MAX_STEP",
+    "STEP_KEYS",
     "INDEX_SUFFIX",
     "STEP_KEY",
     "CheckpointLike",
@@ -47,8 +50,10 @@ __all__ = [
     "expand_inputs",
     "is_checkpoint_file",
     "load_metrics_file",
+    "mode_from_name",
     "natural_key",
     "order_trajectory",
+    "resolve_mode",
     "select_trajectory",
     "selection_rows",
     "step_from_metadata",

@@ -17,7 +17,14 @@ from typing import Generic, Literal, Protocol, TypeVar
 
 from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.io.formats import strip_checkpoint_suffix
-from wa_cli.select.expand import DIGIT_RUNS, INDEX_SUFFIX, natural_key
+from wa_cli.select.expand import INDEX_SUFFIX, natural_key
+from wa_cli.select.steps import (
+    Step,
+    StepSource,
+    epoch_in_metadata,
+    step_in_metadata,
+    step_in_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +32,6 @@ STEP_KEY = "step"
 """The safetensors metadata entry that holds a checkpoint's training step."""
 
 Order = Literal["auto", "step", "name", "given"]
-StepSource = Literal["metadata", "name", "order"]
 _ORDERS: tuple[str, ...] = ("auto", "step", "name", "given")
 _ORDER_HINT = "pass --order name to sort by file name or --order given to keep the input order"
 
@@ -53,15 +59,19 @@ class Entry(Generic[C]):
     Attributes:
         item: The checkpoint (anything with ``name``, ``path`` and ``metadata``).
         step: Its training step, or ``None`` when the trajectory has no step numbers.
-        source: Where ``step`` came from: ``"metadata"`` (the ``step`` entry), ``"name"`` (the
-            last integer in the file name) or ``"order"`` (no step; position only).
+        source: Where ``step`` came from (:data:`~wa_cli.select.steps.StepSource`):
+            ``"metadata"`` (``step``/``global_step`` inside the file), ``"name"``, ``"folder"``
+            (the parent folder's number), ``"epoch"`` (``epoch`` inside the file) or ``"order"``
+            (no step; position only).
         value: The metric value, once :func:`select_trajectory` has read one.
+        order: How the whole trajectory was ordered, for reports (the same on every entry).
     """
 
     item: C
     step: int | None
     source: StepSource
     value: float | None = None
+    order: str = ""
 
     @property
     def name(self) -> str:
@@ -77,19 +87,22 @@ def checkpoint_stem(item: CheckpointLike) -> str:
 
 
 def step_from_name(item: CheckpointLike) -> int | None:
-    """The last integer in the file name without its suffix: ``epoch=3-step=1500.ckpt`` → 1500.
+    """The step in the file name (rules of :mod:`wa_cli.select.steps`), else its folder's number.
 
     Example:
         >>> from types import SimpleNamespace
         >>> step_from_name(SimpleNamespace(name="ckpt_10.pt", path=Path("ckpt_10.pt")))
         10
+        >>> p = Path("epoch=3-step=92-val_loss=0.5529.ckpt")
+        >>> step_from_name(SimpleNamespace(name=p.name, path=p))
+        92
     """
-    numbers = DIGIT_RUNS.findall(checkpoint_stem(item))
-    return int(numbers[-1]) if numbers else None
+    found = step_in_name(checkpoint_stem(item), Path(item.path), item.name)
+    return None if found is None else found.value
 
 
 def step_from_metadata(item: CheckpointLike) -> int | None:
-    """The integer ``step`` metadata entry, or ``None`` when there is none.
+    """The integer ``step`` (else ``global_step``) metadata entry, or ``None`` when there is none.
 
     Raises:
         WaError: (BAD_INPUT) the entry is present but not an integer.
@@ -99,17 +112,8 @@ def step_from_metadata(item: CheckpointLike) -> int | None:
         >>> step_from_metadata(SimpleNamespace(name="a.safetensors", metadata={"step": "300"}))
         300
     """
-    raw = item.metadata.get(STEP_KEY)
-    if raw is None:
-        return None
-    try:
-        return int(str(raw).strip())
-    except ValueError as e:
-        raise WaError(
-            f"checkpoint '{item.name}': metadata '{STEP_KEY}' is {raw!r}, expected an integer "
-            f"(fix the metadata, or {_ORDER_HINT})",
-            ExitCode.BAD_INPUT,
-        ) from e
+    found = step_in_metadata(item.metadata, item.name)
+    return None if found is None else found.value
 
 
 def _check_unique(entries: list[Entry[C]], why: str) -> None:
@@ -131,15 +135,81 @@ def _natural(entries: list[Entry[C]]) -> list[Entry[C]]:
     return sorted(entries, key=lambda e: (natural_key(e.name), natural_key(str(e.item.path))))
 
 
+def _describe(steps: list[Step], source: StepSource) -> str:
+    """Where the steps came from, in words (the report and the dry run say it)."""
+    if source == "metadata":
+        keys = listing(sorted({s.where for s in steps}))
+        return f"steps from {keys} recorded inside the files"
+    if source == "epoch":
+        return "epochs used as steps ('epoch' recorded inside the files; no step recorded)"
+    folders = sum(s.source == "folder" for s in steps)
+    kinds = {s.kind for s in steps if s.source == "name"}
+    if kinds == {"epoch"} and not folders:
+        return "epochs in the file names used as steps (no step recorded)"
+    what = (
+        "steps named in the file names"
+        if kinds == {"step"}
+        else ("steps from the numbers in the file names")
+    )
+    if folders == len(steps):
+        return "steps from the numbers of the parent folders"
+    if folders:
+        what += f" ({folders} from the parent folder's number)"
+    if "epoch" in kinds:
+        n = sum(s.kind == "epoch" for s in steps)
+        what += f" ({n} of them epoch numbers)"
+    return what
+
+
+def _pick_source(
+    items: Sequence[C],
+) -> tuple[list[Step | None], StepSource, str]:
+    """The first source every input has: inside the file, name (or folder), recorded epoch."""
+    labels = [it.name for it in items]
+    meta = [step_in_metadata(it.metadata, n) for it, n in zip(items, labels, strict=True)]
+    names = [
+        step_in_name(checkpoint_stem(it), Path(it.path), n)
+        for it, n in zip(items, labels, strict=True)
+    ]
+    n_meta = sum(s is not None for s in meta)
+    partial = ""
+    if 0 < n_meta < len(items):
+        partial = f", because only {n_meta} of {len(items)} checkpoints record a step inside"
+    if n_meta == len(items):
+        return meta, "metadata", _describe(meta, "metadata")  # type: ignore[arg-type]
+    if all(s is not None for s in names):
+        why = _describe(names, "name") + partial  # type: ignore[arg-type]
+        if partial:
+            logger.warning("%s", why)
+        return names, "name", why
+    epochs = [epoch_in_metadata(it.metadata, n) for it, n in zip(items, labels, strict=True)]
+    if all(s is not None for s in epochs):
+        why = _describe(epochs, "epoch") + partial  # type: ignore[arg-type]
+        if partial:
+            logger.warning("%s", why)
+        return epochs, "epoch", why
+    if n_meta:
+        logger.warning(
+            "only %d of %d checkpoints record a step inside and not every file name holds a"
+            " number; using natural name order without steps",
+            n_meta,
+            len(items),
+        )
+    return [None] * len(items), "order", "no steps: natural name order"
+
+
 def order_trajectory(items: Sequence[C], order: Order = "auto") -> list[Entry[C]]:
     """Put checkpoints in training order and attach their step numbers.
 
-    * ``auto``: by the ``step`` metadata when every input has one; else by the last integer in
-      the file name when every input has one; else natural name order (no steps). Two inputs
-      with the same step are an error, never a silent tie.
-    * ``step``: by the ``step`` metadata, which every input must have.
-    * ``name``: natural file-name order (``ckpt_2`` before ``ckpt_10``); steps are the last
-      integer of each name when every name has one (they may then repeat), else ``None``.
+    * ``auto``: the first source every input has (:mod:`wa_cli.select.steps`): a step recorded
+      inside the file (``step``, ``global_step``); else the step in the name (``step=N``, else
+      the last integer that is not a ``key=value`` metric, else ``epoch=N``) or the parent
+      folder's number (``checkpoint-6/model.safetensors``); else the recorded ``epoch``; else
+      natural name order (no steps). Two inputs with the same step are an error, never a silent
+      tie. ``Entry.order`` says which source was used.
+    * ``step``: by the step recorded inside the files, which every input must have.
+    * ``name``: natural file-name order (``ckpt_2`` before ``ckpt_10``); steps from the names
+      when every name has one (they may then repeat), else ``None``.
     * ``given``: the input order; steps as in ``auto`` but never checked for duplicates.
 
     Args:
@@ -151,7 +221,7 @@ def order_trajectory(items: Sequence[C], order: Order = "auto") -> list[Entry[C]
 
     Raises:
         WaError: USAGE for an unknown order, missing steps under ``step``, or duplicate steps;
-            BAD_INPUT for a ``step`` metadata entry that is not an integer.
+            BAD_INPUT for a recorded step that is not an integer or is beyond 2^63 - 1.
 
     Example:
         >>> entries = order_trajectory(checkpoints)  # doctest: +SKIP
@@ -162,46 +232,37 @@ def order_trajectory(items: Sequence[C], order: Order = "auto") -> list[Entry[C]
         raise WaError(f"--order must be one of {', '.join(_ORDERS)}, got {order!r}", ExitCode.USAGE)
     if not items:
         return []
-    meta = [step_from_metadata(it) for it in items]
-    names = [step_from_name(it) for it in items]
-    n_meta = sum(s is not None for s in meta)
-
     if order == "step":
+        meta = [step_in_metadata(it.metadata, it.name) for it in items]
         missing = [it.name for it, s in zip(items, meta, strict=True) if s is None]
         if missing:
             raise WaError(
-                f"--order step needs '{STEP_KEY}' metadata in every checkpoint; "
-                f"{listing(missing)} have none (use --order auto or --order name)",
+                f"--order step needs a step ('step' or 'global_step') recorded in every "
+                f"checkpoint; {listing(missing)} have none (use --order auto or --order name)",
                 ExitCode.USAGE,
             )
     if order == "name":
-        source: StepSource = "name" if all(s is not None for s in names) else "order"
-        steps = names if source == "name" else [None] * len(items)
-        return _natural([Entry(it, s, source) for it, s in zip(items, steps, strict=True)])
+        names = [step_in_name(checkpoint_stem(it), Path(it.path), it.name) for it in items]
+        if all(s is not None for s in names):
+            why = _describe(names, "name")  # type: ignore[arg-type]
+            return _natural(
+                [
+                    Entry(it, s.value, s.source, order=f"natural name order, {why}")
+                    for it, s in zip(items, names, strict=True)
+                    if s is not None
+                ]
+            )
+        return _natural([Entry(it, None, "order", order="natural name order") for it in items])
 
-    if n_meta == len(items):
-        source, steps = "metadata", meta
-        why = f"from '{STEP_KEY}' metadata"
-    elif all(s is not None for s in names):
-        source, steps = "name", names
-        why = "from the last number in each file name"
-        if n_meta:
-            why += (
-                f", because only {n_meta} of {len(items)} checkpoints carry '{STEP_KEY}' metadata"
-            )
-            logger.warning("steps come from the file names: %s", why)
-    else:
-        source, steps = "order", [None] * len(items)
-        why = ""
-        if n_meta:
-            logger.warning(
-                "only %d of %d checkpoints carry '%s' metadata and not every file name holds a"
-                " number; using natural name order without steps",
-                n_meta,
-                len(items),
-                STEP_KEY,
-            )
-    entries = [Entry(it, s, source) for it, s in zip(items, steps, strict=True)]
+    steps, source, why = _pick_source(items)
+    if order == "given":
+        why = f"the given order ({why})" if source != "order" else "the given order"
+    entries = [
+        Entry(it, None if s is None else s.value, source, order=why)
+        if s is None
+        else Entry(it, s.value, s.source, order=why)
+        for it, s in zip(items, steps, strict=True)
+    ]
     if order == "given":
         return entries
     _check_unique(entries, why)

@@ -13,15 +13,14 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Literal, TypedDict
+from typing import TypedDict
 
 from wa_cli.errors import ExitCode, WaError, listing
+from wa_cli.select.direction import Mode, resolve_mode
 from wa_cli.select.metrics import parse_number
-from wa_cli.select.order import STEP_KEY, C, Entry, checkpoint_stem
+from wa_cli.select.order import C, Entry, checkpoint_stem
 
 logger = logging.getLogger(__name__)
-
-Mode = Literal["min", "max"]
 
 
 def _positive(flag: str, value: int | None) -> None:
@@ -92,7 +91,7 @@ def select_trajectory(
     to_step: int | None = None,
     top_k: int | None = None,
     metric: str | None = None,
-    mode: Mode = "min",
+    mode: Mode | None = None,
     metrics: Mapping[str, float] | None = None,
 ) -> list[Entry[C]]:
     """Pick the checkpoints a run uses, keeping trajectory order.
@@ -105,8 +104,9 @@ def select_trajectory(
        by step number.
     3. ``last`` N: the last N of what is left (all of them when fewer).
     4. ``top_k`` k: the k best by the metric (``mode`` ``min``: lowest, e.g. a loss; ``max``:
-       highest, e.g. an accuracy); ties go to the earlier checkpoint; a NaN value ranks last
-       in both modes. The result stays in trajectory order.
+       highest, e.g. an accuracy; ``None``: from the metric's name, ``val_loss`` → min,
+       ``val_acc`` → max, and an error when the name does not say); ties go to the earlier
+       checkpoint; a NaN value ranks last in both modes. The result stays in trajectory order.
 
     The metric is read from ``metrics`` (a map from file name, name without suffix, or path,
     as :func:`load_metrics_file` returns) when given, else from each checkpoint's ``metric``
@@ -121,7 +121,8 @@ def select_trajectory(
         to_step: Last step to keep.
         top_k: Keep the k best by the metric.
         metric: Metric name (metadata key, or the column of a metrics file).
-        mode: ``min`` or ``max``: which direction is better.
+        mode: ``min`` or ``max``: which direction is better (default: from the metric's name,
+            :func:`wa_cli.select.direction.mode_from_name`).
         metrics: Metric values by checkpoint name or path.
 
     Returns:
@@ -137,7 +138,7 @@ def select_trajectory(
         >>> picked = select_trajectory(entries, every=2, last=5)  # doctest: +SKIP
         >>> best = select_trajectory(entries, top_k=3, metric="val_loss")  # doctest: +SKIP
     """
-    if mode not in ("min", "max"):
+    if mode is not None and mode not in ("min", "max"):
         raise WaError(f"--mode must be 'min' or 'max', got {mode!r}", ExitCode.USAGE)
     _positive("--last", last)
     _positive("--every", every)
@@ -152,9 +153,10 @@ def select_trajectory(
     if top_k is not None and metric is None and metrics is None:
         raise WaError(
             "--top-k needs a metric: pass --metric NAME (read from each checkpoint's metadata) "
-            "or --metrics FILE, and --mode min|max",
+            "or --metrics FILE (and --mode min|max when its name does not say which is better)",
             ExitCode.USAGE,
         )
+    direction = resolve_mode(metric, mode) if top_k is not None else mode
     kept = list(entries)
     if not kept:
         raise WaError("no checkpoints to select from", ExitCode.USAGE)
@@ -164,7 +166,7 @@ def select_trajectory(
         if stepless:
             raise WaError(
                 f"--from-step/--to-step need step numbers, but {listing(stepless)} have none "
-                f"(no '{STEP_KEY}' metadata and no number in the file name); "
+                "(no step recorded inside and no number in the file or folder name); "
                 "select with --last or --every instead",
                 ExitCode.USAGE,
             )
@@ -192,7 +194,7 @@ def select_trajectory(
     if top_k is not None:
         if top_k > len(kept):
             logger.info("--top-k %d: only %d checkpoints; keeping all", top_k, len(kept))
-        sign = 1.0 if mode == "min" else -1.0
+        sign = 1.0 if direction == "min" else -1.0
 
         values = [math.nan if e.value is None else e.value for e in kept]
 
