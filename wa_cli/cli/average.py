@@ -40,7 +40,10 @@ def average_command(
     device: opt.Device = "auto",
     max_shard_size: opt.MaxShardSize = None,
     key: opt.PickleKey = None,
-    strip_prefix: opt.StripPrefix = False,
+    strip_prefix: opt.StripPrefix = None,
+    include: opt.Include = None,
+    exclude: opt.Exclude = None,
+    allow_global: opt.AllowGlobal = None,
     force: opt.Force = False,
     json: opt.Json = False,
     quiet: opt.Quiet = False,
@@ -70,7 +73,14 @@ def average_command(
     from wa_cli.methods.average import average_to_file, validate_weights
 
     sel = Selection(order, last, every, from_step, to_step, top_k, metric, mode, metrics)
-    ckpts = open_inputs(inputs, key=key, strip_prefix=strip_prefix)
+    ckpts = open_inputs(
+        inputs,
+        key=key,
+        strip_prefix=strip_prefix,
+        include=include,
+        exclude=exclude,
+        allow_global=allow_global,
+    )
     # The mean does not depend on the order: keep the given one (and read no steps) unless a
     # selection asks for trajectory order; --dry-run shows steps, so it reads them.
     default_order = "auto" if sel.filters else ("given" if dry_run else None)

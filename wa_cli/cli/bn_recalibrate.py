@@ -103,7 +103,10 @@ def bn_recalibrate_command(
     device: opt.Device = "auto",
     max_shard_size: opt.MaxShardSize = None,
     key: opt.PickleKey = None,
-    strip_prefix: opt.StripPrefix = False,
+    strip_prefix: opt.StripPrefix = None,
+    include: opt.Include = None,
+    exclude: opt.Exclude = None,
+    allow_global: opt.AllowGlobal = None,
     force: opt.Force = False,
     json_: opt.Json = False,
     quiet: opt.Quiet = False,
@@ -117,6 +120,7 @@ def bn_recalibrate_command(
 
     Example: wa bn-recalibrate swa.safetensors --model net.py:build --data net.py:loader -o out
     """
+    from wa_cli.cli.inputs import read_options
     from wa_cli.cli.render import warn
     from wa_cli.io.reader import open_checkpoint
     from wa_cli.io.writer import parse_size
@@ -133,7 +137,17 @@ def bn_recalibrate_command(
         drop_last=True if drop_last else None,
     )
     fn = resolve_callable(forward, what="forward function") if forward else None
-    ckpt = open_checkpoint(checkpoint, key=key, strip_prefixes=strip_prefix)
+    # auto is decided against the model's keys (recalibrate_checkpoint's fit_prefix), not the
+    # checkpoint's alone: a model whose keys all start with one child must keep that prefix.
+    fit_prefix = strip_prefix == ["auto"]
+    options = read_options(
+        key=key,
+        strip_prefix=None if fit_prefix else strip_prefix,
+        include=include,
+        exclude=exclude,
+        allow_global=allow_global,
+    )
+    ckpt = open_checkpoint(checkpoint, options=options)
     # Everything that shapes the statistics: the batch size changes every batch's mean and var.
     specs: dict[str, Any] = {
         "model": model,
@@ -164,6 +178,7 @@ def bn_recalibrate_command(
             max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
             progress=progress,
             params={k: v for k, v in specs.items() if v is not None},
+            fit_prefix=fit_prefix,
         )
     for message in report.warnings:
         warn(message)

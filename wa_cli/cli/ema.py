@@ -66,7 +66,10 @@ def ema_command(
     device: opt.Device = "auto",
     max_shard_size: opt.MaxShardSize = None,
     key: opt.PickleKey = None,
-    strip_prefix: opt.StripPrefix = False,
+    strip_prefix: opt.StripPrefix = None,
+    include: opt.Include = None,
+    exclude: opt.Exclude = None,
+    allow_global: opt.AllowGlobal = None,
     force: opt.Force = False,
     json: opt.Json = False,
     quiet: opt.Quiet = False,
@@ -95,7 +98,14 @@ def ema_command(
 
     sel = Selection(order, last, every, from_step, to_step, top_k, metric, mode, metrics)
     decays = decay_options(decay, decay_per_step, half_life, alpha)  # checks --alpha
-    ckpts = open_inputs(inputs, key=key, strip_prefix=strip_prefix)
+    ckpts = open_inputs(
+        inputs,
+        key=key,
+        strip_prefix=strip_prefix,
+        include=include,
+        exclude=exclude,
+        allow_global=allow_global,
+    )
     entries = select_inputs(ckpts, sel, default_order="auto")
     steps = [e.step for e in entries]
     # The coefficients (and every decay error) before any tensor is read or -o is checked.

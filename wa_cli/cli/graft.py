@@ -48,7 +48,10 @@ def graft_command(
     precision: opt.Precision = "auto",
     device: opt.Device = "auto",
     key: opt.PickleKey = None,
-    strip_prefix: opt.StripPrefix = False,
+    strip_prefix: opt.StripPrefix = None,
+    include: opt.Include = None,
+    exclude: opt.Exclude = None,
+    allow_global: opt.AllowGlobal = None,
     force: opt.Force = False,
     json: opt.Json = False,
     quiet: opt.Quiet = False,
@@ -72,7 +75,14 @@ def graft_command(
         raise WaError("wa graft needs -o OUT (a file, or a folder for 3+ inputs), or --dry-run")
     if len(inputs) < 2:  # before opening anything
         plan_graft(inputs, rule=rule, a=a, c=c, bins=bins)
-    ckpts = open_inputs(inputs, key=key, strip_prefix=strip_prefix)
+    ckpts = open_inputs(
+        inputs,
+        key=key,
+        strip_prefix=strip_prefix,
+        include=include,
+        exclude=exclude,
+        allow_global=allow_global,
+    )
     plan = plan_graft(
         ckpts, rule=rule, a=a, c=c, bins=bins, dtype=parse_user_dtype(dtype), device=device
     )

@@ -11,15 +11,50 @@ from wa_cli.errors import ExitCode, WaError
 from wa_cli.select import expand_inputs
 
 if TYPE_CHECKING:  # the reader imports torch; `wa --help` must not
-    from wa_cli.io.reader import Checkpoint
+    from wa_cli.io.reader import Checkpoint, ReadOptions
     from wa_cli.select import Entry
 
 
-def open_inputs(args: list[str], *, key: str | None, strip_prefix: bool) -> list[Checkpoint]:
+def read_options(
+    *,
+    key: str | None,
+    strip_prefix: list[str] | None,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    allow_global: list[str] | None = None,
+) -> ReadOptions:
+    """The reading flags every command shares, as the reader's options."""
+    from wa_cli.io.reader import ReadOptions
+
+    return ReadOptions(
+        key=key,
+        strip_prefixes=tuple(strip_prefix or ()),
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        allow_globals=tuple(allow_global or ()),
+    )
+
+
+def open_inputs(
+    args: list[str],
+    *,
+    key: str | None,
+    strip_prefix: list[str] | None,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    allow_global: list[str] | None = None,
+) -> list[Checkpoint]:
     """Expand globs and folders (natural order) and open every checkpoint's header."""
     from wa_cli.io.reader import open_checkpoints
 
-    return open_checkpoints(expand_inputs(args), key=key, strip_prefixes=strip_prefix)
+    options = read_options(
+        key=key,
+        strip_prefix=strip_prefix,
+        include=include,
+        exclude=exclude,
+        allow_global=allow_global,
+    )
+    return open_checkpoints(expand_inputs(args), options=options)
 
 
 def parse_weight_list(text: str | None) -> list[float] | None:

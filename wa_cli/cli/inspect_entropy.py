@@ -56,7 +56,10 @@ def inspect_entropy_command(
     ] = None,
     device: opt.Device = "auto",
     key: opt.PickleKey = None,
-    strip_prefix: opt.StripPrefix = False,
+    strip_prefix: opt.StripPrefix = None,
+    include: opt.Include = None,
+    exclude: opt.Exclude = None,
+    allow_global: opt.AllowGlobal = None,
     force: opt.Force = False,
     json: opt.Json = False,
     quiet: opt.Quiet = False,
@@ -88,7 +91,14 @@ def inspect_entropy_command(
     if plot is not None:
         check_plot_available()
         check_destination(plot, force)
-    ckpts = open_inputs(inputs, key=key, strip_prefix=strip_prefix)
+    ckpts = open_inputs(
+        inputs,
+        key=key,
+        strip_prefix=strip_prefix,
+        include=include,
+        exclude=exclude,
+        allow_global=allow_global,
+    )
     if plot is not None:
         check_output_is_not_input(plot, ckpts)
     report = entropy_report(

@@ -75,12 +75,43 @@ PickleKey = Annotated[
     str | None,
     typer.Option(
         "--key",
-        help="For .pt inputs: the nested dict holding the state dict "
+        help="For .pt inputs: the nested dict holding the state dict, a.b.c for nested dicts "
         "(auto-detects state_dict, model, state_dict_ema, module).",
     ),
 ]
 StripPrefix = Annotated[
-    bool, typer.Option("--strip-prefix", help="Drop 'module.' and '_orig_mod.' key prefixes.")
+    list[str] | None,
+    typer.Option(
+        "--strip-prefix",
+        help="Drop this key prefix (repeatable: --strip-prefix model. --strip-prefix module.); "
+        "'auto' drops the dotted prefix every key of every input shares.",
+        show_default=False,
+    ),
+]
+Include = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--include",
+        help="Use only keys matching this regular expression (searched; repeatable).",
+        show_default=False,
+    ),
+]
+Exclude = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude",
+        help="Leave out keys matching this regular expression (searched; repeatable).",
+        show_default=False,
+    ),
+]
+AllowGlobal = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-global",
+        help="Let pickles hold this data-only class, MODULE.NAME (repeatable). A class a "
+        "pickle may construct can run code: name only classes you trust (README).",
+        show_default=False,
+    ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
 Quiet = Annotated[

@@ -15,6 +15,7 @@ import torch
 
 from wa_cli.engine.precision import is_interpolable
 from wa_cli.errors import ExitCode, WaError, listing
+from wa_cli.io.keys import wrapper_hint
 from wa_cli.io.reader import Checkpoint
 from wa_cli.io.writer import OutputTensor
 
@@ -210,8 +211,12 @@ def _key_order(ckpts: list[Checkpoint], mode: KeysMode, names: list[str], hint: 
                     parts.append(f"{names[i]} lacks {listing(missing)} (present in {names[0]})")
                 if extra:
                     parts.append(f"{names[i]} has {listing(extra)} (absent from {names[0]})")
+                # Inputs that differ only by a wrapper (DDP's module., Lightning's model.) need
+                # the prefix stripped, not keys dropped: --keys intersection would keep none.
+                wrapper = wrapper_hint(key_sets[0], ks)
+                why = f"the keys differ only by a prefix: pass {wrapper}" if wrapper else hint
                 raise WaError(
-                    "key sets differ: " + "; ".join(parts) + f" ({hint})", ExitCode.INCOMPATIBLE
+                    "key sets differ: " + "; ".join(parts) + f" ({why})", ExitCode.INCOMPATIBLE
                 )
         chosen = key_sets[0]
     elif mode == "intersection":

@@ -10,98 +10,31 @@ memory, which is how a streaming loop over mmapped files still reaches 9 GB (PEE
 from __future__ import annotations
 
 import os
-import re
 from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from wa_cli.errors import ExitCode, WaError, listing
-from wa_cli.io.dtypes import SAFETENSORS_NAMES
+from wa_cli.errors import ExitCode, WaError
+from wa_cli.io.checkpoint import Checkpoint, PositionalFile
 from wa_cli.io.formats import PICKLE_SUFFIXES, is_pickle_name, is_safetensors_name
 from wa_cli.io.index import INDEX_SUFFIX, find_index, read_weight_map
+from wa_cli.io.keys import AUTO, NO_FILTER, WRAPPER_PREFIXES, KeyFilter, parse_strip, shared_prefix
 from wa_cli.io.safetensors_header import TensorInfo, read_header
 
+__all__ = [
+    "Checkpoint",
+    "ReadOptions",
+    "SafetensorsFile",
+    "ShardedCheckpoint",
+    "WRAPPER_PREFIXES",
+    "open_checkpoint",
+    "open_checkpoints",
+]
+
 MAX_OPEN_SHARDS = 4
-NESTED_STATE_KEYS = ("state_dict", "model", "state_dict_ema", "module")
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-_INT_METADATA = ("step", "global_step", "epoch")
-
-
-class Checkpoint:
-    """One checkpoint on disk, opened lazily.
-
-    Attributes:
-        path: what the user named (a file, a sharded folder, or an index file).
-        name: a short display name (the file or folder name).
-        metadata: string metadata (safetensors ``__metadata__``; for pickles, top-level step/epoch).
-        key_order_known: whether ``keys()`` is the state-dict order (pickles) rather than sorted.
-    """
-
-    path: Path
-    name: str
-    metadata: dict[str, str]
-    key_order_known: bool = False
-    skipped: list[str] = []  # entries of a pickle's state dict that are not tensors (left out)
-
-    def __init__(self, path: Path, tensors: dict[str, TensorInfo], metadata: dict[str, str]):
-        self.path = path
-        self.name = path.name
-        self._tensors = tensors
-        self.metadata = metadata
-
-    def keys(self) -> list[str]:
-        return list(self._tensors)
-
-    def info(self, key: str) -> TensorInfo:
-        return self._tensors[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._tensors
-
-    @property
-    def files(self) -> list[Path]:
-        """Every file this checkpoint reads (an output must never be one of them)."""
-        return [self.path]
-
-    def read_into(self, key: str, out: torch.Tensor, byte_offset: int = 0) -> None:
-        """Fill the uint8 CPU tensor ``out`` with the key's bytes from ``byte_offset`` on."""
-        raise NotImplementedError
-
-    def tensor(self, key: str) -> torch.Tensor:
-        """The whole tensor, in fresh memory."""
-        info = self.info(key)
-        buf = torch.empty(info.nbytes, dtype=torch.uint8)
-        self.read_into(key, buf)
-        return buf.view(info.dtype).reshape(info.shape)
-
-    def strip_prefixes(self, prefixes: tuple[str, ...] = WRAPPER_PREFIXES) -> None:
-        """Drop DataParallel / torch.compile wrapper prefixes (``module.``, ``_orig_mod.``)."""
-        renamed: dict[str, str] = {}
-        for key in self._tensors:
-            new = key
-            changed = True
-            while changed:
-                changed = False
-                for p in prefixes:
-                    if new.startswith(p):
-                        new, changed = new[len(p) :], True
-            if new in renamed.values():
-                raise WaError(
-                    f"stripping prefixes from '{self.path}' maps two keys to {new!r}",
-                    ExitCode.BAD_INPUT,
-                )
-            renamed[key] = new
-        self._rename(renamed)
-
-    def _rename(self, renamed: dict[str, str]) -> None:
-        self._tensors = {renamed[k]: v for k, v in self._tensors.items()}
-
-    def close(self) -> None:
-        """Release open files; reading again reopens them."""
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.path)!r}, {len(self._tensors)} tensors)"
 
 
 class SafetensorsFile(Checkpoint):
@@ -110,42 +43,16 @@ class SafetensorsFile(Checkpoint):
     def __init__(self, path: Path):
         header = read_header(path)
         super().__init__(path, header.tensors, header.metadata)
-        self._fd: int | None = None
+        self._file = PositionalFile(path)
 
     def read_into(self, key: str, out: torch.Tensor, byte_offset: int = 0) -> None:
         info = self._tensors[key]
-        n = out.numel()
-        if byte_offset + n > info.nbytes:
+        if byte_offset + out.numel() > info.nbytes:
             raise ValueError(f"read past the end of {key!r}")
-        if self._fd is None:
-            try:
-                self._fd = os.open(self.path, os.O_RDONLY)
-            except OSError as e:
-                raise WaError(
-                    f"cannot read '{self.path}': {e.strerror or e}", ExitCode.BAD_INPUT
-                ) from e
-        view = memoryview(out.numpy()).cast("B")
-        position = info.offset + byte_offset
-        done = 0
-        while done < n:
-            try:
-                got = os.preadv(self._fd, [view[done:]], position + done)
-            except OSError as e:
-                raise WaError(
-                    f"cannot read {key!r} from '{self.path}': {e.strerror or e}",
-                    ExitCode.BAD_INPUT,
-                ) from e
-            if got == 0:
-                raise WaError(
-                    f"'{self.path}' ended while reading {key!r} (was it truncated while wa ran?)",
-                    ExitCode.BAD_INPUT,
-                )
-            done += got
+        self._file.read(out, info.offset + byte_offset, key)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._file.close()
 
 
 class ShardedCheckpoint(Checkpoint):
@@ -209,124 +116,31 @@ class ShardedCheckpoint(Checkpoint):
         self._open.clear()
 
 
-class PickleCheckpoint(Checkpoint):
-    """A ``torch.save`` file, loaded with ``weights_only=True`` (``mmap=True`` where possible)."""
+@dataclass(frozen=True)
+class ReadOptions:
+    """How every input of a command is read (the CLI's --key, --strip-prefix, ... flags).
 
-    key_order_known = True
-
-    def __init__(self, path: Path, key: str | None = None):
-        obj = _load_pickle(path)
-        state, metadata, self.skipped = _pick_state_dict(obj, path, key)
-        self._values = state
-        tensors = {k: TensorInfo(v.dtype, tuple(v.shape)) for k, v in state.items()}
-        super().__init__(path, tensors, metadata)
-
-    def _rename(self, renamed: dict[str, str]) -> None:
-        self._values = {renamed[k]: v for k, v in self._values.items()}
-        super()._rename(renamed)
-
-    def read_into(self, key: str, out: torch.Tensor, byte_offset: int = 0) -> None:
-        flat = self._values[key].reshape(-1).view(torch.uint8)
-        out.copy_(flat[byte_offset : byte_offset + out.numel()])
-
-
-def _load_pickle(path: Path) -> object:
-    import pickle
-
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            # Files from the legacy (non-zip) format cannot be memory-mapped.
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        what = f"the unsafe global '{found.group(1)}'" if found else "objects that are not tensors"
-        raise WaError(
-            f"'{path}' needs {what} to load, and wa loads pickles only with weights_only=True "
-            "(re-save its state_dict, or convert it to safetensors with code you trust)",
-            ExitCode.BAD_INPUT,
-        ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WaError(
-            f"cannot load '{path}' as a PyTorch checkpoint: {first}", ExitCode.BAD_INPUT
-        ) from e
-
-
-def _is_state_dict(obj: object) -> bool:
-    return isinstance(obj, dict) and any(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def _pick_state_dict(
-    obj: object, path: Path, key: str | None
-) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
-    """The chosen state dict, metadata from top-level step/epoch, and entries skipped."""
-    if not isinstance(obj, dict):
-        raise WaError(
-            f"'{path}' holds a {type(obj).__name__}, not a dict of tensors", ExitCode.BAD_INPUT
-        )
-    metadata = {k: str(obj[k]) for k in _INT_METADATA if isinstance(obj.get(k), int | float)}
-    if key is not None:
-        if key not in obj:
-            raise WaError(
-                f"'{path}' has no entry {key!r} "
-                f"(its top-level keys: {listing(sorted(map(str, obj)))})",
-                ExitCode.BAD_INPUT,
-            )
-        chosen = obj[key]
-    elif all(isinstance(v, torch.Tensor) for v in obj.values()):
-        chosen = obj
-    else:
-        candidates = [k for k in NESTED_STATE_KEYS if _is_state_dict(obj.get(k))]
-        if len(candidates) == 1:
-            chosen = obj[candidates[0]]
-        elif candidates:
-            raise WaError(
-                f"'{path}' holds several state dicts ({listing(candidates)}); pick one with --key",
-                ExitCode.USAGE,
-            )
-        elif _is_state_dict(obj):
-            chosen = obj
-        else:
-            raise WaError(
-                f"'{path}' holds no dict of tensors (top-level keys: "
-                f"{listing(sorted(map(str, obj)))}); name the nested state dict with --key",
-                ExitCode.BAD_INPUT,
-            )
-    if not _is_state_dict(chosen):
-        raise WaError(f"entry {key!r} of '{path}' is not a dict of tensors", ExitCode.BAD_INPUT)
-    tensors = {str(k): v for k, v in chosen.items() if isinstance(v, torch.Tensor)}
-    for k, v in tensors.items():
-        if v.dtype not in SAFETENSORS_NAMES:
-            raise WaError(
-                f"tensor {k!r} of '{path}' has dtype {v.dtype}, which wa cannot average or "
-                "write (safetensors holds real floats, integers and booleans)",
-                ExitCode.BAD_INPUT,
-            )
-    skipped = [str(k) for k, v in chosen.items() if not isinstance(v, torch.Tensor)]
-    state = {k: v.contiguous() if not v.is_contiguous() else v for k, v in tensors.items()}
-    return state, metadata, skipped
-
-
-def open_checkpoint(
-    path: str | os.PathLike[str], *, key: str | None = None, strip_prefixes: bool = False
-) -> Checkpoint:
-    """Open any supported checkpoint lazily.
-
-    Args:
-        path: a ``.safetensors`` file, a sharded folder, an ``*.safetensors.index.json``, or a
-            PyTorch pickle (``.pt``, ``.pth``, ``.pth.tar``, ``.bin``, ``.ckpt``).
-        key: for pickles, the nested dict holding the state dict (auto-detected if unambiguous).
-        strip_prefixes: drop ``module.`` and ``_orig_mod.`` key prefixes.
-
-    Example:
-        >>> ckpt = open_checkpoint("run_a/ckpt_1000.safetensors")  # doctest: +SKIP
-        >>> ckpt.tensor("fc.weight").shape  # doctest: +SKIP
+    Attributes:
+        key: for pickles, the nested dict holding the state dict, ``a.b.c`` walking nested
+            dicts (:func:`wa_cli.io.keys.walk_key`); auto-detected if unambiguous.
+        strip_prefixes: ``True`` (``module.``/``_orig_mod.``), prefixes to drop, or ``"auto"``:
+            the dotted prefix shared by every key of every input.
+        include, exclude: regular expressions choosing keys by their stored names.
+        allow_globals: extra classes (``MODULE.NAME``) a pickle may hold (:mod:`pickles`).
     """
-    p = Path(path)
+
+    key: str | None = None
+    strip_prefixes: bool | str | Sequence[str] = False
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    allow_globals: Sequence[str | type] = field(default_factory=tuple)
+
+    @property
+    def key_filter(self) -> KeyFilter:
+        return KeyFilter(tuple(self.include), tuple(self.exclude))
+
+
+def _open_one(p: Path, options: ReadOptions, keys: KeyFilter) -> Checkpoint:
     if not p.exists():
         raise WaError(f"input '{p}' does not exist", ExitCode.BAD_INPUT)
     if p.is_dir():
@@ -335,32 +149,87 @@ def open_checkpoint(
             raise WaError(
                 f"folder '{p}' is not a sharded checkpoint (no *{INDEX_SUFFIX})", ExitCode.BAD_INPUT
             )
-        ckpt: Checkpoint = ShardedCheckpoint(index, p)
-    elif p.name.endswith(".index.json"):
-        ckpt = ShardedCheckpoint(p, p)
-    elif is_pickle_name(p):
-        ckpt = PickleCheckpoint(p, key)
-    elif is_safetensors_name(p):
-        ckpt = SafetensorsFile(p)
-    else:
+        return ShardedCheckpoint(index, p)
+    if p.name.endswith(".index.json"):
+        return ShardedCheckpoint(p, p)
+    if is_pickle_name(p):
+        from wa_cli.io.pickle_checkpoint import PickleCheckpoint
+
+        return PickleCheckpoint(p, options.key, allow_globals=options.allow_globals, keys=keys)
+    if is_safetensors_name(p):
+        return SafetensorsFile(p)
+    raise WaError(
+        f"'{p}' is not a checkpoint wa can read (expected .safetensors, a sharded folder or "
+        f"its .index.json, or {', '.join(PICKLE_SUFFIXES)})",
+        ExitCode.BAD_INPUT,
+    )
+
+
+def _filter_keys(ckpt: Checkpoint, keys: KeyFilter) -> None:
+    if not keys.active:
+        return
+    kept = {k for k in ckpt.keys() if keys.keep(k)}
+    if not kept:
         raise WaError(
-            f"'{p}' is not a checkpoint wa can read (expected .safetensors, a sharded folder or "
-            f"its .index.json, or {', '.join(PICKLE_SUFFIXES)})",
-            ExitCode.BAD_INPUT,
+            f"'{ckpt.path}' keeps no tensor after --include/--exclude", ExitCode.BAD_INPUT
         )
-    if strip_prefixes:
-        ckpt.strip_prefixes()
-    return ckpt
+    ckpt.keep_keys(kept)
+
+
+def open_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    key: str | None = None,
+    strip_prefixes: bool | str | Sequence[str] = False,
+    options: ReadOptions | None = None,
+) -> Checkpoint:
+    """Open any supported checkpoint lazily.
+
+    Args:
+        path: a ``.safetensors`` file, a sharded folder, an ``*.safetensors.index.json``, or a
+            PyTorch pickle (``.pt``, ``.pth``, ``.pth.tar``, ``.bin``, ``.ckpt``).
+        key: for pickles, the nested dict holding the state dict (auto-detected if unambiguous).
+        strip_prefixes: ``True`` drops ``module.`` and ``_orig_mod.``; a prefix or list of
+            prefixes drops those; ``"auto"`` the prefix every key shares.
+        options: all reading options at once (``key``/``strip_prefixes`` then must be unset).
+
+    Example:
+        >>> ckpt = open_checkpoint("run_a/ckpt_1000.safetensors")  # doctest: +SKIP
+        >>> ckpt.tensor("fc.weight").shape  # doctest: +SKIP
+    """
+    if options is None:
+        options = ReadOptions(key=key, strip_prefixes=strip_prefixes)
+    return open_checkpoints([Path(path)], options=options)[0]
 
 
 def open_checkpoints(
-    paths: list[Path], *, key: str | None = None, strip_prefixes: bool = False
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    key: str | None = None,
+    strip_prefixes: bool | str | Sequence[str] = False,
+    options: ReadOptions | None = None,
 ) -> list[Checkpoint]:
-    """Open every input (headers only), closing those already open if one fails."""
+    """Open every input (headers only), closing those already open if one fails.
+
+    ``--strip-prefix auto`` is decided over all inputs together: the prefix must be shared by
+    every key of every input.
+    """
+    if options is None:
+        options = ReadOptions(key=key, strip_prefixes=strip_prefixes)
+    strip = parse_strip(options.strip_prefixes)
+    keys = options.key_filter if (options.include or options.exclude) else NO_FILTER
     opened: list[Checkpoint] = []
     try:
         for p in paths:
-            opened.append(open_checkpoint(p, key=key, strip_prefixes=strip_prefixes))
+            ckpt = _open_one(Path(p), options, keys)
+            opened.append(ckpt)
+            _filter_keys(ckpt, keys)
+        if strip == AUTO:
+            prefix = shared_prefix([c.keys() for c in opened])
+            strip = (prefix,) if prefix else ()
+        if strip:
+            for c in opened:
+                c.strip_prefixes(tuple(strip))
     except BaseException:
         for c in opened:
             c.close()

@@ -202,4 +202,7 @@ def test_strict_load_caps_lists_and_spots_a_prefix() -> None:
         "missing keys '0.weight', '0.bias', '1.weight', '1.bias', '2.weight' and 3 more" in message
     )
     assert "unexpected keys 'module.0.weight'," in message
-    assert message.endswith("(the checkpoint's keys start with 'module.': strip that prefix)")
+    assert message.endswith(
+        "(the checkpoint's keys start with 'module.': pass --strip-prefix module. "
+        "or --strip-prefix auto)"
+    )

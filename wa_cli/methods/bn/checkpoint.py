@@ -193,6 +193,7 @@ def recalibrate_checkpoint(
     progress: Callable[[int, int | None], None] | None = None,
     params: Mapping[str, Any] | None = None,
     command: str | None = None,
+    fit_prefix: bool = False,
 ) -> BNCheckpointReport:
     """Re-estimate the BatchNorm statistics of ``checkpoint`` and write the result to ``output``.
 
@@ -221,6 +222,8 @@ def recalibrate_checkpoint(
         progress: called with ``(batches done, total or None)`` after each batch.
         params: extra parameters to record in the provenance (e.g. the specs used).
         command: the command line to record (default: this process's).
+        fit_prefix: drop the key prefix (``model.``, ``module.``) that keeps the checkpoint from
+            fitting the model (``--strip-prefix auto``); the report's notes name it.
 
     Returns:
         A :class:`BNCheckpointReport`.
@@ -245,6 +248,8 @@ def recalibrate_checkpoint(
         net = _as_module(
             call_factory(model, what="model factory") if not isinstance(model, nn.Module) else model
         )
+        if fit_prefix:
+            _fit_prefix(ckpt, net)
         keys = ckpt.keys()  # the output keeps the input's keys, in the input's order
         load_state_dict_strict(net, {key: ckpt.tensor(key) for key in keys})
         layers = norm_layers(net, include_instancenorm)
@@ -287,6 +292,7 @@ def recalibrate_checkpoint(
             # Only when the pass reached the end of the file, where the rows were left out.
             if note and bn.batches == len(batches):
                 report.notes.append(note)
+        report.notes[:0] = ckpt.notes  # the prefix removed, first
         new = _new_statistics(net, layers, ckpt)
         report.replaced = list(new)
         report.non_finite = _non_finite(new)
@@ -305,6 +311,25 @@ def recalibrate_checkpoint(
         return report
     finally:
         ckpt.close()
+
+
+def _fit_prefix(ckpt: Checkpoint, net: nn.Module) -> None:
+    """``--strip-prefix auto`` for one model: drop the prefix that makes the keys fit it.
+
+    Decided against the model's own keys rather than the checkpoint's alone, so a model whose
+    every key starts with the same child (``net.``) keeps it, while Lightning's ``model.`` or
+    DDP's ``module.`` in front of the model's keys is removed (and said so in the notes).
+    """
+    from wa_cli.io.keys import wrapper_hint
+
+    expected, present = set(net.state_dict()), set(ckpt.keys())
+    if expected == present:
+        return
+    hint = wrapper_hint(present, expected)
+    prefix = hint.removeprefix("--strip-prefix ") if hint else None
+    if prefix and all(k.startswith(prefix) for k in present):
+        ckpt.strip_prefixes((prefix,))
+        ckpt.notes[-1] = f"removed the prefix '{prefix}' from every key to fit the model"
 
 
 def _as_module(value: Any, spec: str | None = None) -> nn.Module:

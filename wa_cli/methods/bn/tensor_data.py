@@ -20,6 +20,7 @@ import torch
 
 from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.io.formats import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, checkpoint_suffix
+from wa_cli.io.pickles import check_tensor, load_pickle
 from wa_cli.methods.bn.usercode import describe_exception
 
 logger = logging.getLogger(__name__)
@@ -223,11 +224,7 @@ def _open_safetensors(
 def _open_pickle(
     path: Path, input_key: str | None
 ) -> tuple[str, tuple[int, ...], Callable[[], _Slicer]]:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        # Files in the legacy (pre-zip) format cannot be memory-mapped.
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = load_pickle(path, mmap=True)
     if isinstance(payload, torch.Tensor):
         tensors = {"(tensor)": payload}
     elif isinstance(payload, dict):
@@ -242,6 +239,7 @@ def _open_pickle(
         )
     key = _pick(path, list(tensors), input_key)
     tensor = tensors[key]
+    check_tensor(key, tensor, path)  # sparse, meta, stride-0: refused before a batch is sliced
     return key, tuple(tensor.shape), lambda: lambda start, stop: tensor[start:stop]
 
 

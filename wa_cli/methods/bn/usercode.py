@@ -164,10 +164,12 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
 
 
 def _prefix_hint(unexpected: list[str], missing: list[str]) -> str:
-    for prefix in ("module.", "_orig_mod."):
-        stripped = {k.removeprefix(prefix) for k in unexpected if k.startswith(prefix)}
-        if stripped and set(missing) <= stripped:
-            return f"the checkpoint's keys start with '{prefix}': strip that prefix"
+    from wa_cli.io.keys import wrapper_hint
+
+    hint = wrapper_hint(set(missing), set(unexpected)) if unexpected and missing else None
+    if hint is not None:
+        prefix = hint.removeprefix("--strip-prefix ")
+        return f"the checkpoint's keys start with '{prefix}': pass {hint} or --strip-prefix auto"
     return "the model factory must build the architecture the checkpoint was saved from"
 
 

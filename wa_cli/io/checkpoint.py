@@ -1,0 +1,150 @@
+"""The lazy checkpoint every reader returns, and positional reads into the caller's buffers.
+
+Tensor bytes are read with ``pread`` into buffers the caller owns rather than memory-mapped:
+every mapped page a process touches counts in its resident memory, which is how a streaming
+loop over mmapped files still reaches 9 GB (PEERS.md).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from wa_cli.errors import ExitCode, WaError
+from wa_cli.io.keys import strip_names
+from wa_cli.io.safetensors_header import TensorInfo
+
+
+class Checkpoint:
+    """One checkpoint on disk, opened lazily.
+
+    Attributes:
+        path: what the user named (a file, a sharded folder, or an index file).
+        name: a short display name (the file or folder name).
+        metadata: string metadata (safetensors ``__metadata__``; for pickles, step/epoch and the
+            top-level numbers; for run folders, the library's record such as ``global_step``).
+        key_order_known: whether ``keys()`` is the state-dict order (pickles) rather than sorted.
+        skipped: entries of a pickle's state dict that are not tensors (left out).
+        chosen_file_note: for a run folder, which file was taken ("model.safetensors of
+            checkpoint-6/"), else ``None``.
+        notes: one-line remarks for the report (a prefix stripped, entries left out).
+    """
+
+    path: Path
+    name: str
+    metadata: dict[str, str]
+    key_order_known: bool = False
+    skipped: list[str] = []
+    chosen_file_note: str | None = None
+    notes: list[str]
+
+    def __init__(self, path: Path, tensors: dict[str, TensorInfo], metadata: dict[str, str]):
+        self.path = path
+        self.name = path.name
+        self._tensors = tensors
+        self.metadata = metadata
+        self.notes = []
+
+    def keys(self) -> list[str]:
+        return list(self._tensors)
+
+    def info(self, key: str) -> TensorInfo:
+        return self._tensors[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._tensors
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file this checkpoint reads (an output must never be one of them)."""
+        return [self.path]
+
+    def read_into(self, key: str, out: torch.Tensor, byte_offset: int = 0) -> None:
+        """Fill the uint8 CPU tensor ``out`` with the key's bytes from ``byte_offset`` on."""
+        raise NotImplementedError
+
+    def tensor(self, key: str) -> torch.Tensor:
+        """The whole tensor, in fresh memory."""
+        info = self.info(key)
+        buf = torch.empty(info.nbytes, dtype=torch.uint8)
+        self.read_into(key, buf)
+        return buf.view(info.dtype).reshape(info.shape)
+
+    def strip_prefixes(self, prefixes: Sequence[str] = ("module.", "_orig_mod.")) -> str | None:
+        """Drop the given key prefixes (repeatedly); returns a note naming what was dropped."""
+        renamed = strip_names(self._tensors, prefixes)
+        seen: dict[str, str] = {}
+        for old, new in renamed.items():
+            if new in seen:
+                raise WaError(
+                    f"stripping prefixes from '{self.path}' maps {seen[new]!r} and {old!r} to "
+                    f"{new!r}",
+                    ExitCode.BAD_INPUT,
+                )
+            seen[new] = old
+        changed = sum(old != new for old, new in renamed.items())
+        if not changed:
+            return None
+        self._rename(renamed)
+        used = [p for p in prefixes if any(o.startswith(p) for o in renamed)]
+        note = f"stripped {', '.join(repr(p) for p in used)} from {changed} key(s) of {self.name}"
+        self.notes.append(note)
+        return note
+
+    def keep_keys(self, keep: set[str]) -> None:
+        """Leave out every key not in ``keep`` (``--include``/``--exclude``)."""
+        self._tensors = {k: v for k, v in self._tensors.items() if k in keep}
+
+    def _rename(self, renamed: dict[str, str]) -> None:
+        self._tensors = {renamed[k]: v for k, v in self._tensors.items()}
+
+    def close(self) -> None:
+        """Release open files; reading again reopens them."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, {len(self._tensors)} tensors)"
+
+
+class PositionalFile:
+    """One file opened on first read and closed by :meth:`close`, read with ``preadv``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    def read(self, out: torch.Tensor, position: int, key: str) -> None:
+        """Fill the uint8 tensor ``out`` with the bytes at ``position``; one-line errors."""
+        n = out.numel()
+        if n == 0:
+            return
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except OSError as e:
+                raise WaError(
+                    f"cannot read '{self.path}': {e.strerror or e}", ExitCode.BAD_INPUT
+                ) from e
+        view = memoryview(out.numpy()).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers
+        done = 0
+        while done < n:
+            try:
+                got = os.preadv(self._fd, [view[done:]], position + done)
+            except OSError as e:
+                raise WaError(
+                    f"cannot read {key!r} from '{self.path}': {e.strerror or e}",
+                    ExitCode.BAD_INPUT,
+                ) from e
+            if got == 0:
+                raise WaError(
+                    f"'{self.path}' ended while reading {key!r} (was it truncated while wa ran?)",
+                    ExitCode.BAD_INPUT,
+                )
+            done += got
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
