@@ -86,7 +86,7 @@ def test_without_folding_weight_decay_moves_the_row_means() -> None:
     # The pre-hook runs before SGD adds wd * w, so wd * mean_row(w) is not removed.
     model = net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-2)
-    enable_gradient_centralization(opt)
+    enable_gradient_centralization(opt, fold_weight_decay=False)
     w = model[0].weight
     start = row_means(w.detach()).clone()
     for seed in range(5):
@@ -96,7 +96,9 @@ def test_without_folding_weight_decay_moves_the_row_means() -> None:
     assert (row_means(w.detach()) - start).abs().max() > 1e-6
 
 
-def test_folded_update_is_phi_of_gradient_plus_weight_decay() -> None:
+@pytest.mark.parametrize("fold", [True, None], ids=["explicit", "default"])
+def test_folded_update_is_phi_of_gradient_plus_weight_decay(fold: bool | None) -> None:
+    # The GC reference SGD: d_p = grad + wd * p, then centralize d_p, then the step.
     lr, wd = 0.1, 0.05
     model = net()
     backward(model, 3)
@@ -105,9 +107,28 @@ def test_folded_update_is_phi_of_gradient_plus_weight_decay() -> None:
     d = g + wd * w0
     expected = w0 - lr * (d - d.mean(dim=1, keepdim=True))
     opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd)
-    enable_gradient_centralization(opt, fold_weight_decay=True)
+    if fold is None:
+        enable_gradient_centralization(opt)
+    else:
+        enable_gradient_centralization(opt, fold_weight_decay=fold)
     opt.step()
     torch.testing.assert_close(w.detach(), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_default_with_decoupled_decay_centralizes_the_gradient_only() -> None:
+    # AdamW's decay never enters the gradient: the default gives AdamW the centralized gradient.
+    model, reference = net(), net()
+    backward(model, 4)
+    backward(reference, 4)
+    for p in reference.parameters():
+        if p.ndim > 1 and p[0].numel() > 1:
+            p.grad -= p.grad.reshape(p.shape[0], -1).mean(1).reshape(-1, *[1] * (p.ndim - 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    enable_gradient_centralization(opt)
+    opt.step()
+    torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=0.1).step()
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
 def test_the_handle_switches_it_off() -> None:

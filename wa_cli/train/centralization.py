@@ -7,13 +7,17 @@ tensors (biases, norm-layer scales and shifts) and tensors with fan-in 1 (Phi wo
 left alone.
 
 Where it acts. The paper's SGD applies Phi after L2 weight decay is added and before momentum:
-d = Phi(g + wd * w). An optimizer *step pre-hook* runs before ``optimizer.step()``, i.e. before the
-optimizer adds ``wd * w`` itself, so a plain pre-hook computes Phi(g) + wd * w: the row means of
-the weights then shrink by weight decay instead of staying fixed. With ``fold_weight_decay=True``
-the hook writes g' = Phi(g) - wd * mean_row(w) instead; the optimizer then adds wd * w and obtains
+d = Phi(g + wd * w), and that is the default here. An optimizer *step pre-hook* runs before
+``optimizer.step()``, i.e. before the optimizer adds ``wd * w`` itself, so the hook writes
+g' = Phi(g) - wd * mean_row(w); the optimizer then adds wd * w and obtains
 Phi(g) + wd * (w - mean_row(w)) = Phi(g + wd * w), exactly the paper's update, without touching
-the optimizer's settings. This is only right for coupled L2 decay (SGD, Adam, RMSprop, ...);
-decoupled decay (AdamW) never enters the gradient, so folding is refused there.
+the optimizer's settings. This folding is only right for coupled L2 decay (SGD, Adam, RMSprop,
+...); decoupled decay (AdamW) never enters the gradient, so there the default centralizes g alone
+(the decay then shrinks w outside the update, as AdamW intends) and ``fold_weight_decay=True``
+is refused.
+
+The other form, ``fold_weight_decay=False``, centralizes the raw gradient only: the update is
+Phi(g) + wd * w, so the row means of the weights shrink by weight decay instead of staying fixed.
 """
 
 from __future__ import annotations
@@ -61,38 +65,48 @@ def centralize_gradients(params: Iterable[torch.Tensor], conv_only: bool = False
 
 
 def enable_gradient_centralization(
-    optimizer: Optimizer, conv_only: bool = False, fold_weight_decay: bool = False
+    optimizer: Optimizer, conv_only: bool = False, fold_weight_decay: bool | None = None
 ) -> RemovableHandle:
     """Centralize gradients before every ``optimizer.step()``; returns the hook handle.
 
     Args:
         optimizer: any torch optimizer (or a :class:`~wa_cli.train.lookahead.Lookahead`).
         conv_only: GCC, only tensors with ndim > 3.
-        fold_weight_decay: make the optimizer's own L2 term centralized too (see the module
-            docstring), so the update is Phi(g + wd * w) as in the paper. Needs coupled decay.
+        fold_weight_decay: None (default): the paper's Phi(g + wd * w) for every group with
+            coupled L2 decay, Phi(g) for groups with decoupled decay (AdamW). True: the paper's
+            form, refused for decoupled decay. False: Phi(g) + wd * w (the optimizer's L2 term
+            stays uncentralized; see the module docstring).
 
     Example:
         >>> handle = enable_gradient_centralization(opt)  # doctest: +SKIP
         >>> handle.remove()  # switch it off again
     """
+    # AdamW by type too: older torch (before ``decoupled_weight_decay`` became a group setting)
+    # has no such entry in AdamW's groups. A Lookahead is judged by what it wraps.
+    inner = getattr(optimizer, "optimizer", optimizer)
+    always_decoupled = isinstance(inner, torch.optim.AdamW)
+
+    def decoupled(group: dict[str, Any]) -> bool:
+        return bool(always_decoupled or group.get("decoupled_weight_decay"))
+
     if fold_weight_decay:
-        # AdamW by type too: older torch (before ``decoupled_weight_decay`` became a group
-        # setting) has no such entry in AdamW's groups. A Lookahead is judged by what it wraps.
-        inner = getattr(optimizer, "optimizer", optimizer)
-        always_decoupled = isinstance(inner, torch.optim.AdamW)
         for i, group in enumerate(optimizer.param_groups):
-            decoupled = always_decoupled or group.get("decoupled_weight_decay")
-            if decoupled and group.get("weight_decay", 0):
+            if decoupled(group) and group.get("weight_decay", 0):
                 raise WaError(
                     f"param group {i} of {type(inner).__name__} uses decoupled weight decay, "
-                    "which never enters the gradient (use fold_weight_decay=False)",
+                    "which never enters the gradient (use fold_weight_decay=None or False)",
                     ExitCode.USAGE,
                 )
+
+    def folds(group: dict[str, Any]) -> bool:
+        if fold_weight_decay is None:
+            return not decoupled(group)
+        return fold_weight_decay
 
     def hook(opt: Optimizer, args: Any, kwargs: Any) -> None:
         with torch.no_grad():
             for group in opt.param_groups:
-                wd = float(group.get("weight_decay", 0.0)) if fold_weight_decay else 0.0
+                wd = float(group.get("weight_decay", 0.0)) if folds(group) else 0.0
                 if group.get("maximize"):
                     wd = -wd  # the optimizer adds wd * w to -grad: fold with the opposite sign
                 for p in group["params"]:
