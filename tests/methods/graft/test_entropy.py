@@ -27,6 +27,39 @@ from wa_cli.methods.graft.entropy import (
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 
+def reference_counts(t: torch.Tensor, n: int = 10) -> list[int]:
+    """A port of fxmeng/filter-grafting's entropy() loop, counting: edges in the tensor's dtype."""
+    x = t.reshape(-1)
+    if not x.is_floating_point() or x.dtype.itemsize == 1:
+        x = x.float()  # the reference's arithmetic cannot run in float8 or integers
+    scale = (x.max() - x.min()) / n
+    return [
+        int(torch.sum((x >= x.min() + i * scale) * (x < x.min() + (i + 1) * scale)))
+        for i in range(n)
+    ]
+
+
+def reference_entropy(t: torch.Tensor, n: int = 10) -> float:
+    """The same loop's entropy: p and H in float32, as the reference computes them."""
+    x = t.reshape(-1)
+    scale = (x.max() - x.min()) / n
+    entropy: torch.Tensor | int = 0
+    for i in range(n):
+        p = torch.sum(
+            (x >= x.min() + i * scale) * (x < x.min() + (i + 1) * scale), dtype=torch.float
+        ) / len(x)
+        if p != 0:
+            entropy -= p * torch.log(p)
+    return float(entropy)
+
+
+def oracle_counts(x: np.ndarray, bins: int, half_open: bool) -> list[int]:
+    """The reference loop's counts (half-open) or the float64 formula's (closed)."""
+    if half_open:
+        return reference_counts(torch.from_numpy(np.ascontiguousarray(x)), bins)
+    return numpy_counts(x, bins, False)
+
+
 def numpy_counts(x: np.ndarray, bins: int, half_open: bool) -> list[int]:
     """float64 reference: bin floor((x - min) / s), s = (max - min) / B."""
     x = np.asarray(x, dtype=np.float64).ravel()
@@ -173,7 +206,7 @@ def test_values_on_bin_edges_land_where_float64_says(
     t = torch.from_numpy(x)
     naive = torch.floor((t - t.min()) / ((t.max() - t.min()) / 10))
     assert (naive.clamp(max=9).numpy() != float64_bin_index(x)).any()
-    assert bin_counts(t, half_open=half_open) == numpy_counts(x, 10, half_open)
+    assert bin_counts(t, half_open=half_open) == oracle_counts(x, 10, half_open)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -184,10 +217,13 @@ def test_random_tensors_match_float64_reference(dtype: torch.dtype, half_open: b
     x = t.to(torch.float64).numpy()
     for bins in (2, 10, 17):
         counts = bin_counts(t, bins=bins, half_open=half_open)
-        assert counts == numpy_counts(x, bins, half_open)
-        assert tensor_entropy(t, bins=bins, half_open=half_open) == pytest.approx(
-            entropy_from_counts(numpy_counts(x, bins, half_open), x.size), rel=1e-14
-        )
+        assert counts == (reference_counts(t, bins) if half_open else numpy_counts(x, bins, False))
+        if half_open:
+            assert tensor_entropy(t, bins=bins, half_open=True) == reference_entropy(t, bins)
+        else:
+            assert tensor_entropy(t, bins=bins) == pytest.approx(
+                entropy_from_counts(numpy_counts(x, bins, False), x.size), rel=1e-14
+            )
 
 
 def test_closed_rule_matches_numpy_histogram_on_random_data() -> None:
@@ -198,10 +234,49 @@ def test_closed_rule_matches_numpy_histogram_on_random_data() -> None:
 
 
 def test_half_open_rule_matches_reference_loop() -> None:
-    x = np.random.default_rng(6).standard_normal(3000).astype(np.float32)
-    assert tensor_entropy(torch.from_numpy(x), half_open=True) == pytest.approx(
-        reference_loop_entropy(x), rel=1e-12
-    )
+    x = torch.from_numpy(np.random.default_rng(6).standard_normal(3000).astype(np.float32))
+    assert bin_counts(x, half_open=True) == reference_counts(x)
+    assert tensor_entropy(x, half_open=True) == reference_entropy(x)
+
+
+def test_half_open_rule_keeps_the_maximum_when_the_float32_edge_rounds_above_it() -> None:
+    # The issue's case: float32 lo + 10·s lands above the max, so the reference counts the max
+    # in bin 9; a float64 edge would drop it.
+    rng = np.random.default_rng(8)
+    for _ in range(2000):
+        x = rng.standard_normal(144).astype(np.float32)
+        t = torch.from_numpy(x)
+        scale = (t.max() - t.min()) / 10
+        if t.min() + 10 * scale > t.max():
+            break
+    else:
+        pytest.fail("no float32 range whose last edge rounds above its maximum")
+    counts = bin_counts(t, half_open=True)
+    assert counts == reference_counts(t)
+    assert sum(counts) == x.size  # nothing dropped: the max is in bin 9
+    assert numpy_counts(x, 10, True) != counts  # the float64 rule would drop it
+
+
+def test_paper_rule_alpha_matches_the_reference_on_random_conv_pairs() -> None:
+    # 200 random 16x1x3x3 conv pairs: the reference's alpha = round(a/pi·atan(c·ΔH) + 0.5, 2).
+    from wa_cli.methods.graft.alpha import alphas_from_entropies, plan_alphas, plan_entropies
+
+    g = torch.Generator().manual_seed(9)
+    agree = 0
+    for _ in range(200):
+        u, v = (torch.randn(16, 1, 3, 3, generator=g) * 0.3 for _ in range(2))
+        expected = round(
+            0.4 / np.pi * np.arctan(500 * (reference_entropy(u) - reference_entropy(v))) + 0.5, 2
+        )
+        plan = plan_alphas(["conv1.weight"], {"conv1.weight"}, rule="paper")
+        hu = plan_entropies({"conv1.weight": u}, plan)
+        hv = plan_entropies({"conv1.weight": v}, plan)
+        alpha = alphas_from_entropies(
+            plan, {"conv1.weight": (hu["conv1.weight"], hv["conv1.weight"])}
+        )
+        assert bin_counts(u, half_open=True) == reference_counts(u)
+        agree += alpha["conv1.weight"] == expected
+    assert agree == 200
 
 
 @settings(max_examples=60, deadline=None)
@@ -214,7 +289,7 @@ def test_counts_match_reference_for_arbitrary_values(
     values: list[float], bins: int, half_open: bool
 ) -> None:
     x = np.array(values, dtype=np.float32)
-    assert bin_counts(torch.from_numpy(x), bins=bins, half_open=half_open) == numpy_counts(
+    assert bin_counts(torch.from_numpy(x), bins=bins, half_open=half_open) == oracle_counts(
         x, bins, half_open
     )
 
@@ -224,7 +299,7 @@ def test_chunked_path_matches_reference(monkeypatch: pytest.MonkeyPatch, half_op
     # Chunks of 7 elements: counts accumulate across many uneven chunks.
     monkeypatch.setattr(entropy_mod, "_CHUNK", 7)
     x = np.concatenate([edge_values(-1.3, 2.7, 10, np.float32), np.float32([2.7, 2.7])])
-    assert bin_counts(torch.from_numpy(x), half_open=half_open) == numpy_counts(x, 10, half_open)
+    assert bin_counts(torch.from_numpy(x), half_open=half_open) == oracle_counts(x, 10, half_open)
 
 
 @pytest.mark.gpu
@@ -235,7 +310,7 @@ def test_cuda_matches_cpu(half_open: bool) -> None:
     ).astype(np.float32)
     t = torch.from_numpy(x)
     assert bin_counts(t.cuda(), half_open=half_open) == bin_counts(t, half_open=half_open)
-    assert bin_counts(t.cuda(), half_open=half_open) == numpy_counts(x, 10, half_open)
+    assert bin_counts(t.cuda(), half_open=half_open) == oracle_counts(x, 10, half_open)
 
 
 # --- errors -------------------------------------------------------------------------------------

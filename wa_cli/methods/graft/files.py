@@ -43,7 +43,7 @@ from wa_cli.methods.graft.alpha import (
     plan_alphas,
     ring_pairs_to_write,
 )
-from wa_cli.methods.graft.entropy import check_bins, tensor_entropy
+from wa_cli.methods.graft.entropy import check_bins, checkpoint_measure
 
 log = logging.getLogger(__name__)
 
@@ -208,11 +208,13 @@ def plan_graft(
 
 
 def _entropies(ckpt: Checkpoint, plan: AlphaPlan, device: torch.device) -> dict[str, float]:
-    # One tensor in memory at a time: read, measure, drop.
+    # Streamed chunk by chunk: memory is bounded by a chunk, not by the largest tensor.
     out = {}
     for key in plan.entropy_keys:
-        t = ckpt.tensor(key).to(device)
-        out[key] = tensor_entropy(t, bins=plan.bins, half_open=plan.half_open, name=key)
+        measured = checkpoint_measure(
+            ckpt, key, bins=plan.bins, half_open=plan.half_open, device=device
+        )
+        out[key] = measured.entropy
     ckpt.close()
     return out
 

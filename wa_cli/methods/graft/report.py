@@ -38,8 +38,7 @@ from wa_cli.methods.graft.entropy import (
     check_base,
     check_bins,
     check_threshold,
-    count_invalid_filters,
-    tensor_entropy,
+    checkpoint_measure,
 )
 from wa_cli.methods.graft.files import distinct_names
 
@@ -240,10 +239,11 @@ def entropy_report(
                     nats.append(None)
                     invalid.append(None)
                     continue
-                t = ck.tensor(key).to(dev)  # one tensor in memory at a time
-                nats.append(tensor_entropy(t, bins=bins, name=key))
+                # Streamed: memory is bounded by a chunk, whatever the tensor's size.
+                m = checkpoint_measure(ck, key, bins=bins, l1_norms=True, device=dev)
+                nats.append(m.entropy)
                 invalid.append(
-                    count_invalid_filters(t, l1_threshold, name=key) if t.ndim >= 2 else None
+                    None if m.l1_norms is None else int((m.l1_norms < l1_threshold).sum())
                 )
             alpha = [
                 None
