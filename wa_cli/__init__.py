@@ -3,40 +3,76 @@
 Average a trajectory of checkpoints (SWA), take an EMA over it, graft runs layer by layer by
 weight entropy (Filter Grafting), re-estimate BatchNorm statistics, and report per-layer entropy.
 
-The public functions are imported lazily on first use, so that importing the package (and so
+The notebook entry is ``import wa_cli as wa``: verbs at the top, each reducing one with a
+``*_to_file`` twin that writes atomically and returns a :class:`~wa_cli.engine.run.RunReport`.
+Inputs may be a path, a glob string, a folder, an opened checkpoint, or a sequence of them.
+The functions are imported lazily on first use, so that importing the package (and so
 ``wa --help``) does not pay for importing torch.
 
 Example (not run as a doctest: it needs checkpoints on disk):
-    >>> import wa_cli
-    >>> report = wa_cli.average_to_file(["a.safetensors", "b.safetensors"], "swa.safetensors")
+    >>> import wa_cli as wa
+    >>> swa = dict(wa.average("runs/a/ckpt_*.safetensors"))
+    >>> report = wa.ema_to_file("runs/a/ckpt_*.safetensors", "ema.safetensors", half_life=500)
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_PUBLIC = {
-    # `average` and `ema` are also submodule names, so those two functions are imported from
-    # their modules: `from wa_cli.methods.average import average`.
-    "average_to_file": "wa_cli.methods.average",
-    "ema_to_file": "wa_cli.methods.ema",
-    "graft_ring": "wa_cli.methods.graft.state",
-    "graft_to_files": "wa_cli.methods.graft.files",
-    "tensor_entropy": "wa_cli.methods.graft.entropy",
-    "entropy_report": "wa_cli.methods.graft.report",
-    "recalibrate_bn": "wa_cli.methods.bn.recalibrate",
-    "recalibrate_checkpoint": "wa_cli.methods.bn.checkpoint",
-    "open_checkpoint": "wa_cli.io.reader",
-    "write_state_dict": "wa_cli.io.writer",
-    "WaError": "wa_cli.errors",
+# name -> (module, attribute). No module of this package is named like an export, so a
+# function is never shadowed by a submodule of the same name once that submodule is imported.
+_PUBLIC: dict[str, tuple[str, str]] = {
+    "average": ("wa_cli.methods.average", "average"),
+    "average_to_file": ("wa_cli.methods.average", "average_to_file"),
+    "ema": ("wa_cli.methods.ema", "ema"),
+    "ema_to_file": ("wa_cli.methods.ema", "ema_to_file"),
+    "graft": ("wa_cli.methods.graft.run", "graft"),
+    "graft_to_file": ("wa_cli.methods.graft.run", "graft_to_file"),
+    "graft_state_dicts": ("wa_cli.methods.graft.state", "graft_state_dicts"),
+    "graft_ring": ("wa_cli.methods.graft.state", "graft_ring"),
+    "tensor_entropy": ("wa_cli.methods.graft.entropy", "tensor_entropy"),
+    "entropy_report": ("wa_cli.methods.graft.report", "entropy_report"),
+    "recalibrate_bn": ("wa_cli.methods.bn.recalibrate", "recalibrate_bn"),
+    "update_bn": ("wa_cli.methods.bn.recalibrate", "update_bn"),
+    "recalibrate_checkpoint": ("wa_cli.methods.bn.checkpoint", "recalibrate_checkpoint"),
+    "open_checkpoint": ("wa_cli.io.handle", "open_checkpoint_handle"),
+    "write_state_dict": ("wa_cli.io.writer", "write_state_dict"),
+    "RunReport": ("wa_cli.engine.run", "RunReport"),
+    "WaError": ("wa_cli.errors", "WaError"),
 }
 __all__ = ["__version__", *_PUBLIC]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+    from wa_cli.engine.run import RunReport as RunReport
+    from wa_cli.errors import WaError as WaError
+    from wa_cli.io.handle import open_checkpoint_handle as open_checkpoint  # noqa: F401 (in _PUBLIC)
+    from wa_cli.io.writer import write_state_dict as write_state_dict
+    from wa_cli.methods.average import average as average
+    from wa_cli.methods.average import average_to_file as average_to_file
+    from wa_cli.methods.bn.checkpoint import recalibrate_checkpoint as recalibrate_checkpoint
+    from wa_cli.methods.bn.recalibrate import recalibrate_bn as recalibrate_bn
+    from wa_cli.methods.bn.recalibrate import update_bn as update_bn
+    from wa_cli.methods.ema import ema as ema
+    from wa_cli.methods.ema import ema_to_file as ema_to_file
+    from wa_cli.methods.graft.entropy import tensor_entropy as tensor_entropy
+    from wa_cli.methods.graft.report import entropy_report as entropy_report
+    from wa_cli.methods.graft.run import graft as graft
+    from wa_cli.methods.graft.run import graft_to_file as graft_to_file
+    from wa_cli.methods.graft.state import graft_ring as graft_ring
+    from wa_cli.methods.graft.state import graft_state_dicts as graft_state_dicts
 
 
 def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
+        module, attribute = _PUBLIC[name]
+        value = getattr(importlib.import_module(module), attribute)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module 'wa_cli' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})

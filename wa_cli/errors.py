@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum
 
 
@@ -17,13 +18,18 @@ class ExitCode(IntEnum):
 class WaError(Exception):
     """Anything a user can cause. The CLI prints ``wa: error: <message>`` and exits with ``code``.
 
-    Messages are one line: name the object, say what was expected and what to do.
+    Messages are one line: name the object, say what was expected and what to do. A message
+    about an argument names the library's *parameter* (``decay must be in [0, 1]``) and lists it
+    in ``params``; the CLI shows those names as its flags (``--decay``), see ``wa_cli.cli.flags``.
     """
 
-    def __init__(self, message: str, code: ExitCode = ExitCode.USAGE) -> None:
+    def __init__(
+        self, message: str, code: ExitCode = ExitCode.USAGE, *, params: Sequence[str] = ()
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = ExitCode(code)
+        self.params = tuple(params)
 
 
 def listing(items: list[str], limit: int = 5) -> str:

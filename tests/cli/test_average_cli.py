@@ -92,7 +92,7 @@ CASES = [
     (["{g0}", "{tmp}/shape.safetensors"], 4, ["shape mismatch", "'0.weight'", "(1, 2, 3, 4)"]),
     (["{g0}", "{g1}", "--weights", "1,-2"], 2, ["non-negative"]),
     (["{g0}", "{g1}", "--weights", "0,0"], 2, ["all zero"]),
-    (["{g0}", "{g1}", "--weights", "1,2,3"], 2, ["3 weights for 2 inputs"]),
+    (["{g0}", "{g1}", "--weights", "1,2,3"], 2, ["--weights has 3 values for 2 inputs"]),
     (["{g0}", "{g1}", "--weights", "a,b"], 2, ["--weights"]),
     (["{tmp}/unsafe.pt"], 3, ["Unsafe", "weights_only"]),
     (["{g0}", "--dtype", "int8"], 2, ["unknown dtype"]),

@@ -165,7 +165,7 @@ CASES = [
     (["{g0}", "--l1-threshold", "-1"], 2, ["--l1-threshold"]),
     (["{g0}", "--by", "layer"], 2, ["--by"]),
     (["{g0}", "--json", "--csv"], 2, ["--json", "--csv"]),
-    (["{g0}", "{g1}", "--a", "1"], 2, ["0 <= a < 1"]),
+    (["{g0}", "{g1}", "--a", "1"], 2, ["--a must be in [0, 1)"]),
     (["{g0}", "{tmp}/shape.safetensors"], 4, ["shape mismatch"]),
     (["{tmp}/missing.safetensors"], 3, ["does not exist"]),
     (["{g0}", "--plot", "{tmp}/no/e.png"], 5, ["does not exist"]),

@@ -26,7 +26,7 @@ ROUND_TRIP = {
 
 def test_round_trip_is_bit_exact_for_every_dtype(tmp_path):
     out = tmp_path / "o.safetensors"
-    write_state_dict(out, ROUND_TRIP, {"format": "pt", "note": "x"})
+    write_state_dict(ROUND_TRIP, out, {"format": "pt", "note": "x"})
     loaded = load_file(out)
     assert set(loaded) == set(ROUND_TRIP)
     for k, v in ROUND_TRIP.items():
@@ -47,7 +47,7 @@ def test_chunks_stream_into_one_tensor(tmp_path):
 
 def test_shards_and_index(tmp_path):
     state = {f"w{i}": torch.full((250,), float(i)) for i in range(5)}  # 1000 bytes each
-    files = write_state_dict(tmp_path / "out", state, {"format": "pt"}, max_shard_size=2500)
+    files = write_state_dict(state, tmp_path / "out", {"format": "pt"}, max_shard_size=2500)
     index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert shards == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
@@ -61,9 +61,9 @@ def test_existing_output_needs_force_and_force_replaces(tmp_path):
     out = tmp_path / "o.safetensors"
     out.write_bytes(b"old")
     with pytest.raises(WaError, match="already exists"):
-        write_state_dict(out, {"a": torch.ones(1)})
+        write_state_dict({"a": torch.ones(1)}, out)
     assert out.read_bytes() == b"old"
-    write_state_dict(out, {"a": torch.ones(1)}, force=True)
+    write_state_dict({"a": torch.ones(1)}, out, force=True)
     assert torch.equal(load_file(out)["a"], torch.ones(1))
 
 
@@ -102,7 +102,7 @@ def test_producer_stopping_early_is_a_bug_not_a_partial_file(tmp_path):
 
 def test_missing_output_folder_is_a_clear_error(tmp_path):
     with pytest.raises(WaError, match="does not exist"):
-        write_state_dict(tmp_path / "nope" / "o.safetensors", {"a": torch.ones(1)})
+        write_state_dict({"a": torch.ones(1)}, tmp_path / "nope" / "o.safetensors")
 
 
 @pytest.mark.parametrize("text, expected", [("5GB", 5 * 10**9), ("2GiB", 2 * 2**30), ("100", 100)])
@@ -133,7 +133,7 @@ def test_force_never_replaces_a_folder_holding_other_files(tmp_path):
     (out / "other.txt").write_text("x")
     (out / "old.safetensors").write_bytes(b"shard")
     with pytest.raises(WaError, match="other.txt") as e:
-        write_state_dict(out, {"a": torch.ones(300)}, force=True, max_shard_size=1000)
+        write_state_dict({"a": torch.ones(300)}, out, force=True, max_shard_size=1000)
     assert e.value.code == ExitCode.OUTPUT
     assert "\n" not in e.value.message
     assert (out / "other.txt").read_text() == "x"
@@ -145,15 +145,15 @@ def test_force_refuses_a_folder_with_a_subfolder(tmp_path):
     out = tmp_path / "models"
     (out / "sub").mkdir(parents=True)
     with pytest.raises(WaError, match="'sub'"):
-        write_state_dict(out, {"a": torch.ones(3)}, force=True, max_shard_size=1000)
+        write_state_dict({"a": torch.ones(3)}, out, force=True, max_shard_size=1000)
     assert (out / "sub").is_dir()
 
 
 def test_force_replaces_a_folder_of_shards_and_index(tmp_path):
     out = tmp_path / "models"
-    write_state_dict(out, {"a": torch.ones(300), "b": torch.zeros(300)}, max_shard_size=1000)
+    write_state_dict({"a": torch.ones(300), "b": torch.zeros(300)}, out, max_shard_size=1000)
     assert len(list(out.glob("*.safetensors"))) == 2
-    write_state_dict(out, {"c": torch.full((3,), 2.0)}, force=True, max_shard_size=1000)
+    write_state_dict({"c": torch.full((3,), 2.0)}, out, force=True, max_shard_size=1000)
     names = sorted(p.name for p in out.iterdir())
     assert names == ["model-00001-of-00001.safetensors", "model.safetensors.index.json"]
     assert torch.equal(load_file(out / names[0])["c"], torch.full((3,), 2.0))
@@ -163,12 +163,12 @@ def test_force_replaces_a_folder_of_shards_and_index(tmp_path):
 def test_single_file_output_with_a_pickle_suffix_is_refused(tmp_path, suffix):
     out = tmp_path / f"avg{suffix}"
     with pytest.raises(WaError, match="wa writes safetensors") as e:
-        write_state_dict(out, {"a": torch.ones(1)})
+        write_state_dict({"a": torch.ones(1)}, out)
     assert e.value.code == ExitCode.USAGE
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["avg", "avg.st", "avg.safetensors"])
 def test_single_file_output_with_another_suffix_is_written(tmp_path, name):
-    write_state_dict(tmp_path / name, {"a": torch.ones(2)})
+    write_state_dict({"a": torch.ones(2)}, tmp_path / name)
     assert torch.equal(load_file(tmp_path / name)["a"], torch.ones(2))

@@ -148,7 +148,7 @@ def test_shape_mismatch_names_key_files_and_shapes(tmp_path):
 @pytest.mark.parametrize(
     "weights, fragment",
     [
-        ([1.0], "got 1 weights for 2 inputs"),
+        ([1.0], "weights has 1 values for 2 inputs"),
         ([1.0, -1.0], "non-negative"),
         ([0.0, 0.0], "all zero"),
     ],

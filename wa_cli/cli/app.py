@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from wa_cli import __version__
+from wa_cli.cli.flags import as_flags
 from wa_cli.engine import distributed
 from wa_cli.engine.provenance import set_cli_command
 from wa_cli.errors import ExitCode, WaError
@@ -130,6 +131,7 @@ def _run(args: list[str], debug: bool) -> None:
     except WaError as e:
         if debug:
             raise
+        e.message = as_flags(e.message, e.params)  # parameter names -> flags
         # Under torchrun a failure is shared with every rank and printed by rank 0 alone.
         message, exit_code = distributed.share_failure(e)
         _fail(message, exit_code)

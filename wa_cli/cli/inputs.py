@@ -44,8 +44,12 @@ def open_inputs(
     exclude: list[str] | None = None,
     allow_global: list[str] | None = None,
 ) -> list[Checkpoint]:
-    """Expand globs and folders (natural order) and open every checkpoint's header."""
-    from wa_cli.io.reader import open_checkpoints
+    """Expand globs and folders (natural order) and open every checkpoint's header.
+
+    The library's own input handling (:func:`wa_cli.methods.inputs.open_inputs`), so
+    ``wa average 'runs/*.safetensors'`` and ``wa.average("runs/*.safetensors")`` agree.
+    """
+    from wa_cli.methods.inputs import open_inputs as open_library_inputs
 
     options = read_options(
         key=key,
@@ -54,7 +58,9 @@ def open_inputs(
         exclude=exclude,
         allow_global=allow_global,
     )
-    return open_checkpoints(expand_inputs(args), options=options)
+    if not args:
+        expand_inputs(args)  # the usage error for no inputs
+    return open_library_inputs(args, options=options)
 
 
 def parse_weight_list(text: str | None) -> list[float] | None:

@@ -1,10 +1,12 @@
-"""``--device auto|cpu|cuda[:N]``: where the reduction (or the forward passes) run."""
+"""``device="auto"|"cpu"|"cuda[:N]"``: where the reduction (or the forward passes) run."""
 
 from __future__ import annotations
 
 import torch
 
 from wa_cli.errors import WaError
+
+_CHOICES = "'auto', 'cpu', 'cuda', 'cuda:N'"
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -16,21 +18,27 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """
     if isinstance(spec, torch.device):
         return spec
+    if not isinstance(spec, str | None):
+        raise WaError(f"device={spec!r} is not one of {_CHOICES}", params=("device",))
     if spec is None or spec == "auto":
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise WaError(f"unknown device {spec!r} (expected auto, cpu, cuda or cuda:N)") from None
+        raise WaError(f"device={spec!r} is not one of {_CHOICES}", params=("device",)) from None
     if device.type not in ("cpu", "cuda"):
-        raise WaError(f"unsupported device {spec!r} (expected auto, cpu, cuda or cuda:N)")
+        raise WaError(f"device={spec!r} is not one of {_CHOICES}", params=("device",))
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise WaError(
-                f"--device {spec} asked for a GPU, but CUDA is not available here "
-                "(use --device cpu or auto)"
+                f"device={spec!r} asks for a GPU, but CUDA is not available here "
+                "(use device='cpu' or 'auto')",
+                params=("device",),
             )
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise WaError(f"--device {spec}: only {count} GPU(s) are visible (cuda:0..{count - 1})")
+            raise WaError(
+                f"device={spec!r}: only {count} GPU(s) are visible (cuda:0..{count - 1})",
+                params=("device",),
+            )
     return device

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,18 +221,39 @@ def _write_index(
 
 
 def write_state_dict(
-    destination: str | os.PathLike[str],
-    state_dict: dict[str, torch.Tensor],
+    state_dict: Mapping[str, torch.Tensor],
+    filename: str | os.PathLike[str],
     metadata: dict[str, str] | None = None,
     *,
     force: bool = False,
     max_shard_size: int | None = None,
 ) -> list[Path]:
-    """Write an in-memory state dict atomically (for notebook users and small outputs)."""
+    """Write an in-memory state dict atomically, in ``safetensors.torch.save_file``'s order.
+
+    Tied tensors (two keys sharing storage) need no clone: each key's bytes are streamed.
+
+    Example:
+        >>> write_state_dict({"w": torch.ones(2)}, "w.safetensors")  # doctest: +SKIP
+        [PosixPath('w.safetensors')]
+    """
+    if not isinstance(state_dict, Mapping):
+        raise WaError(
+            f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__} "
+            "(the order is write_state_dict(state_dict, filename), as in save_file)",
+            params=("state_dict",),
+        )
+    bad = [k for k, v in state_dict.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if bad:
+        raise WaError(
+            f"state_dict entry {bad[0]!r} is not a string name with a tensor",
+            params=("state_dict",),
+        )
+    if not isinstance(filename, str | os.PathLike):
+        raise WaError(f"filename={filename!r} is not a path", params=("filename",))
     specs = [OutputTensor(k, v.dtype, tuple(v.shape)) for k, v in state_dict.items()]
     pairs = ((k, v) for k, v in state_dict.items() if v.numel())
     return write_safetensors(
-        destination, specs, pairs, metadata or {}, force=force, max_shard_size=max_shard_size
+        filename, specs, pairs, metadata or {}, force=force, max_shard_size=max_shard_size
     )
 
 

@@ -10,39 +10,45 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 import torch
 
-from wa_cli.engine.combine import linear_combination
-from wa_cli.engine.device import resolve_device
+from wa_cli.engine.combine import WeightsFn, linear_combination
+from wa_cli.engine.options import ReduceOptions, WriteOptions
 from wa_cli.engine.plan import KeyPlan, KeysMode, NonFloatPolicy, build_plan
 from wa_cli.engine.precision import Precision
 from wa_cli.engine.provenance import provenance
 from wa_cli.engine.rounding import normalized_weights
 from wa_cli.engine.run import RunReport, assemble, combine_to_file
 from wa_cli.errors import WaError
-from wa_cli.io.reader import Checkpoint, open_checkpoints
+from wa_cli.methods.inputs import Inputs, PathOrCheckpoint, open_inputs
+from wa_cli.params import bad
 
-PathOrCheckpoint = str | os.PathLike[str] | Checkpoint
+__all__ = ["PathOrCheckpoint", "average", "average_to_file", "source_weights", "validate_weights"]
 
 
 def validate_weights(weights: Sequence[float] | None, n: int) -> list[float]:
     """Per-input weights: ``n`` finite, non-negative numbers, not all zero (default all 1)."""
     if weights is None:
         return [1.0] * n
+    if isinstance(weights, str | bytes) or not isinstance(weights, Sequence):
+        raise bad("weights", f"weights={weights!r} must be a sequence of numbers, one per input")
+    if any(isinstance(x, bool) or not isinstance(x, int | float) for x in weights):
+        raise bad("weights", f"weights={list(weights)!r} must hold numbers only")
     w = [float(x) for x in weights]
     if len(w) != n:
-        raise WaError(f"got {len(w)} weights for {n} inputs (give one weight per checkpoint)")
-    bad = [x for x in w if not math.isfinite(x) or x < 0]
-    if bad:
-        raise WaError(f"weights must be finite and non-negative, got {bad[0]:g}")
+        raise bad(
+            "weights", f"weights has {len(w)} values for {n} inputs (give one per checkpoint)"
+        )
+    negative = [x for x in w if not math.isfinite(x) or x < 0]
+    if negative:
+        raise bad("weights", f"weights must be finite and non-negative, got {negative[0]:g}")
     if not any(w):
-        raise WaError("the weights are all zero (at least one must be positive)")
+        raise bad("weights", "weights are all zero (at least one must be positive)")
     return w
 
 
-def source_weights(weights: list[float]):  # noqa: ANN201 - a WeightsFn
+def source_weights(weights: list[float]) -> WeightsFn:
     """The weights of the inputs that hold a key (for ``--keys union``, some inputs lack it)."""
 
     def for_entry(entry: KeyPlan) -> list[float]:
@@ -50,83 +56,99 @@ def source_weights(weights: list[float]):  # noqa: ANN201 - a WeightsFn
         if not any(w):
             raise WaError(
                 f"key {entry.key!r} is held only by inputs of weight 0 (drop those inputs or "
-                "use --keys intersection)"
+                "use keys='intersection')",
+                params=("keys",),
             )
         return w
 
     return for_entry
 
 
-def open_all(inputs: Sequence[PathOrCheckpoint]) -> list[Checkpoint]:
-    """Checkpoints as given, paths opened (headers only)."""
-    paths = [Path(c) for c in inputs if not isinstance(c, Checkpoint)]
-    opened = iter(open_checkpoints(paths))
-    return [c if isinstance(c, Checkpoint) else next(opened) for c in inputs]
-
-
 def average(
-    inputs: Sequence[PathOrCheckpoint],
+    inputs: Inputs,
     *,
     weights: Sequence[float] | None = None,
     keys: KeysMode = "strict",
     non_float: NonFloatPolicy = "last",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     precision: Precision = "auto",
     device: str | torch.device = "auto",
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Average checkpoints; yields ``(key, tensor)`` pairs one tensor at a time.
 
+    Args:
+        inputs: a path, a glob (``"runs/a/*.safetensors"``), a folder, an opened checkpoint, or
+            a sequence of them, expanded as the ``wa`` command expands its arguments.
+        weights: one non-negative weight per checkpoint (normalised; default: uniform).
+        keys: ``"strict"``, ``"intersection"`` or ``"union"``.
+        non_float: copy non-float tensors from the ``"last"`` or ``"first"`` input, or ``"error"``.
+        dtype: output dtype of floating tensors (``torch.bfloat16`` or ``"bfloat16"``; default:
+            each tensor's own).
+        precision: accumulator: ``"auto"`` (wider than the input), ``"float32"``, ``"float64"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
     Example:
-        >>> swa = dict(average(["ckpt_1.safetensors", "ckpt_2.safetensors"]))  # doctest: +SKIP
+        >>> swa = dict(average("runs/a/ckpt_*.safetensors"))  # doctest: +SKIP
     """
-    ckpts = open_all(inputs)
+    opts = ReduceOptions.checked(
+        keys=keys, non_float=non_float, dtype=dtype, precision=precision, device=device
+    )
+    ckpts = open_inputs(inputs)
     w = validate_weights(weights, len(ckpts))
-    plan = build_plan(ckpts, keys=keys, non_float=non_float, dtype=dtype)
+    plan = build_plan(ckpts, keys=opts.keys, non_float=opts.non_float, dtype=opts.dtype)
     chunks = linear_combination(
-        plan, source_weights(w), precision=precision, device=resolve_device(device)
+        plan, source_weights(w), precision=opts.precision, device=opts.device
     )
     return assemble(plan, chunks)
 
 
 def average_to_file(
-    inputs: Sequence[PathOrCheckpoint],
+    inputs: Inputs,
     output: str | os.PathLike[str],
     *,
     weights: Sequence[float] | None = None,
     keys: KeysMode = "strict",
     non_float: NonFloatPolicy = "last",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     precision: Precision = "auto",
     device: str | torch.device = "auto",
     force: bool = False,
-    max_shard_size: int | None = None,
+    max_shard_size: int | str | None = None,
     progress: Callable[[int, int], None] | None = None,
     command: str | None = None,
 ) -> RunReport:
     """Average checkpoints into a safetensors file (or shards), streaming and atomically.
 
+    Arguments as for :func:`average`, plus ``output`` (a ``.safetensors`` file, or a folder with
+    ``max_shard_size``), ``force`` (replace an existing output), ``max_shard_size`` (bytes or
+    ``"5GB"``), ``progress(bytes_done_now, bytes_total)`` and ``command`` (recorded in the
+    metadata).
+
     Example:
-        >>> report = average_to_file(paths, "swa.safetensors")  # doctest: +SKIP
+        >>> report = average_to_file("runs/a/*.safetensors", "swa.safetensors")  # doctest: +SKIP
     """
-    ckpts = open_all(inputs)
+    opts = ReduceOptions.checked(
+        keys=keys, non_float=non_float, dtype=dtype, precision=precision, device=device
+    )
+    out = WriteOptions.checked(
+        force=force, max_shard_size=max_shard_size, progress=progress, command=command
+    )
+    ckpts = open_inputs(inputs)
     w = validate_weights(weights, len(ckpts))
-    plan = build_plan(ckpts, keys=keys, non_float=non_float, dtype=dtype)
+    plan = build_plan(ckpts, keys=opts.keys, non_float=opts.non_float, dtype=opts.dtype)
     method = "mean" if len(set(w)) == 1 else "weighted_mean"
-    params = {
-        "weights": w, "keys": keys, "non_float": non_float, "precision": precision,
-        "dtype": str(dtype).removeprefix("torch.") if dtype else None,
-    }  # fmt: skip
+    params = {"weights": w, **opts.params()}
     return combine_to_file(
         plan,
         source_weights(w),
         output,
         method=method,
-        metadata=provenance(ckpts, method, params, command),
+        metadata=provenance(ckpts, method, params, out.command),
         params=params,
         input_weights=normalized_weights(w),
-        precision=precision,
-        device=resolve_device(device),
-        force=force,
-        max_shard_size=max_shard_size,
-        progress=progress,
+        precision=opts.precision,
+        device=opts.device,
+        force=out.force,
+        max_shard_size=out.max_shard_size,
+        progress=out.progress,
     )

@@ -170,10 +170,10 @@ def test_provenance_records_the_method_and_decay(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"decay": 1.5}, "--decay must be in [0, 1]"),
-        ({"decay": 0.5, "alpha": 0.5}, "--alpha or --decay"),
+        ({"decay": 1.5}, "decay must be in [0, 1]"),
+        ({"decay": 0.5, "alpha": 0.5}, "alpha or decay"),
         ({}, "exactly one of"),
-        ({"half_life": 0.0}, "--half-life must be a positive"),
+        ({"half_life": 0.0}, "half_life must be a positive"),
         ({"decay_per_step": 0.9, "steps": [1]}, "got 1 steps for 2 checkpoints"),
         ({"decay_per_step": 0.9, "steps": [5, 5]}, "strictly increasing"),
     ],

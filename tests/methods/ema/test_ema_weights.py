@@ -157,7 +157,7 @@ def test_lookahead_help_says_what_it_is_not() -> None:
 
 @pytest.mark.parametrize("alpha", [0.0, -0.1, 1.5, math.nan])
 def test_lookahead_alpha_out_of_range(alpha: float) -> None:
-    with pytest.raises(WaError, match="--alpha") as e:
+    with pytest.raises(WaError, match="alpha") as e:
         lookahead_decay(alpha)
     assert e.value.code == ExitCode.USAGE
 
@@ -168,16 +168,16 @@ def test_lookahead_alpha_out_of_range(alpha: float) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"decay": -0.01}, r"--decay must be in \[0, 1\], got -0.01"),
-        ({"decay": 1.5}, r"--decay must be in \[0, 1\], got 1.5"),
-        ({"decay": math.nan}, "--decay must be a finite number, got nan"),
-        ({"decay_per_step": 2.0, "steps": [0, 1, 2]}, r"--decay-per-step must be in \[0, 1\]"),
-        ({"half_life": 0.0, "steps": [0, 1, 2]}, "--half-life must be a positive number"),
-        ({"half_life": -3.0, "steps": [0, 1, 2]}, "--half-life must be a positive number"),
-        ({"half_life": math.inf, "steps": [0, 1, 2]}, "--half-life must be a finite number"),
-        ({}, "give exactly one of --decay, --decay-per-step, --half-life \\(got none\\)"),
-        ({"decay": 0.9, "half_life": 10.0}, "got --decay and --half-life"),
-        ({"half_life": 10.0}, "--half-life weighs checkpoints by their step gaps"),
+        ({"decay": -0.01}, r"decay must be in \[0, 1\], got -0.01"),
+        ({"decay": 1.5}, r"decay must be in \[0, 1\], got 1.5"),
+        ({"decay": math.nan}, "decay must be a finite number, got nan"),
+        ({"decay_per_step": 2.0, "steps": [0, 1, 2]}, r"decay_per_step must be in \[0, 1\]"),
+        ({"half_life": 0.0, "steps": [0, 1, 2]}, "half_life must be a positive number"),
+        ({"half_life": -3.0, "steps": [0, 1, 2]}, "half_life must be a positive number"),
+        ({"half_life": math.inf, "steps": [0, 1, 2]}, "half_life must be a finite number"),
+        ({}, "give exactly one of decay, decay_per_step, half_life \\(got none\\)"),
+        ({"decay": 0.9, "half_life": 10.0}, "got decay and half_life"),
+        ({"half_life": 10.0}, "half_life weighs checkpoints by their step gaps"),
         ({"decay_per_step": 0.9, "steps": [0, None, 2]}, "have no step numbers"),
         ({"decay_per_step": 0.9, "steps": [0, 5, 5]}, "step 5 follows step 5"),
         ({"half_life": 10.0, "steps": [0, 20, 10]}, "strictly increasing steps"),

@@ -190,8 +190,8 @@ def test_distinct_names() -> None:
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"a": 1.0}, "0 <= a < 1"),
-        ({"a": -0.1}, "0 <= a < 1"),
+        ({"a": 1.0}, r"a must be in \[0, 1\)"),
+        ({"a": -0.1}, r"a must be in \[0, 1\)"),
         ({"c": 0.0}, "c must be"),
         ({"bins": 1}, "bins must be"),
     ],

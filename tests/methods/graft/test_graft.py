@@ -96,8 +96,8 @@ def test_zero_amplitude_is_one_half(dh: float) -> None:
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"a": 1.0}, "0 <= a < 1"),
-        ({"a": -0.1}, "0 <= a < 1"),
+        ({"a": 1.0}, r"a must be in \[0, 1\)"),
+        ({"a": -0.1}, r"a must be in \[0, 1\)"),
         ({"c": 0.0}, "c must be a finite number > 0"),
         ({"c": -5.0}, "c must be a finite number > 0"),
         ({"c": math.inf}, "c must be a finite number > 0"),

@@ -36,6 +36,7 @@ from wa_cli.methods.bn.recalibrate import (
     NO_BN_NOTE,
     BNReport,
     Weighting,
+    _check_arguments,
     norm_layers,
     recalibrate_bn,
 )
@@ -46,6 +47,7 @@ from wa_cli.methods.bn.tensor_data import (
     tensor_file_batches,
 )
 from wa_cli.methods.bn.usercode import call_factory, load_state_dict_strict, resolve_callable
+from wa_cli.params import flag, size
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +191,7 @@ def recalibrate_checkpoint(
     forward: Callable[[nn.Module, Any], Any] | None = None,
     include_instancenorm: bool = False,
     force: bool = False,
-    max_shard_size: int | None = None,
+    max_shard_size: int | str | None = None,
     progress: Callable[[int, int | None], None] | None = None,
     params: Mapping[str, Any] | None = None,
     command: str | None = None,
@@ -239,11 +241,14 @@ def recalibrate_checkpoint(
         >>> report.bn.batches  # doctest: +SKIP
         23
     """
+    _check_arguments(weighting, max_batches)
+    shard_size = size("max_shard_size", max_shard_size)
+    flag("force", force)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint)
     output = Path(output)
     try:
         check_output_is_not_input(output, [ckpt])
-        check_output_name(output, sharded=max_shard_size is not None)
+        check_output_name(output, sharded=shard_size is not None)
         target = resolve_device(device)
         net = _as_module(
             call_factory(model, what="model factory") if not isinstance(model, nn.Module) else model
@@ -305,9 +310,9 @@ def recalibrate_checkpoint(
             _tensors(ckpt, keys, new),
             _metadata(ckpt, recorded, command),
             force=force,
-            max_shard_size=max_shard_size,
+            max_shard_size=shard_size,
         )
-        report.output = str(written[0].parent if max_shard_size else written[0])
+        report.output = str(written[0].parent if shard_size else written[0])
         return report
     finally:
         ckpt.close()

@@ -33,6 +33,7 @@ from torch.nn.parameter import is_lazy
 
 from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.methods.bn.usercode import describe_exception
+from wa_cli.params import choice
 
 logger = logging.getLogger(__name__)
 
@@ -197,16 +198,33 @@ def recalibrate_bn(
 
 
 def _check_arguments(weighting: str, max_batches: int | None) -> None:
-    if weighting not in WEIGHTINGS:
-        raise WaError(
-            f"BN weighting '{weighting}' is not one of {listing(list(WEIGHTINGS))}", ExitCode.USAGE
-        )
+    choice("weighting", weighting, WEIGHTINGS)
     if max_batches is not None and (
         isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
     ):
         raise WaError(
-            f"max batches must be a positive integer, got {max_batches!r}", ExitCode.USAGE
+            f"max_batches must be a positive integer, got {max_batches!r}",
+            ExitCode.USAGE,
+            params=("max_batches",),
         )
+
+
+def update_bn(
+    loader: Iterable[Any], model: nn.Module, device: str | int | torch.device | None = None
+) -> BNReport:
+    """``torch.optim.swa_utils.update_bn(loader, model, device)``, with the same result.
+
+    Resets and re-estimates every BatchNorm layer's running statistics with one pass over
+    ``loader`` (the input of a list/tuple batch is its element 0), as a cumulative average;
+    momenta and train/eval modes are restored. The same arguments in the same order as torch's,
+    so it can replace it; it returns the :class:`BNReport` of :func:`recalibrate_bn`.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
+        >>> update_bn([torch.randn(16, 4) for _ in range(3)], net).batches
+        3
+    """
+    return recalibrate_bn(model, loader, device=device)
 
 
 def norm_layers(model: nn.Module, include_instancenorm: bool = False) -> dict[nn.Module, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from wa_cli.errors import ExitCode, WaError
+from wa_cli.errors import WaError
 
 LOOKAHEAD_HELP = (
     "Lookahead slow weights from a saved trajectory: --every K --alpha A is an EMA of every "
@@ -23,14 +23,14 @@ LOOKAHEAD_HELP = (
 
 def _finite(flag: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise WaError(f"{flag} must be a finite number, got {value!r}", ExitCode.USAGE)
+        raise WaError(f"{flag} must be a finite number, got {value!r}", params=(flag,))
     return float(value)
 
 
 def _unit(flag: str, value: float) -> float:
     value = _finite(flag, value)
     if not 0.0 <= value <= 1.0:
-        raise WaError(f"{flag} must be in [0, 1], got {value!r}", ExitCode.USAGE)
+        raise WaError(f"{flag} must be in [0, 1], got {value!r}", params=(flag,))
     return value
 
 
@@ -47,10 +47,10 @@ def lookahead_decay(alpha: float) -> float:
         >>> lookahead_decay(0.8)
         0.19999999999999996
     """
-    alpha = _finite("--alpha", alpha)
+    alpha = _finite("alpha", alpha)
     if not 0.0 < alpha <= 1.0:
         raise WaError(
-            f"--alpha must be in (0, 1] (the slow-weight step), got {alpha!r}", ExitCode.USAGE
+            f"alpha must be in (0, 1] (the slow-weight step), got {alpha!r}", params=("alpha",)
         )
     return 1.0 - alpha
 
@@ -72,51 +72,53 @@ def ema_decays(
         [0.5, 0.25]
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise WaError(f"an EMA needs at least one checkpoint, got {n!r}", ExitCode.USAGE)
+        raise WaError(f"an EMA needs at least one checkpoint, got {n!r}", params=("n",))
     given = [
         f
         for f, v in (
-            ("--decay", decay),
-            ("--decay-per-step", decay_per_step),
-            ("--half-life", half_life),
+            ("decay", decay),
+            ("decay_per_step", decay_per_step),
+            ("half_life", half_life),
         )
         if v is not None
     ]
     if len(given) != 1:
         which = f"got {' and '.join(given)}" if given else "got none"
         raise WaError(
-            f"give exactly one of --decay, --decay-per-step, --half-life ({which})",
-            ExitCode.USAGE,
+            f"give exactly one of decay, decay_per_step, half_life ({which})",
+            params=("decay", "decay_per_step", "half_life"),
         )
     if decay is not None:
-        return [_unit("--decay", decay)] * (n - 1)
+        return [_unit("decay", decay)] * (n - 1)
 
     if half_life is not None:
-        half_life = _finite("--half-life", half_life)
+        half_life = _finite("half_life", half_life)
         if half_life <= 0:
             raise WaError(
-                f"--half-life must be a positive number of steps, got {half_life!r}",
-                ExitCode.USAGE,
+                f"half_life must be a positive number of steps, got {half_life!r}",
+                params=("half_life",),
             )
     else:
-        per_step = _unit("--decay-per-step", decay_per_step)  # type: ignore[arg-type]
+        assert decay_per_step is not None  # exactly one of the three is given (checked above)
+        per_step = _unit("decay_per_step", decay_per_step)
     flag = given[0]
     if steps is None or any(s is None for s in steps):
         raise WaError(
             f"{flag} weighs checkpoints by their step gaps, but the checkpoints have no step "
-            "numbers (add 'step' metadata or a number to the file names, or use --decay)",
-            ExitCode.USAGE,
+            "numbers (add 'step' metadata or a number to the file names, or use decay)",
+            params=(flag, "decay"),
         )
     if len(steps) != n:
-        raise ValueError(f"{len(steps)} steps for {n} checkpoints")
+        raise WaError(f"got {len(steps)} steps for {n} checkpoints", params=("steps",))
     decays: list[float] = []
     for prev, cur in zip(steps[:-1], steps[1:], strict=True):
-        gap = cur - prev  # type: ignore[operator]
+        assert prev is not None and cur is not None  # no None step (checked above)
+        gap = cur - prev
         if gap <= 0:
             raise WaError(
                 f"{flag} needs strictly increasing steps, but step {cur} follows step {prev} "
-                "(check --order, or use --decay)",
-                ExitCode.USAGE,
+                "(check order, or use decay)",
+                params=(flag, "order", "decay"),
             )
         # 0.5 ** (gap / H) rounds once; (0.5 ** (1 / H)) ** gap would compound the error of d.
         decays.append(0.5 ** (gap / half_life) if half_life is not None else per_step**gap)

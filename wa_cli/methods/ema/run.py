@@ -21,11 +21,12 @@ if TYPE_CHECKING:
     import torch
 
     from wa_cli.engine.combine import WeightsFn
+    from wa_cli.engine.options import ReduceOptions
     from wa_cli.engine.plan import KeyPlan, KeysMode, NonFloatPolicy, Plan
     from wa_cli.engine.precision import Precision
     from wa_cli.engine.run import RunReport
     from wa_cli.io.reader import Checkpoint
-    from wa_cli.methods.average import PathOrCheckpoint
+    from wa_cli.methods.inputs import Inputs
 
 
 def decay_options(
@@ -40,7 +41,9 @@ def decay_options(
     if alpha is not None:
         if decay is not None:
             raise WaError(
-                "give --alpha or --decay, not both (--alpha A is --decay 1-A)", ExitCode.USAGE
+                "give alpha or decay, not both (alpha=A is decay=1-A)",
+                ExitCode.USAGE,
+                params=("alpha", "decay"),
             )
         decay = lookahead_decay(alpha)
     return {"decay": decay, "decay_per_step": decay_per_step, "half_life": half_life}
@@ -103,17 +106,17 @@ def _steps_of(ckpts: Sequence[Checkpoint], step_aware: bool) -> list[int | None]
 
 
 def _prepare(
-    inputs: Sequence[PathOrCheckpoint],
+    inputs: Inputs,
     steps: Sequence[int | None] | None,
     decays: dict[str, float | None],
-    keys: KeysMode,
-    non_float: NonFloatPolicy,
-    dtype: torch.dtype | None,
+    opts: ReduceOptions,
 ) -> tuple[Plan, list[int | None] | None, list[float], WeightsFn]:
     from wa_cli.engine.plan import build_plan
-    from wa_cli.methods.average import open_all
+    from wa_cli.methods.inputs import open_inputs
 
-    ckpts = open_all(inputs)
+    if steps is not None and (isinstance(steps, str) or not isinstance(steps, Sequence)):
+        raise WaError(f"steps={steps!r} must be a sequence of ints", params=("steps",))
+    ckpts = open_inputs(inputs)
     step_aware = decays["decay"] is None
     if steps is None:
         steps = _steps_of(ckpts, step_aware)
@@ -121,16 +124,20 @@ def _prepare(
         raise WaError(
             f"got {len(steps)} steps for {len(ckpts)} checkpoints (give one step per checkpoint)",
             ExitCode.USAGE,
+            params=("steps",),
         )
     steps = None if steps is None else list(steps)
+    d, dps, hl = decays["decay"], decays["decay_per_step"], decays["half_life"]
     # Computed before the plan so that a bad decay fails before any header is compared.
-    coefficients = ema_coefficients(len(ckpts), **decays, steps=steps)  # type: ignore[arg-type]
-    plan = build_plan(ckpts, keys=keys, non_float=non_float, dtype=dtype)
-    return plan, steps, coefficients, ema_weights(steps, **decays)  # type: ignore[arg-type]
+    coefficients = ema_coefficients(
+        len(ckpts), decay=d, decay_per_step=dps, half_life=hl, steps=steps
+    )
+    plan = build_plan(ckpts, keys=opts.keys, non_float=opts.non_float, dtype=opts.dtype)
+    return plan, steps, coefficients, ema_weights(steps, decay=d, decay_per_step=dps, half_life=hl)
 
 
 def ema(
-    inputs: Sequence[PathOrCheckpoint],
+    inputs: Inputs,
     *,
     decay: float | None = None,
     decay_per_step: float | None = None,
@@ -139,7 +146,7 @@ def ema(
     steps: Sequence[int | None] | None = None,
     keys: KeysMode = "strict",
     non_float: NonFloatPolicy = "last",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     precision: Precision = "auto",
     device: str | torch.device = "auto",
 ) -> Iterator[tuple[str, torch.Tensor]]:
@@ -172,17 +179,20 @@ def ema(
         >>> state = dict(ema(paths, decay=0.9))  # doctest: +SKIP
     """
     from wa_cli.engine.combine import linear_combination
-    from wa_cli.engine.device import resolve_device
+    from wa_cli.engine.options import ReduceOptions
     from wa_cli.engine.run import assemble
 
+    opts = ReduceOptions.checked(
+        keys=keys, non_float=non_float, dtype=dtype, precision=precision, device=device
+    )
     decays = decay_options(decay, decay_per_step, half_life, alpha)
-    plan, _, _, weights = _prepare(inputs, steps, decays, keys, non_float, dtype)
-    chunks = linear_combination(plan, weights, precision=precision, device=resolve_device(device))
+    plan, _, _, weights = _prepare(inputs, steps, decays, opts)
+    chunks = linear_combination(plan, weights, precision=opts.precision, device=opts.device)
     return assemble(plan, chunks)
 
 
 def ema_to_file(
-    inputs: Sequence[PathOrCheckpoint],
+    inputs: Inputs,
     output: str | os.PathLike[str],
     *,
     decay: float | None = None,
@@ -192,11 +202,11 @@ def ema_to_file(
     steps: Sequence[int | None] | None = None,
     keys: KeysMode = "strict",
     non_float: NonFloatPolicy = "last",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     precision: Precision = "auto",
     device: str | torch.device = "auto",
     force: bool = False,
-    max_shard_size: int | None = None,
+    max_shard_size: int | str | None = None,
     progress: Callable[[int, int], None] | None = None,
     command: str | None = None,
 ) -> RunReport:
@@ -211,29 +221,30 @@ def ema_to_file(
         >>> report.input_weights  # doctest: +SKIP
         [0.03, 0.06, 0.13, 0.26, 0.52]
     """
-    from wa_cli.engine.device import resolve_device
+    from wa_cli.engine.options import ReduceOptions, WriteOptions
     from wa_cli.engine.provenance import provenance
     from wa_cli.engine.run import combine_to_file
 
-    decays = decay_options(decay, decay_per_step, half_life, alpha)
-    plan, steps_used, coefficients, weights = _prepare(
-        inputs, steps, decays, keys, non_float, dtype
+    opts = ReduceOptions.checked(
+        keys=keys, non_float=non_float, dtype=dtype, precision=precision, device=device
     )
-    params: dict[str, Any] = {
-        **decays, "alpha": alpha, "steps": steps_used, "keys": keys, "non_float": non_float,
-        "precision": precision, "dtype": str(dtype).removeprefix("torch.") if dtype else None,
-    }  # fmt: skip
+    out = WriteOptions.checked(
+        force=force, max_shard_size=max_shard_size, progress=progress, command=command
+    )
+    decays = decay_options(decay, decay_per_step, half_life, alpha)
+    plan, steps_used, coefficients, weights = _prepare(inputs, steps, decays, opts)
+    params: dict[str, Any] = {**decays, "alpha": alpha, "steps": steps_used, **opts.params()}
     return combine_to_file(
         plan,
         weights,
         output,
         method="ema",
-        metadata=provenance(plan.checkpoints, "ema", params, command),
+        metadata=provenance(plan.checkpoints, "ema", params, out.command),
         params=params,
         input_weights=coefficients,
-        precision=precision,
-        device=resolve_device(device),
-        force=force,
-        max_shard_size=max_shard_size,
-        progress=progress,
+        precision=opts.precision,
+        device=opts.device,
+        force=out.force,
+        max_shard_size=out.max_shard_size,
+        progress=out.progress,
     )

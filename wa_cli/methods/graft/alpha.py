@@ -43,6 +43,7 @@ import torch
 
 from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.methods.graft.entropy import check_bins, tensor_entropy
+from wa_cli.params import number
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +64,18 @@ def check_graft_params(a: float, c: float) -> None:
     Example:
         >>> check_graft_params(0.4, 500.0)
     """
+    a, c = number("a", a, finite=False), number("c", c, finite=False)
     if not (0.0 <= a < 1.0):
         raise WaError(
-            f"graft amplitude a must satisfy 0 <= a < 1, got {a!r} (paper: 0.4; 0 = plain mean)",
+            f"a must be in [0, 1), got {a!r} (the graft amplitude; paper: 0.4; 0 = plain mean)",
             code=ExitCode.USAGE,
+            params=("a",),
         )
     if not (c > 0.0 and math.isfinite(c)):
         raise WaError(
-            f"graft steepness c must be a finite number > 0, got {c!r} (paper: 500)",
+            f"c must be a finite number > 0, got {c!r} (the graft steepness; paper: 500)",
             code=ExitCode.USAGE,
+            params=("c",),
         )
 
 

@@ -46,7 +46,9 @@ def check_bins(bins: int) -> None:
     """Raise ``WaError`` unless ``bins`` is an integer >= 2 (a histogram needs two bins)."""
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
         raise WaError(
-            f"bins must be an integer >= 2, got {bins!r} (the paper uses 10)", code=ExitCode.USAGE
+            f"bins must be an integer >= 2, got {bins!r} (the paper uses 10)",
+            code=ExitCode.USAGE,
+            params=("bins",),
         )
 
 
@@ -241,20 +243,28 @@ def count_invalid_filters(
 
 def check_base(base: float) -> None:
     """A logarithm base for entropies: positive, finite and not 1."""
-    if not (base > 0 and base != 1 and math.isfinite(base)):
+    x = math.nan if isinstance(base, bool) or not isinstance(base, int | float) else base
+    if not (x > 0 and x != 1 and math.isfinite(x)):
         raise WaError(
             f"entropy base must be positive and not 1, got {base!r} (use 2 for bits)",
             code=ExitCode.USAGE,
+            params=("base",),
         )
 
 
 def check_threshold(threshold: float) -> None:
     """An invalid-filter L1 threshold: finite and >= 0."""
-    if not (threshold >= 0 and math.isfinite(threshold)):
+    x = (
+        math.nan
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float)
+        else threshold
+    )
+    if not (x >= 0 and math.isfinite(x)):
         raise WaError(
-            f"--l1-threshold must be a finite number >= 0, got {threshold!r} "
+            f"l1_threshold must be a finite number >= 0, got {threshold!r} "
             "(the paper uses 0.1 or 0.01)",
             code=ExitCode.USAGE,
+            params=("l1_threshold",),
         )
 
 

@@ -33,7 +33,6 @@ from wa_cli.engine.run import RunReport, check_output_is_not_input, combine_to_f
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.atomic import check_destination
 from wa_cli.io.reader import Checkpoint
-from wa_cli.methods.average import PathOrCheckpoint, open_all
 from wa_cli.methods.graft.alpha import (
     AlphaPlan,
     Rule,
@@ -44,6 +43,9 @@ from wa_cli.methods.graft.alpha import (
     ring_pairs_to_write,
 )
 from wa_cli.methods.graft.entropy import check_bins, checkpoint_measure
+from wa_cli.methods.inputs import Inputs, open_inputs
+from wa_cli.params import choice
+from wa_cli.params import dtype as check_dtype
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +132,13 @@ class GraftPlan:
 
 
 def plan_graft(
-    inputs: Sequence[PathOrCheckpoint],
+    inputs: Inputs,
     *,
     rule: Rule = "module",
     a: float = 0.4,
     c: float = 500.0,
     bins: int = 10,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     device: str | torch.device = "cpu",
 ) -> GraftPlan:
     """Check the inputs and compute every alpha: the first pass of a graft (``--dry-run``).
@@ -162,15 +164,20 @@ def plan_graft(
         >>> plan = plan_graft(["a.safetensors", "b.safetensors"])  # doctest: +SKIP
         >>> [(r.name, r.alphas) for r in plan.rows]  # doctest: +SKIP
     """
-    if len(inputs) < 2:
-        raise WaError(
-            f"grafting needs at least two checkpoints, got {len(inputs)} "
-            "(give a receiver and a donor: wa graft A.safetensors B.safetensors -o OUT)"
-        )
+    choice("rule", rule, Rule)
     check_graft_params(a, c)
     check_bins(bins)
+    dtype = check_dtype("dtype", dtype)
     dev = resolve_device(device)
-    ckpts = open_all(inputs)
+    ckpts = open_inputs(inputs)
+    if len(ckpts) < 2:
+        for ck in ckpts:
+            ck.close()
+        raise WaError(
+            f"grafting needs at least two checkpoints, got {len(ckpts)} "
+            "(give a receiver and a donor: wa graft A.safetensors B.safetensors -o OUT)",
+            params=("inputs",),
+        )
     try:
         # Receiver first: its non-float tensors are the ones kept.
         check = build_plan(
@@ -268,7 +275,7 @@ def output_paths(plan: GraftPlan, output: str | os.PathLike[str]) -> list[Path]:
 
 
 def graft_to_files(
-    inputs: Sequence[PathOrCheckpoint] | GraftPlan,
+    inputs: Inputs | GraftPlan,
     output: str | os.PathLike[str],
     *,
     rule: Rule = "module",
@@ -305,6 +312,7 @@ def graft_to_files(
     Example:
         >>> _, reports = graft_to_files(["a.st", "b.st"], "g.safetensors")  # doctest: +SKIP
     """
+    choice("precision", precision, Precision)
     dev = resolve_device(device)
     if isinstance(inputs, GraftPlan):
         plan = inputs
@@ -333,7 +341,7 @@ def graft_to_files(
         }  # fmt: skip
         report = combine_to_file(
             pair_plan,
-            _weights(alphas),
+            pair_weights(alphas),
             path,
             method="graft",
             metadata=provenance([ckpts[r], ckpts[d]], "graft", params, command),
@@ -354,7 +362,7 @@ def graft_to_files(
     return plan, reports
 
 
-def _weights(alphas: dict[str, float]) -> Callable[[KeyPlan], list[float]]:
+def pair_weights(alphas: dict[str, float]) -> Callable[[KeyPlan], list[float]]:
     """The engine's weights for one pair: [alpha, 1 - alpha] over (receiver, donor)."""
 
     def for_entry(entry: KeyPlan) -> list[float]:

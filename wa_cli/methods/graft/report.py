@@ -15,7 +15,6 @@ import io
 import math
 import os
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +25,6 @@ from wa_cli.engine.device import resolve_device
 from wa_cli.engine.plan import KeysMode, build_plan
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.atomic import atomic_destination
-from wa_cli.methods.average import PathOrCheckpoint, open_all
 from wa_cli.methods.graft.alpha import (
     check_graft_params,
     graft_alpha,
@@ -41,6 +39,8 @@ from wa_cli.methods.graft.entropy import (
     checkpoint_measure,
 )
 from wa_cli.methods.graft.files import distinct_names
+from wa_cli.methods.inputs import Inputs, open_inputs
+from wa_cli.params import choice
 
 By = Literal["tensor", "module"]
 Sort = Literal["order", "name", "entropy"]
@@ -152,17 +152,20 @@ def compile_filter(pattern: str | None) -> re.Pattern[str] | None:
     if pattern is None:
         return None
     try:
+        if not isinstance(pattern, str):
+            raise re.error("not a string")
         return re.compile(pattern)
     except re.error as e:
         raise WaError(
-            f"cannot read --filter {pattern!r}: {e} (expected a Python regular expression, "
+            f"cannot read pattern {pattern!r}: {e} (expected a Python regular expression, "
             "e.g. 'conv|fc')",
             ExitCode.USAGE,
+            params=("pattern",),
         ) from None
 
 
 def entropy_report(
-    inputs: Sequence[PathOrCheckpoint],
+    inputs: Inputs,
     *,
     by: By = "tensor",
     bins: int = 10,
@@ -204,6 +207,9 @@ def entropy_report(
         >>> report = entropy_report(["run_a/last.safetensors"], by="module")  # doctest: +SKIP
         >>> [(r.name, r.entropy[0]) for r in report.rows]  # doctest: +SKIP
     """
+    choice("by", by, By)
+    choice("sort", sort, Sort)
+    choice("keys", keys, KeysMode)
     check_bins(bins)
     check_graft_params(a, c)
     if base is not None:
@@ -211,7 +217,7 @@ def entropy_report(
     check_threshold(l1_threshold)
     regex = compile_filter(pattern)
     dev = resolve_device(device)
-    ckpts = open_all(inputs)
+    ckpts = open_inputs(inputs)
     try:
         # Checks key sets and shapes from headers; entropy does not care about dtypes, so floating
         # inputs of different dtypes are allowed (a target dtype lifts the dtype check).

@@ -1,0 +1,93 @@
+"""Library parameter names → the ``wa`` command's flags: the one place the CLI translates them.
+
+The library speaks in parameters (``decay must be in [0, 1]``, ``non_float='lst' is not one of
+...``) and lists the parameters a message names in ``WaError.params``; on the command line the
+same message must name the flag the user typed (``--decay``, ``--non-float lst``). When a library
+parameter gains a CLI flag, add it here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+FLAGS: dict[str, str] = {
+    # inputs and output
+    "output": "-o/--output",
+    "key": "--key",
+    "strip_prefix": "--strip-prefix",
+    "force": "--force",
+    "max_shard_size": "--max-shard-size",
+    # shared reducer options
+    "keys": "--keys",
+    "non_float": "--non-float",
+    "dtype": "--dtype",
+    "precision": "--precision",
+    "device": "--device",
+    # average / ema
+    "weights": "--weights",
+    "decay": "--decay",
+    "decay_per_step": "--decay-per-step",
+    "half_life": "--half-life",
+    "alpha": "--alpha",
+    # selection
+    "order": "--order",
+    "last": "--last",
+    "every": "--every",
+    "from_step": "--from-step",
+    "to_step": "--to-step",
+    "top_k": "--top-k",
+    "metric": "--metric",
+    "mode": "--mode",
+    "metrics": "--metrics",
+    # graft / inspect-entropy
+    "rule": "--rule",
+    "a": "--a",
+    "c": "--c",
+    "bins": "--bins",
+    "by": "--by",
+    "sort": "--sort",
+    "base": "--base",
+    "l1_threshold": "--l1-threshold",
+    "pattern": "--filter",
+    # bn-recalibrate
+    "model": "--model",
+    "data": "--data",
+    "weighting": "--weighting",
+    "max_batches": "--batches",
+    "forward": "--forward",
+    "include_instancenorm": "--include-instancenorm",
+    "batch_size": "--batch-size",
+    "input_key": "--input-key",
+    "drop_last": "--drop-last",
+    "model_kwargs": "--model-kwargs",
+    "data_kwargs": "--data-kwargs",
+}
+
+
+def flag_of(param: str) -> str:
+    """The flag for ``param`` (``non_float`` → ``--non-float``); unknown names stay as they are."""
+    return FLAGS.get(param, param)
+
+
+def as_flags(message: str, params: Iterable[str]) -> str:
+    """``message`` with each of ``params`` written as its flag.
+
+    ``name='value'`` and ``name=value`` become ``--flag value``; a bare name becomes ``--flag``.
+    Only whole words are replaced, and only the parameters the error lists, so prose that
+    happens to use the same word ("the last input") is left alone unless the error names it.
+
+    Example:
+        >>> as_flags("non_float='lst' is not one of 'last', 'first'", ["non_float"])
+        "--non-float 'lst' is not one of 'last', 'first'"
+        >>> as_flags("give alpha or decay, not both (alpha=A is decay=1-A)", ["alpha", "decay"])
+        'give --alpha or --decay, not both (--alpha A is --decay 1-A)'
+    """
+    for param in sorted(set(params), key=len, reverse=True):  # decay_per_step before decay
+        flag = FLAGS.get(param)
+        if flag is None:
+            continue
+        word = rf"(?<![\w.-]){re.escape(param)}(?![\w-])"
+        message = re.sub(word + r"=", flag.replace("\\", r"\\") + " ", message)
+        message = re.sub(word + r"(?!=)", flag.replace("\\", r"\\"), message)
+    return message
