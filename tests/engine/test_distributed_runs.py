@@ -6,7 +6,9 @@ command line is part of the provenance, so the ranks and the reference are given
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,8 +34,19 @@ def reference(tmp_path: Path, args: list[str], capsys, monkeypatch) -> Path:
     monkeypatch.chdir(ref)
     r = run_wa(args, capsys)
     assert r.code == 0, r.stderr
+    (ref / "stdout.txt").write_text(r.stdout)  # outside the output: the report to compare
     monkeypatch.chdir(tmp_path)
     return ref
+
+
+def timeless(report: object) -> object:
+    """A JSON report without what differs between runs (times) or exists only with ranks."""
+    if isinstance(report, dict):
+        drop = ("seconds", "gb_per_s", "ranks")
+        return {k: timeless(v) for k, v in report.items() if k not in drop}
+    if isinstance(report, list):
+        return [timeless(v) for v in report]
+    return report
 
 
 def nothing_left(folder: Path) -> None:
@@ -55,8 +68,6 @@ def test_two_ranks_average_is_byte_identical(tmp_path, capsys, monkeypatch, shar
     same_tree(ref / out, tmp_path / "dist" / out)
     # One report, from rank 0, with every rank's share; rank 1 prints nothing at all.
     assert results[1].stdout == "" and results[1].stderr == ""
-    import json
-
     report = json.loads(results[0].stdout)
     assert [r["rank"] for r in report["ranks"]] == [0, 1]
     assert sum(r["bytes_read"] for r in report["ranks"]) == report["bytes_read"] > 0
@@ -130,6 +141,31 @@ def test_without_torchrun_no_process_group_is_made(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("world", "command", "out", "extra"),
+    [
+        (2, "ema", "e.safetensors", ["--half-life", "150"]),
+        (3, "ema", "e", ["--decay", "0.7", "--max-shard-size", "1KB"]),
+        (2, "graft", "g.safetensors", []),
+        (3, "graft", "g", ["--rule", "tensor"]),
+    ],
+)
+def test_ema_and_graft_are_byte_identical(
+    tmp_path, capsys, monkeypatch, world, command, out, extra
+):
+    """Graft with three inputs writes three files (a ring); with two, one. JSON reports agree."""
+    traj = make_trajectory(tmp_path / "in", n=2 if out == "g.safetensors" else 3)
+    args = [command, *map(str, traj.paths), "-o", out, "--json", *extra]
+    ref = reference(tmp_path, args, capsys, monkeypatch)
+    (tmp_path / "dist").mkdir()
+    results = launch(world, args, cwd=tmp_path / "dist")
+    assert all(r.code == 0 for r in results), [r.stderr for r in results]
+    same_tree(ref / out, tmp_path / "dist" / out)
+    single = json.loads((ref / "stdout.txt").read_text())
+    assert timeless(json.loads(results[0].stdout)) == timeless(single)
+
+
+@pytest.mark.slow
 def test_torchrun_three_ranks_sharded_and_single(tmp_path, capsys, monkeypatch):
     """Through the real launcher, three ranks, both output kinds."""
     traj = make_trajectory(tmp_path / "in", n=3)
@@ -141,8 +177,6 @@ def test_torchrun_three_ranks_sharded_and_single(tmp_path, capsys, monkeypatch):
         proc = torchrun(3, args, cwd=dist_dir)
         assert proc.returncode == 0, proc.stderr
         same_tree(ref / out, dist_dir / out)
-        import shutil
-
         shutil.rmtree(ref)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from wa_cli.errors import ExitCode, WaError, listing
@@ -104,3 +104,17 @@ def _size(size: Any) -> str:
     if size is None:
         return "missing"
     return f"{size} bytes" if isinstance(size, int) else str(size)
+
+
+def agree(what: str, summary: Callable[[], Summary]) -> None:
+    """Under torchrun: gather every rank's ``summary()`` and stop every rank if one differs.
+
+    The comparison error is raised on every rank alike; rank 0 prints it.
+    """
+    from wa_cli.engine import distributed
+
+    summaries = distributed.step(what, summary)
+    try:
+        compare(summaries)
+    except WaError as e:
+        raise distributed.RankFailure(e.message, e.code, 0) from None

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from wa_cli.engine import distributed
 from wa_cli.engine.device import resolve_device
 from wa_cli.engine.provenance import provenance
 from wa_cli.engine.run import check_output_is_not_input
@@ -282,7 +283,7 @@ def recalibrate_checkpoint(
             batches = data() if callable(data) and not hasattr(data, "__iter__") else data
             batches = _in_model_dtype(batches, net)
             total = _total(batches, max_batches)
-            bn = recalibrate_bn(
+            bn = _recalibrate()(
                 net,
                 batches,
                 device=target,
@@ -304,13 +305,15 @@ def recalibrate_checkpoint(
         if report.non_finite:
             report.warnings.append(_non_finite_warning(report.non_finite))
         recorded.update(batches=report.bn.batches, samples=report.bn.samples)
-        written = write_safetensors(
-            output,
-            [OutputTensor(key, ckpt.info(key).dtype, ckpt.info(key).shape) for key in keys],
-            _tensors(ckpt, keys, new),
-            _metadata(ckpt, recorded, command),
-            force=force,
-            max_shard_size=shard_size,
+        written = _write_once(
+            lambda: write_safetensors(
+                output,
+                [OutputTensor(key, ckpt.info(key).dtype, ckpt.info(key).shape) for key in keys],
+                _tensors(ckpt, keys, new),
+                _metadata(ckpt, recorded, command),
+                force=force,
+                max_shard_size=shard_size,
+            )
         )
         report.output = str(written[0].parent if shard_size else written[0])
         return report
@@ -335,6 +338,24 @@ def _fit_prefix(ckpt: Checkpoint, net: nn.Module) -> None:
     if prefix and all(k.startswith(prefix) for k in present):
         ckpt.strip_prefixes((prefix,))
         ckpt.notes[-1] = f"removed the prefix '{prefix}' from every key to fit the model"
+
+
+def _recalibrate() -> Callable[..., BNReport]:
+    """``recalibrate_bn``, or under torchrun its data-parallel form (``methods.bn.parallel``)."""
+    if distributed.active() is None:
+        return recalibrate_bn
+    from wa_cli.methods.bn.parallel import recalibrate_bn_distributed
+
+    return recalibrate_bn_distributed
+
+
+def _write_once(write: Callable[[], list[Path]]) -> list[Path]:
+    """Write the output: in this process, or under torchrun on rank 0 only."""
+    if distributed.active() is None:
+        return write()
+    from wa_cli.methods.bn.parallel import write_on_rank_0
+
+    return write_on_rank_0(write)
 
 
 def _as_module(value: Any, spec: str | None = None) -> nn.Module:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from wa_cli.engine import distributed
 from wa_cli.engine.device import resolve_device
 from wa_cli.engine.plan import ARCHITECTURE_HINT, KeyPlan, Plan, build_plan
 from wa_cli.engine.precision import Precision
@@ -192,7 +193,15 @@ def plan_graft(
             ordered=all(ck.key_order_known for ck in ckpts),
             warn=warnings.append,
         )
-        entropies = [_entropies(ck, alpha_plan, dev) for ck in ckpts]
+        if distributed.active() is None:
+            entropies = [_entropies(ck, alpha_plan, dev) for ck in ckpts]
+        else:  # torchrun: each rank measures its module groups; every rank gets them all
+            from wa_cli.methods.graft.parallel import shared_entropies
+
+            entropies = shared_entropies(
+                check, ckpts, alpha_plan, {"rule": rule, "a": a, "c": c, "bins": bins},
+                lambda ck, keys: _entropies(ck, alpha_plan, dev, keys),
+            )  # fmt: skip
         pairs = ring_pairs_to_write(len(ckpts))
         alphas = [
             alphas_from_entropies(
@@ -214,10 +223,12 @@ def plan_graft(
     )  # fmt: skip
 
 
-def _entropies(ckpt: Checkpoint, plan: AlphaPlan, device: torch.device) -> dict[str, float]:
+def _entropies(
+    ckpt: Checkpoint, plan: AlphaPlan, device: torch.device, keys: Sequence[str] | None = None
+) -> dict[str, float]:
     # Streamed chunk by chunk: memory is bounded by a chunk, not by the largest tensor.
     out = {}
-    for key in plan.entropy_keys:
+    for key in plan.entropy_keys if keys is None else keys:
         measured = checkpoint_measure(
             ckpt, key, bins=plan.bins, half_open=plan.half_open, device=device
         )
