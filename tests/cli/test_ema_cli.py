@@ -131,17 +131,18 @@ def test_dry_run_shows_weights_and_writes_nothing(tmp_path, capsys):
 
 def _stepless(tmp_path: Path) -> list[Path]:
     paths = []
-    for name in ("first", "second"):
+    for i, name in enumerate(("first", "second")):
         paths.append(tmp_path / f"{name}.safetensors")
-        save_file({"w": torch.ones(2)}, paths[-1])
+        save_file({"w": torch.full((2,), float(i))}, paths[-1])  # other bytes: no duplicate
     return paths
 
 
 def _same_step(tmp_path: Path) -> list[Path]:
     paths = []
-    for name in ("a", "b"):
+    for i, name in enumerate(("a", "b")):
         paths.append(tmp_path / f"{name}.safetensors")
-        save_file({"w": torch.ones(2)}, paths[-1], metadata={"step": "7"})
+        # Other tensors: the same step with the same tensors would be one checkpoint twice.
+        save_file({"w": torch.full((2,), float(i))}, paths[-1], metadata={"step": "7"})
     return paths
 
 

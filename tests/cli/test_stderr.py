@@ -19,7 +19,7 @@ from tests.helpers import (
     run_wa_process,
 )
 
-DUPLICATE = "is given more than once; it is used each time"
+DUPLICATE = "is given more than once; used once"
 
 
 def test_library_warning_is_a_prefixed_line(tmp_path, capsys):

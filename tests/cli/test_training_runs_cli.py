@@ -124,3 +124,137 @@ def test_dry_run_says_where_the_order_came_from(tmp_path, capsys):
     r = run_wa(["average", tmp_path / "ckpts", "--last", "2", "--dry-run"], capsys)
     assert r.code == 0, r.stderr
     assert "steps from 'global_step' recorded inside the files" in r.stdout.splitlines()[0]
+
+
+# ------------------------------------------------------------------ duplicates, timm, shell order
+
+
+def timm_run(folder: Path, metrics: list[float]) -> dict[int, dict[str, torch.Tensor]]:
+    """timm's CheckpointSaver layout: checkpoint-E.pth.tar, last/model_best as hard links.
+
+    The pickle holds what timm's train.py saves, minus ``args`` (an argparse.Namespace that
+    needs the reader's safe globals): epoch, arch, state_dict, optimizer, version, metric.
+    """
+    folder.mkdir(parents=True)
+    states = {}
+    for epoch, metric in enumerate(metrics):
+        torch.manual_seed(epoch)
+        state = {"fc.weight": torch.randn(2, 3), "bn.num_batches_tracked": torch.tensor(epoch)}
+        torch.save({"epoch": epoch, "arch": "resnet18", "state_dict": state,
+                    "optimizer": {"state": {}, "param_groups": []}, "version": 2,
+                    "metric": metric}, folder / f"checkpoint-{epoch}.pth")  # fmt: skip
+        states[epoch] = state
+    best = max(range(len(metrics)), key=lambda e: metrics[e])
+    (folder / "model_best.pth").hardlink_to(folder / f"checkpoint-{best}.pth")
+    (folder / "last.pth").hardlink_to(folder / f"checkpoint-{len(metrics) - 1}.pth")
+    return states
+
+
+def test_timm_last_and_model_best_hard_links_are_used_once(tmp_path, capsys):
+    states = timm_run(tmp_path / "run", [0.5, 0.7, 0.9, 0.8])
+    out = tmp_path / "avg.safetensors"
+    r = run_wa(["average", tmp_path / "run", "-o", out, "--json"], capsys)
+    assert r.code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert sorted(Path(p).name for p in report["inputs"]) == [
+        f"checkpoint-{e}.pth" for e in range(4)]  # fmt: skip
+    warnings = [line for line in r.stderr.splitlines() if "used once" in line]
+    assert len(warnings) == 2, r.stderr
+    assert any("last.pth' is the same file as" in w and "checkpoint-3.pth" in w for w in warnings)
+    assert any("model_best.pth' is the same file as" in w and "checkpoint-2.pth" in w
+               for w in warnings)  # fmt: skip
+    want = torch.stack([s["fc.weight"].double() for s in states.values()]).mean(0)
+    torch.testing.assert_close(load_file(out)["fc.weight"].double(), want, rtol=1e-6, atol=1e-7)
+    assert load_file(out)["bn.num_batches_tracked"].item() == 3
+
+
+def test_lightning_last_ckpt_copy_is_used_once(tmp_path, capsys):
+    states = lightning_run(tmp_path / "ckpts")
+    # last.ckpt: a separate save of the final step; its callback state differs, so its bytes do.
+    final = tmp_path / "ckpts" / "epoch=4-step=115-val_loss=0.3050.ckpt"
+    obj = torch.load(final, weights_only=True)
+    obj["callbacks"] = {"ModelCheckpoint{'monitor': None}": {"last_model_path": "x"}}
+    torch.save(obj, tmp_path / "ckpts" / "last.ckpt")
+    assert (tmp_path / "ckpts" / "last.ckpt").read_bytes() != final.read_bytes()
+    r = run_wa(["ema", tmp_path / "ckpts", "--half-life", "23", "--dry-run", "--json"], capsys)
+    assert r.code == 0, r.stderr
+    rows = json.loads(r.stdout)["checkpoints"]
+    assert [Path(row["path"]).name for row in rows][-1] == final.name
+    assert len(rows) == len(states)
+    assert "last.ckpt' records the same global_step (115) and holds the same tensors" in r.stderr
+    # A checkpoint of the same step with other tensors is no duplicate: the steps tie.
+    obj["state_dict"] = {k: v + 1 for k, v in obj["state_dict"].items()}
+    torch.save(obj, tmp_path / "ckpts" / "last.ckpt")
+    r = run_wa(["ema", tmp_path / "ckpts", "--half-life", "23", "--dry-run"], capsys)
+    assert_one_line_error(r, 2, "share step 115")
+
+
+def test_a_copy_with_the_same_bytes_is_used_once(tmp_path, capsys):
+    paths = metric_run(tmp_path / "run", "val_loss", [0.3, 0.2])
+    copy = tmp_path / "run" / "copy_of_1.safetensors"
+    copy.write_bytes(paths[1].read_bytes())
+    r = run_wa(["average", *paths, copy, "--dry-run", "--json"], capsys)
+    assert r.code == 0, r.stderr
+    assert len(json.loads(r.stdout)["checkpoints"]) == 2
+    assert "copy_of_1.safetensors' has the same bytes as" in r.stderr
+
+
+def test_non_float_tensors_come_from_the_last_in_training_order(tmp_path, capsys):
+    # The shell sorts ckpt_1350 before ckpt_990; the README's headline command passes them so.
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for step in (900, 990, 1350):
+        save_file({"w": torch.full((2,), float(step)), "n": torch.tensor(step)},
+                  folder / f"ckpt_{step}.safetensors", metadata={"step": str(step)})  # fmt: skip
+    shell = sorted(folder.iterdir(), key=lambda p: p.name)
+    assert shell[-1].name == "ckpt_990.safetensors"
+    out = tmp_path / "swa.safetensors"
+    r = run_wa(["average", *shell, "-o", out], capsys)
+    assert r.code == 0, r.stderr
+    assert load_file(out)["n"].item() == 1350
+    note = "non-float tensors from the last input in training order, 'ckpt_1350.safetensors'"
+    assert note in r.stdout
+    r = run_wa(["average", *shell, "-o", out, "--force", "--non-float", "first"], capsys)
+    assert load_file(out)["n"].item() == 900
+    # Weights follow their checkpoints: 1,0,0 in the given order weighs ckpt_1350 only.
+    r = run_wa(["average", *shell, "-o", out, "--force", "--weights", "1,0,0"], capsys)
+    assert r.code == 0, r.stderr
+    assert load_file(out)["w"].tolist() == [1350.0, 1350.0]
+
+
+def test_non_float_epoch_names_follow_epoch_order(tmp_path, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for epoch in (8, 9, 10):
+        save_file(
+            {"w": torch.ones(1), "n": torch.tensor(epoch)}, folder / f"epoch_{epoch}.safetensors"
+        )
+    shell = sorted(folder.iterdir(), key=lambda p: p.name)  # epoch_10, epoch_8, epoch_9
+    out = tmp_path / "o.safetensors"
+    r = run_wa(["average", *shell, "-o", out], capsys)
+    assert r.code == 0, r.stderr
+    assert load_file(out)["n"].item() == 10
+    assert "epochs in the file names used as steps" in r.stdout
+
+
+@pytest.mark.parametrize("command", ["average", "ema"])
+def test_dry_run_fails_where_the_run_fails(tmp_path, capsys, command):
+    a, b = tmp_path / "ckpt_1.safetensors", tmp_path / "ckpt_2.safetensors"
+    save_file({"w": torch.ones(3)}, a)
+    save_file({"w": torch.ones(4)}, b)
+    decay = ["--decay", "0.5"] if command == "ema" else []
+    real = run_wa([command, a, b, *decay, "-o", tmp_path / "o.safetensors"], capsys)
+    dry = run_wa([command, a, b, *decay, "--dry-run"], capsys)
+    assert_one_line_error(real, 4, "shape mismatch", "'w'")
+    assert (dry.code, dry.stderr) == (real.code, real.stderr)
+    assert dry.stdout == ""
+    # Keys and dtypes too, and an output that is an input.
+    save_file({"w": torch.ones(3, dtype=torch.float16)}, b)
+    dry = run_wa([command, a, b, *decay, "--dry-run"], capsys)
+    assert_one_line_error(dry, 4, "dtype mismatch")
+    save_file({"v": torch.ones(3)}, b)
+    dry = run_wa([command, a, b, *decay, "--dry-run"], capsys)
+    assert_one_line_error(dry, 4, "key sets differ")
+    save_file({"w": torch.zeros(3)}, b)
+    dry = run_wa([command, a, b, *decay, "--dry-run", "-o", a, "--force"], capsys)
+    assert_one_line_error(dry, 5, "would overwrite the input")

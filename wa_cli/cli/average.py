@@ -59,6 +59,7 @@ def average_command(
     from wa_cli.cli.inputs import (
         Selection,
         attach_selection,
+        dry_run_checks,
         emit_selection,
         format_rows,
         open_inputs,
@@ -66,6 +67,7 @@ def average_command(
         require_output,
         select_inputs,
         selection_report,
+        training_order_for_copies,
     )
     from wa_cli.engine.precision import parse_user_dtype
     from wa_cli.engine.rounding import normalized_weights
@@ -80,6 +82,7 @@ def average_command(
         include=include,
         exclude=exclude,
         allow_global=allow_global,
+        dedupe=True,
     )
     # The mean does not depend on the order: keep the given one (and read no steps) unless a
     # selection asks for trajectory order; --dry-run shows steps, so it reads them.
@@ -91,13 +94,18 @@ def average_command(
     report = selection_report(
         entries, normalized_weights(raw), method=method, total=len(ckpts), metric=metric, sel=sel
     )
+    items, w, order_note = training_order_for_copies(entries, w, sel, non_float)
     if dry_run:
+        dry_run_checks(
+            items, output, keys=keys, non_float=non_float, dtype=parse_user_dtype(dtype),
+            max_shard_size=max_shard_size,
+        )  # fmt: skip
         emit_selection(report, json)
         return
     output = require_output(output, "average")
     with byte_progress("averaging", quiet) as progress:
         result = average_to_file(
-            [e.item for e in entries],
+            items,
             output,
             weights=w,
             keys=keys,
@@ -110,6 +118,8 @@ def average_command(
             progress=progress,
         )
     attach_selection(result, report)
+    if order_note:
+        result.notes.insert(0, order_note)
     emit_run_report(result, json, quiet)
     if not json and report["mode"] is not None:
         print("  kept:")

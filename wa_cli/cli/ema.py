@@ -85,6 +85,7 @@ def ema_command(
     from wa_cli.cli.inputs import (
         Selection,
         attach_selection,
+        dry_run_checks,
         emit_selection,
         format_rows,
         open_inputs,
@@ -105,6 +106,7 @@ def ema_command(
         include=include,
         exclude=exclude,
         allow_global=allow_global,
+        dedupe=True,
     )
     entries = select_inputs(ckpts, sel, default_order="auto")
     steps = [e.step for e in entries]
@@ -114,6 +116,10 @@ def ema_command(
         entries, coefficients, method="ema", total=len(ckpts), metric=metric, sel=sel
     )
     if dry_run:
+        dry_run_checks(
+            [e.item for e in entries], output, keys=keys, non_float=non_float,
+            dtype=parse_user_dtype(dtype), max_shard_size=max_shard_size,
+        )  # fmt: skip
         emit_selection(report, json)
         return
     output = require_output(output, "ema")

@@ -43,12 +43,17 @@ def open_inputs(
     include: list[str] | None = None,
     exclude: list[str] | None = None,
     allow_global: list[str] | None = None,
+    dedupe: bool = False,
 ) -> list[Checkpoint]:
     """Expand globs and folders (natural order) and open every checkpoint's header.
 
     The library's own input handling (:func:`wa_cli.methods.inputs.open_inputs`), so
     ``wa average 'runs/*.safetensors'`` and ``wa.average("runs/*.safetensors")`` agree.
+    ``dedupe`` (trajectory commands): the same checkpoint twice (a hard link, a copy, Lightning's
+    ``last.ckpt``) is used once, and a warning names it (:mod:`wa_cli.select.duplicates`).
     """
+    from wa_cli.select.duplicates import drop_duplicates
+
     from wa_cli.methods.inputs import open_inputs as open_library_inputs
 
     options = read_options(
@@ -60,7 +65,8 @@ def open_inputs(
     )
     if not args:
         expand_inputs(args)  # the usage error for no inputs
-    return open_library_inputs(args, options=options)
+    ckpts = open_library_inputs(args, options=options)
+    return drop_duplicates(ckpts) if dedupe else ckpts
 
 
 def parse_weight_list(text: str | None) -> list[float] | None:
@@ -138,6 +144,61 @@ def select_inputs(
         if id(c) not in kept:
             c.close()
     return picked
+
+
+def training_order_for_copies(
+    entries: Sequence[Entry[Checkpoint]],
+    weights: list[float] | None,
+    sel: Selection,
+    non_float: str = "last",
+) -> tuple[list[Checkpoint], list[float] | None, str]:
+    """``wa average``'s inputs in training order when it is known, weights following them.
+
+    The mean does not depend on the order, but the non-float tensors (``num_batches_tracked``)
+    come from the last (or first) input: the last in training order, not in shell order
+    (``ckpt_990`` after ``ckpt_1350``). A selection already ordered the entries.
+    """
+    from wa_cli.select.order import training_order
+
+    items = [e.item for e in entries]
+    if sel.filters or sel.order is not None:
+        return items, weights, ""
+    found = training_order(items)
+    if found is None:
+        return items, weights, ""
+    perm, why = found
+    ordered = [items[i] for i in perm]
+    w = None if weights is None else [weights[i] for i in perm]
+    source = ordered[0] if non_float == "first" else ordered[-1]
+    note = (
+        f"non-float tensors from the {non_float} input in training order, '{source.name}' ({why})"
+    )
+    return ordered, w, "" if non_float == "error" else note
+
+
+def dry_run_checks(
+    items: Sequence[Checkpoint],
+    output: Path | None,
+    *,
+    keys: str,
+    non_float: str,
+    dtype: Any,
+    max_shard_size: str | None,
+) -> None:
+    """Every check a real run makes before writing: keys, shapes, dtypes, the non-float policy,
+    the output's name and that it is no input. ``--dry-run`` fails exactly where the run would.
+    """
+    from wa_cli.engine.plan import build_plan
+    from wa_cli.engine.run import check_output_is_not_input
+    from wa_cli.io.writer import check_output_name, parse_size
+
+    sharded = max_shard_size is not None
+    if sharded:
+        parse_size(max_shard_size)  # type: ignore[arg-type]
+    build_plan(items, keys=keys, non_float=non_float, dtype=dtype)  # type: ignore[arg-type]
+    if output is not None:
+        check_output_name(output, sharded=sharded)
+        check_output_is_not_input(output, items)
 
 
 def selection_report(

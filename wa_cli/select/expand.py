@@ -157,9 +157,4 @@ def expand_inputs(args: Sequence[str | os.PathLike[str]]) -> list[Path]:
             paths.extend(_expand_glob(os.path.expanduser(text)))
         else:
             raise WaError(f"input '{text}' does not exist (check the path)", ExitCode.BAD_INPUT)
-    seen: set[Path] = set()
-    for p in paths:
-        if p in seen:
-            logger.warning("input '%s' is given more than once; it is used each time", p)
-        seen.add(p)
     return paths

@@ -162,7 +162,7 @@ def _describe(steps: list[Step], source: StepSource) -> str:
 
 
 def _pick_source(
-    items: Sequence[C],
+    items: Sequence[C], warn: bool = True
 ) -> tuple[list[Step | None], StepSource, str]:
     """The first source every input has: inside the file, name (or folder), recorded epoch."""
     labels = [it.name for it in items]
@@ -179,16 +179,16 @@ def _pick_source(
         return meta, "metadata", _describe(meta, "metadata")  # type: ignore[arg-type]
     if all(s is not None for s in names):
         why = _describe(names, "name") + partial  # type: ignore[arg-type]
-        if partial:
+        if partial and warn:
             logger.warning("%s", why)
         return names, "name", why
     epochs = [epoch_in_metadata(it.metadata, n) for it, n in zip(items, labels, strict=True)]
     if all(s is not None for s in epochs):
         why = _describe(epochs, "epoch") + partial  # type: ignore[arg-type]
-        if partial:
+        if partial and warn:
             logger.warning("%s", why)
         return epochs, "epoch", why
-    if n_meta:
+    if n_meta and warn:
         logger.warning(
             "only %d of %d checkpoints record a step inside and not every file name holds a"
             " number; using natural name order without steps",
@@ -198,7 +198,9 @@ def _pick_source(
     return [None] * len(items), "order", "no steps: natural name order"
 
 
-def order_trajectory(items: Sequence[C], order: Order = "auto") -> list[Entry[C]]:
+def order_trajectory(
+    items: Sequence[C], order: Order = "auto", *, warn: bool = True
+) -> list[Entry[C]]:
     """Put checkpoints in training order and attach their step numbers.
 
     * ``auto``: the first source every input has (:mod:`wa_cli.select.steps`): a step recorded
@@ -215,6 +217,7 @@ def order_trajectory(items: Sequence[C], order: Order = "auto") -> list[Entry[C]
     Args:
         items: Checkpoints with ``name``, ``path`` and ``metadata`` (the reader's objects).
         order: One of ``auto``, ``step``, ``name``, ``given``.
+        warn: Log a warning when only some inputs record a step.
 
     Returns:
         One :class:`Entry` per input, in trajectory order.
@@ -254,7 +257,7 @@ def order_trajectory(items: Sequence[C], order: Order = "auto") -> list[Entry[C]
             )
         return _natural([Entry(it, None, "order", order="natural name order") for it in items])
 
-    steps, source, why = _pick_source(items)
+    steps, source, why = _pick_source(items, warn)
     if order == "given":
         why = f"the given order ({why})" if source != "order" else "the given order"
     entries = [
@@ -269,3 +272,27 @@ def order_trajectory(items: Sequence[C], order: Order = "auto") -> list[Entry[C]
     if source == "order":
         return _natural(entries)
     return sorted(entries, key=lambda e: e.step)  # type: ignore[arg-type, return-value]
+
+
+def training_order(items: Sequence[C]) -> tuple[list[int], str] | None:
+    """The permutation that puts ``items`` in training order, and where the steps came from.
+
+    ``None`` when the training order is not known: no steps anywhere (natural name order is a
+    guess, not a training order), or steps that do not order the inputs (two share one).
+    Used where only "which input is last" matters (``wa average`` copies non-float tensors
+    from the last input in training order, not in shell order: ``epoch_9`` after ``epoch_10``).
+
+    Example:
+        >>> from types import SimpleNamespace as N
+        >>> paths = [Path(f"epoch_{e}.pt") for e in (9, 10, 8)]
+        >>> training_order([N(name=p.name, path=p, metadata={}) for p in paths])[0]
+        [2, 0, 1]
+    """
+    try:
+        ordered = order_trajectory(items, "auto", warn=False)
+    except WaError:
+        return None
+    if not ordered or ordered[0].source == "order":
+        return None
+    position = {id(e.item): i for i, e in enumerate(ordered)}
+    return sorted(range(len(items)), key=lambda i: position[id(items[i])]), ordered[0].order

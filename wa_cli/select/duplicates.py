@@ -1,0 +1,189 @@
+"""The same checkpoint twice is used once: hard links, copies, and Lightning's ``last.ckpt``.
+
+Part of :mod:`wa_cli.select`. Training libraries save the newest or best checkpoint a second
+time (PEERS.md): timm's ``last.pth.tar`` and ``model_best.pth.tar`` are hard links to an epoch
+file, and Lightning's ``last.ckpt`` is a separate copy (other bytes: its callback state differs)
+of the checkpoint saved at the same ``global_step``. Averaged in, such a duplicate silently gets
+twice the weight (0.25 instead of 0.2 in a mean of 4; 0.5 in an EMA). A checkpoint is a duplicate
+of an earlier one when:
+
+1. it is the same files (same device and inode: a hard link, or the same path given twice);
+2. it is a single file of the same size whose bytes agree at the start, the end and evenly
+   spaced samples in between (a copy), compared only between files of equal size;
+3. it records the same step inside (``step``/``global_step``), holds the same keys, shapes and
+   dtypes, and its tensors' bytes agree at their start and end (Lightning's ``last.ckpt``).
+
+Of a duplicate pair the one whose name holds a step is kept (``checkpoint-9.pth.tar``, not
+``last.pth.tar``); otherwise the first given. Each dropped input is named in one warning line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from wa_cli.select.order import checkpoint_stem
+from wa_cli.select.steps import number_in_name, step_in_metadata
+
+if TYPE_CHECKING:  # the reader imports torch; selection must not
+    from wa_cli.io.reader import Checkpoint
+
+logger = logging.getLogger(__name__)
+
+_BLOCK = 64 * 1024
+_SAMPLES = 8
+_TENSOR_SAMPLE = 256
+
+
+def _identity(ckpt: Checkpoint) -> frozenset[tuple[int, int]] | None:
+    try:
+        return frozenset((s.st_dev, s.st_ino) for s in (os.stat(f) for f in ckpt.files))
+    except OSError:
+        return None
+
+
+def _file_sample(path: Path, size: int) -> str | None:
+    """A hash of the first and last 64 KiB and 8 evenly spaced 64 KiB blocks of a file."""
+    digest = hashlib.sha256(str(size).encode())
+    offsets = {0, max(0, size - _BLOCK)}
+    offsets |= {size * i // (_SAMPLES + 1) for i in range(1, _SAMPLES + 1)}
+    try:
+        with open(path, "rb") as f:
+            for offset in sorted(offsets):
+                f.seek(offset)
+                digest.update(f.read(_BLOCK))
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _tensor_sample(ckpt: Checkpoint) -> str:
+    """A hash of every key, shape, dtype and the first and last bytes of every tensor."""
+    import torch
+
+    digest = hashlib.sha256()
+    for key in sorted(ckpt.keys()):
+        info = ckpt.info(key)
+        digest.update(f"{key}|{tuple(info.shape)}|{info.dtype}|{info.nbytes};".encode())
+        n = min(info.nbytes, _TENSOR_SAMPLE)
+        if n == 0:
+            continue
+        buf = torch.empty(n, dtype=torch.uint8)
+        for offset in dict.fromkeys((0, info.nbytes - n)):
+            ckpt.read_into(key, buf, offset)
+            digest.update(buf.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _named_step(ckpt: Checkpoint) -> bool:
+    return number_in_name(checkpoint_stem(ckpt)) is not None
+
+
+def _keep_first(a: int, b: int, ckpts: Sequence[Checkpoint]) -> tuple[int, int]:
+    """(kept, dropped) of two duplicates: the one whose name holds a step, else the earlier."""
+    if not _named_step(ckpts[a]) and _named_step(ckpts[b]):
+        return b, a
+    return a, b
+
+
+def _same_files(ckpts: Sequence[Checkpoint]) -> dict[int, tuple[int, str]]:
+    dropped: dict[int, tuple[int, str]] = {}
+    seen: dict[frozenset[tuple[int, int]], int] = {}
+    for i, c in enumerate(ckpts):
+        ident = _identity(c)
+        if ident is None:
+            continue
+        if ident in seen:
+            j = seen[ident]
+            same_path = os.path.abspath(c.path) == os.path.abspath(ckpts[j].path)
+            why = "" if same_path else "is the same file as '{kept}' (a hard link)"
+            kept, drop = _keep_first(j, i, ckpts)
+            dropped[drop] = (kept, why)
+            seen[ident] = kept
+        else:
+            seen[ident] = i
+    return dropped
+
+
+def _same_bytes(ckpts: Sequence[Checkpoint], skip: set[int]) -> dict[int, tuple[int, str]]:
+    by_size: dict[int, list[int]] = {}
+    for i, c in enumerate(ckpts):
+        if i in skip or len(c.files) != 1:
+            continue
+        try:
+            by_size.setdefault(os.path.getsize(c.path), []).append(i)
+        except OSError:
+            continue
+    dropped: dict[int, tuple[int, str]] = {}
+    for size, group in by_size.items():
+        if len(group) < 2:
+            continue
+        seen: dict[str, int] = {}
+        for i in group:
+            sample = _file_sample(ckpts[i].path, size)
+            if sample is None:
+                continue
+            if sample in seen:
+                kept, drop = _keep_first(seen[sample], i, ckpts)
+                dropped[drop] = (kept, "has the same bytes as '{kept}' (a copy)")
+                seen[sample] = kept
+            else:
+                seen[sample] = i
+    return dropped
+
+
+def _same_step_and_tensors(
+    ckpts: Sequence[Checkpoint], skip: set[int]
+) -> dict[int, tuple[int, str]]:
+    by_step: dict[tuple[str, int], list[int]] = {}
+    for i, c in enumerate(ckpts):
+        if i in skip:
+            continue
+        step = step_in_metadata(c.metadata, c.name)
+        if step is not None:
+            by_step.setdefault((step.where, step.value), []).append(i)
+    dropped: dict[int, tuple[int, str]] = {}
+    for (key, value), group in by_step.items():
+        if len(group) < 2:
+            continue
+        seen: dict[str, int] = {}
+        for i in group:
+            sample = _tensor_sample(ckpts[i])
+            if sample in seen:
+                kept, drop = _keep_first(seen[sample], i, ckpts)
+                why = f"records the same {key} ({value}) and holds the same tensors as '{{kept}}'"
+                dropped[drop] = (kept, why)
+                seen[sample] = kept
+            else:
+                seen[sample] = i
+    return dropped
+
+
+def drop_duplicates(ckpts: Sequence[Checkpoint]) -> list[Checkpoint]:
+    """The checkpoints with each duplicate left out (and closed), in the given order.
+
+    Each one left out is named in a warning: ``'last.ckpt' records the same global_step (115)
+    and holds the same tensors as 'epoch=4-step=115.ckpt'; used once``.
+
+    Example:
+        >>> kept = drop_duplicates(open_checkpoints(paths))  # doctest: +SKIP
+    """
+    dropped = _same_files(ckpts)
+    dropped |= _same_bytes(ckpts, set(dropped))
+    dropped |= _same_step_and_tensors(ckpts, set(dropped))
+    if not dropped:
+        return list(ckpts)
+    for i in sorted(dropped):
+        kept, why = dropped[i]
+        while kept in dropped:  # a chain of duplicates names the one that stays
+            kept = dropped[kept][0]
+        if not why:
+            logger.warning("input '%s' is given more than once; used once", ckpts[i].path)
+        else:
+            logger.warning("'%s' %s; used once", ckpts[i].path, why.format(kept=ckpts[kept].path))
+        ckpts[i].close()
+    return [c for i, c in enumerate(ckpts) if i not in dropped]
