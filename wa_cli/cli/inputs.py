@@ -52,9 +52,8 @@ def open_inputs(
     ``dedupe`` (trajectory commands): the same checkpoint twice (a hard link, a copy, Lightning's
     ``last.ckpt``) is used once, and a warning names it (:mod:`wa_cli.select.duplicates`).
     """
-    from wa_cli.select.duplicates import drop_duplicates
-
     from wa_cli.methods.inputs import open_inputs as open_library_inputs
+    from wa_cli.select.duplicates import drop_duplicates
 
     options = read_options(
         key=key,
