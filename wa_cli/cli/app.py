@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 from typing import Annotated
@@ -22,9 +23,10 @@ from wa_cli.errors import ExitCode, WaError
 
 app = typer.Typer(
     name="wa",
-    help="Weight averaging toolkit: SWA, EMA, entropy grafting, BatchNorm re-estimation.",
+    help="Weight averaging toolkit: SWA, EMA, grafting, BatchNorm statistics, entropy.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
     pretty_exceptions_show_locals=False,  # locals hold tensors
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -40,15 +42,42 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[
         bool | None,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+        typer.Option(
+            "-V", "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = None,
 ) -> None:
-    """Weight averaging toolkit: SWA, EMA, entropy grafting, BatchNorm re-estimation."""
+    """Weight averaging toolkit: SWA, EMA, grafting, BatchNorm statistics, entropy."""
+
+
+class _Command(typer.core.TyperCommand):
+    """A command whose usage line reads ``INPUTS...``, not typer's ``{INPUTS}...``."""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]  # typer's Context is click's
+        return [re.sub(r"^\{(.*?)\}", r"\1", p) for p in super().collect_usage_pieces(ctx)]
 
 
 def _register() -> None:
-    # Each module adds its command to `app`; imported here so the registry stays in one place.
-    from wa_cli.cli import average, bn_recalibrate, ema, graft, inspect_entropy  # noqa: F401
+    """Add the commands in one fixed order (the order ``wa --help`` lists them in).
+
+    Command modules do not import this one: they define plain functions, registered here, so
+    there is no import cycle and the order never depends on what was imported first.
+    """
+    from wa_cli.cli.average import average_command
+    from wa_cli.cli.bn_recalibrate import bn_recalibrate_command
+    from wa_cli.cli.ema import ema_command
+    from wa_cli.cli.graft import graft_command
+    from wa_cli.cli.inspect_entropy import inspect_entropy_command
+
+    commands = [
+        ("average", average_command, "Average checkpoints (SWA)."),
+        ("ema", ema_command, "EMA over a trajectory (and Lookahead slow weights)."),
+        ("graft", graft_command, "Graft runs layer by layer by weight entropy."),
+        ("bn-recalibrate", bn_recalibrate_command, "Re-estimate BatchNorm statistics."),
+        ("inspect-entropy", inspect_entropy_command, "Weight entropy per tensor or module."),
+    ]
+    for name, function, short_help in commands:
+        app.command(name, cls=_Command, short_help=short_help)(function)
 
 
 _register()

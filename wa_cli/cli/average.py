@@ -7,20 +7,16 @@ from typing import Annotated
 import typer
 
 from wa_cli.cli import options as opt
-from wa_cli.cli.app import app
 from wa_cli.cli.render import byte_progress, emit_run_report
 
 
-@app.command("average")
 def average_command(
     inputs: opt.Inputs,
     output: opt.OptionalOutput = None,
     weights: Annotated[
         str | None,
         typer.Option(
-            "--weights",
-            help="Comma-separated non-negative weights (normalized), e.g. 1,2,1: one per selected "
-            "checkpoint, in the order --dry-run lists them.",
+            "--weights", help="One weight per selected input, e.g. 1,2,1.", metavar="W,W,..."
         ),
     ] = None,
     order: opt.Order = None,
@@ -49,12 +45,13 @@ def average_command(
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
 ) -> None:
-    """Average checkpoints (SWA): θ̄ = Σ w_i θ_i / Σ w_i, per tensor, streamed to -o.
+    """Average checkpoints (SWA): Σ w_i θ_i / Σ w_i per tensor, streamed to -o.
 
-    The inputs keep their given order unless a selection flag (--last, --every, --from-step,
-    --to-step, --top-k) or --order is given; then they are put in trajectory order first.
+    A selection flag or --order puts the inputs in trajectory order first.
 
-    Example: wa average runs/a/ckpt_*.safetensors --top-k 5 --metric val_loss -o swa.safetensors
+    \b
+    Example:
+      wa average 'runs/a/ckpt_*.safetensors' --last 5 -o swa.safetensors
     """
     from wa_cli.cli.inputs import (
         Selection,

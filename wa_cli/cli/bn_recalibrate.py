@@ -11,14 +11,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 
 from wa_cli.cli import options as opt
-from wa_cli.cli.app import app
 from wa_cli.errors import ExitCode, WaError
 
 if TYPE_CHECKING:
     from wa_cli.methods.bn.checkpoint import BNCheckpointReport
 
 
-@app.command("bn-recalibrate")
 def bn_recalibrate_command(
     checkpoint: Annotated[
         str,
@@ -33,72 +31,67 @@ def bn_recalibrate_command(
         str,
         typer.Option(
             "--model",
-            help="Model factory, 'package.module:fn' or 'path/to/file.py:fn', returning an "
-            "nn.Module; the checkpoint is loaded into it strictly.",
             show_default=False,
+            help="Model factory 'module:fn' or 'file.py:fn'.",
+            metavar="SPEC",
         ),
     ],
     data: Annotated[
         str,
         typer.Option(
             "--data",
-            help="Batches: a loader factory 'module:fn' or 'file.py:fn' (e.g. returning a "
-            "DataLoader), or a tensor file of inputs (.safetensors, .pt, .pth, .npy, .npz).",
             show_default=False,
+            help="Loader factory 'module:fn', or a tensor file.",
+            metavar="SPEC",
         ),
     ],
     model_kwargs: Annotated[
         str | None,
-        typer.Option("--model-kwargs", help="Factory arguments as JSON, e.g. '{\"depth\": 18}'."),
+        typer.Option("--model-kwargs", help="Factory arguments as JSON.", metavar="JSON"),
     ] = None,
     data_kwargs: Annotated[
         str | None,
-        typer.Option("--data-kwargs", help="Loader factory arguments as JSON."),
+        typer.Option("--data-kwargs", help="Loader factory arguments as JSON.", metavar="JSON"),
     ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option("--batch-size", min=1, help="Rows per batch of a tensor file [default: 64]."),
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help="Rows per batch of a tensor file (default: 64).",
+            metavar="N",
+        ),
     ] = None,
     input_key: Annotated[
         str | None,
-        typer.Option("--input-key", help="The tensor holding the inputs, in a tensor file."),
+        typer.Option("--input-key", help="The inputs tensor of a tensor file.", metavar="KEY"),
     ] = None,
     drop_last: Annotated[
         bool,
-        typer.Option(
-            "--drop-last",
-            help="Leave out the last batch of a tensor file when it is incomplete. Without it "
-            "only a last batch of exactly one row is left out (BatchNorm cannot take one "
-            "sample in training mode), with a note. Floating tensor-file data is cast to the "
-            "model's dtype.",
-        ),
+        typer.Option("--drop-last", help="Drop an incomplete last tensor-file batch."),
     ] = False,
     batches: Annotated[
         int | None,
-        typer.Option("--batches", min=1, help="Stop after this many batches (default: all)."),
+        typer.Option("--batches", min=1, help="Stop after N batches (default: all).", metavar="N"),
     ] = None,
     weighting: Annotated[
         Literal["batch", "sample"],
         typer.Option(
             "--weighting",
-            help="batch: every batch weighs the same (torch's update_bn); sample: batches "
-            "weighted by their size (the SWA authors' code).",
+            help="batch (update_bn, default)|sample.",
+            metavar="W",
+            show_default=False,
         ),
     ] = "batch",
     forward: Annotated[
         str | None,
         typer.Option(
-            "--forward",
-            help="Forward function 'module:fn', called as fn(model, batch): for dict batches "
-            "and multi-input models (default: model(batch) or model(batch[0])).",
+            "--forward", help="fn(model, batch) for dict or multi-input batches.", metavar="SPEC"
         ),
     ] = None,
     include_instancenorm: Annotated[
         bool,
-        typer.Option(
-            "--include-instancenorm",
-            help="Also re-estimate InstanceNorm layers that track running statistics.",
-        ),
+        typer.Option("--include-instancenorm", help="Also InstanceNorm layers with running stats."),
     ] = False,
     device: opt.Device = "auto",
     max_shard_size: opt.MaxShardSize = None,
@@ -112,13 +105,14 @@ def bn_recalibrate_command(
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
 ) -> None:
-    """Re-estimate BatchNorm statistics with one pass over training data (update_bn exactly).
+    """Re-estimate BatchNorm statistics with one pass over data (update_bn exactly).
 
-    Only the BatchNorm buffers change; every other tensor is copied bit for bit. Statistics that
-    come out NaN or infinite are written and reported as a warning (and under "non_finite" and
-    "warnings" with --json), as wa average does.
+    Only the BatchNorm buffers change; every other tensor is copied bit for bit.
 
-    Example: wa bn-recalibrate swa.safetensors --model net.py:build --data net.py:loader -o out
+    \b
+    Example:
+      wa bn-recalibrate swa.safetensors --model net.py:build \\
+        --data net.py:loader -o swa_bn.safetensors
     """
     from wa_cli.cli.inputs import read_options
     from wa_cli.cli.render import warn

@@ -7,14 +7,11 @@ from typing import Annotated
 import typer
 
 from wa_cli.cli import options as opt
-from wa_cli.cli.app import app
 from wa_cli.cli.render import byte_progress, emit_run_report
-from wa_cli.methods.ema import LOOKAHEAD_HELP
 
 _DECAY = "Decay (give exactly one)"
 
 
-@app.command("ema")
 def ema_command(
     inputs: opt.Inputs,
     output: opt.OptionalOutput = None,
@@ -22,32 +19,37 @@ def ema_command(
         float | None,
         typer.Option(
             "--decay",
-            help="Fixed decay D in [0, 1] per checkpoint: e_i = D e_{i-1} + (1 - D) θ_i. "
-            "0 returns the last checkpoint, 1 the first.",
             rich_help_panel=_DECAY,
+            help="Fixed decay D in [0, 1] per checkpoint.",
+            metavar="D",
         ),
     ] = None,
     decay_per_step: Annotated[
         float | None,
         typer.Option(
             "--decay-per-step",
-            help="Decay per training step d in [0, 1]: β_i = d^(s_i - s_{i-1}), so uneven gaps "
-            "between saves weigh correctly (needs step numbers).",
             rich_help_panel=_DECAY,
+            help="Decay d per training step (uneven gaps).",
+            metavar="d",
         ),
     ] = None,
     half_life: Annotated[
         float | None,
         typer.Option(
             "--half-life",
-            help="Steps after which a checkpoint's weight halves (> 0): --decay-per-step "
-            "0.5^(1/H).",
             rich_help_panel=_DECAY,
+            help="Steps after which a weight halves.",
+            metavar="H",
         ),
     ] = None,
     alpha: Annotated[
         float | None,
-        typer.Option("--alpha", help=LOOKAHEAD_HELP, rich_help_panel=_DECAY),
+        typer.Option(
+            "--alpha",
+            rich_help_panel=_DECAY,
+            help="Lookahead: decay 1 - A (not Lookahead unless trained so).",
+            metavar="A",
+        ),
     ] = None,
     order: opt.Order = None,
     last: opt.Last = None,
@@ -75,12 +77,13 @@ def ema_command(
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
 ) -> None:
-    """EMA over a trajectory: e_0 = the first selected checkpoint, e_i = β_i e_{i-1} + (1-β_i) θ_i.
+    """EMA over a trajectory: e_0 = θ_0, e_i = β_i e_{i-1} + (1 - β_i) θ_i.
 
-    Checkpoints are put in trajectory order (step metadata, else the number in the file name);
-    the report lists each checkpoint's weight in the result (they sum to 1).
+    Inputs are put in trajectory order; the report lists each one's weight.
 
-    Example: wa ema runs/a/ckpt_*.safetensors --half-life 500 -o ema.safetensors
+    \b
+    Example:
+      wa ema 'runs/a/ckpt_*.safetensors' --half-life 500 -o ema.safetensors
     """
     from wa_cli.cli.inputs import (
         Selection,

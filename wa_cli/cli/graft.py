@@ -8,13 +8,11 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 from wa_cli.cli import options as opt
-from wa_cli.cli.app import app
 
 if TYPE_CHECKING:
     from wa_cli.methods.graft.files import GraftPlan
 
 
-@app.command("graft")
 def graft_command(
     inputs: opt.Inputs,
     output: Annotated[
@@ -22,27 +20,40 @@ def graft_command(
         typer.Option(
             "-o",
             "--output",
-            help="Output .safetensors file (two inputs), or a folder that receives "
-            "<input>.grafted.safetensors for each of three or more inputs.",
             show_default=False,
+            help="Output file (2 inputs) or folder (3+).",
+            metavar="PATH",
         ),
     ] = None,
     rule: Annotated[
         Literal["module", "tensor", "paper"],
         typer.Option(
             "--rule",
-            help="module: one α per module, from its weight; tensor: one α per tensor; paper: "
-            "the reference code (conv keys set α, the others inherit it in state-dict order; "
-            "half-open bins; α rounded to 2 decimals).",
+            help="module (default)|tensor|paper (README: Graft).",
+            metavar="RULE",
+            show_default=False,
         ),
     ] = "module",
     a: Annotated[
-        float, typer.Option("--a", help="Amplitude A, 0 <= A < 1 (0: a plain mean).")
+        float,
+        typer.Option(
+            "--a", help="Amplitude A, 0 <= A < 1 (default: 0.4).", metavar="A", show_default=False
+        ),
     ] = 0.4,
-    c: Annotated[float, typer.Option("--c", help="Steepness c > 0 of α in ΔH.")] = 500.0,
-    bins: Annotated[int, typer.Option("--bins", help="Histogram bins (paper: 10).")] = 10,
+    c: Annotated[
+        float,
+        typer.Option(
+            "--c", help="Steepness c > 0 (default: 500).", metavar="C", show_default=False
+        ),
+    ] = 500.0,
+    bins: Annotated[
+        int,
+        typer.Option(
+            "--bins", help="Histogram bins (default: 10).", metavar="B", show_default=False
+        ),
+    ] = 10,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the α table and write nothing.")
+        bool, typer.Option("--dry-run", help="Print the α table; write nothing.")
     ] = False,
     dtype: opt.DType = None,
     precision: opt.Precision = "auto",
@@ -57,13 +68,13 @@ def graft_command(
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
 ) -> None:
-    """Graft runs: u' = α u + (1−α) v per module, α = (A/π)·arctan(c·(H(u)−H(v))) + 0.5.
+    """Graft runs: u' = α u + (1 - α) v, α = (A/π) arctan(c (H(u) - H(v))) + 1/2.
 
-    The layer with more weight entropy keeps more of itself. Two inputs write one model; three or
-    more graft as a ring (i receives from i−1) into the -o folder. Non-float tensors keep the
-    receiver's values.
+    Two inputs write one model; three or more graft as a ring into the -o folder.
 
-    Example: wa graft runs/a/last.safetensors runs/b/last.safetensors -o grafted.safetensors
+    \b
+    Example:
+      wa graft run_a/last.safetensors run_b/last.safetensors -o g.safetensors
     """
     from wa_cli.cli.inputs import open_inputs
     from wa_cli.cli.render import byte_progress, emit_run_report, hint, print_json, warn

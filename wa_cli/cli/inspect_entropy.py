@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 from wa_cli.cli import options as opt
-from wa_cli.cli.app import app
 
 if TYPE_CHECKING:
     from wa_cli.methods.graft.report import EntropyReport
@@ -17,42 +16,65 @@ BAR_WIDTH = 8
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 
 
-@app.command("inspect-entropy")
 def inspect_entropy_command(
     inputs: opt.Inputs,
     by: Annotated[
         Literal["tensor", "module"],
-        typer.Option("--by", help="One row per floating tensor, or per module (its weight)."),
+        typer.Option(
+            "--by", help="Rows per tensor (default) or module.", metavar="BY", show_default=False
+        ),
     ] = "tensor",
     pattern: Annotated[
         str | None,
-        typer.Option("--filter", help="Keep rows whose name matches this regular expression."),
+        typer.Option("--filter", help="Keep rows whose name matches REGEX.", metavar="REGEX"),
     ] = None,
     sort: Annotated[
         Literal["order", "name", "entropy"],
         typer.Option(
-            "--sort", help="Key order of the checkpoint, name, or entropy (lowest first)."
+            "--sort", help="order (default)|name|entropy.", metavar="SORT", show_default=False
         ),
     ] = "order",
-    bins: Annotated[int, typer.Option("--bins", help="Histogram bins (paper: 10).")] = 10,
+    bins: Annotated[
+        int,
+        typer.Option(
+            "--bins", help="Histogram bins (default: 10).", metavar="B", show_default=False
+        ),
+    ] = 10,
     base: Annotated[
-        Literal["e", "2"], typer.Option("--base", help="Logarithm base: e (nats) or 2 (bits).")
+        Literal["e", "2"],
+        typer.Option(
+            "--base",
+            help="Logarithm: e (nats, default) or 2 (bits).",
+            metavar="BASE",
+            show_default=False,
+        ),
     ] = "e",
     l1_threshold: Annotated[
         float,
         typer.Option(
-            "--l1-threshold", help="Output filters with an L1 norm below this are invalid."
+            "--l1-threshold",
+            help="Filters with L1 norm below T are invalid.",
+            metavar="T",
+            show_default=False,
         ),
     ] = 0.1,
-    a: Annotated[float, typer.Option("--a", help="Graft amplitude for the α column.")] = 0.4,
-    c: Annotated[float, typer.Option("--c", help="Graft steepness for the α column.")] = 500.0,
+    a: Annotated[
+        float,
+        typer.Option(
+            "--a", help="Graft amplitude of the α column (0.4).", metavar="A", show_default=False
+        ),
+    ] = 0.4,
+    c: Annotated[
+        float,
+        typer.Option(
+            "--c", help="Graft steepness of the α column (500).", metavar="C", show_default=False
+        ),
+    ] = 500.0,
     keys: opt.Keys = "strict",
     csv: Annotated[bool, typer.Option("--csv", help="Print the rows as CSV on stdout.")] = False,
     plot: Annotated[
         Path | None,
-        typer.Option(
-            "--plot", help="Also write a PNG of entropy per layer (needs the wa[plot] extra)."
-        ),
+        typer.Option("--plot", help="Also write a PNG plot (wa-toolkit[plot]).", metavar="FILE"),
     ] = None,
     device: opt.Device = "auto",
     key: opt.PickleKey = None,
@@ -67,11 +89,11 @@ def inspect_entropy_command(
 ) -> None:
     """Weight entropy per tensor or module (Filter Grafting's layer information).
 
-    With two or more checkpoints: side-by-side entropies and the α `wa graft` would use
-    (checkpoint i receives from i−1; --by module previews --rule module, --by tensor --rule
-    tensor).
+    With two or more checkpoints: side by side, with the α `wa graft` would use.
 
-    Example: wa inspect-entropy run_a/last.safetensors run_b/last.safetensors --by module
+    \b
+    Example:
+      wa inspect-entropy run_a/last.safetensors run_b/last.safetensors --by module
     """
     from wa_cli.cli.inputs import open_inputs
     from wa_cli.cli.render import print_json

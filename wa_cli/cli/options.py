@@ -10,81 +10,85 @@ import typer
 Inputs = Annotated[
     list[str],
     typer.Argument(
-        help="Checkpoints: .safetensors files, sharded folders or their index.json, .pt/.pth/"
-        ".pth.tar/.bin/.ckpt pickles, run folders (checkpoint-N/, save_pretrained, DCP), "
-        "folders of checkpoints, or quoted globs (expanded in natural order).",
+        metavar="INPUTS",
+        help="Checkpoint files, folders or quoted globs (README: Inputs).",
         show_default=False,
     ),
 ]
 Output = Annotated[
     Path,
     typer.Option(
-        "-o",
-        "--output",
-        help="Output .safetensors file (a folder with --max-shard-size).",
-        show_default=False,
+        "-o", "--output", metavar="FILE", help="Output .safetensors file.", show_default=False
     ),
 ]
+# A plain flag (`--force`, never `--force true`), with no `--no-force` twin.
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
 DType = Annotated[
     str | None,
     typer.Option(
         "--dtype",
-        help="Output dtype of floating tensors: float32, float16, bfloat16, "
-        "float64 (default: each tensor's own).",
+        metavar="DTYPE",
+        help="float32|float16|bfloat16|float64 (default: own).",
+        show_default=False,
     ),
 ]
 Precision = Annotated[
     Literal["auto", "float32", "float64"],
     typer.Option(
         "--precision",
-        help="Accumulator: auto = float32 for 16-bit inputs, float64 for float32 inputs "
-        "(never narrower than the input or --dtype). float32 on float32 inputs rounds every "
-        "sum: k identical inputs may then not average to themselves bit for bit.",
+        metavar="P",
+        help="Accumulator: auto (wider than input)|float32|float64.",
+        show_default=False,
     ),
 ]
 Device = Annotated[
     str,
-    typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto: the GPU when there is one)."),
+    typer.Option(
+        "--device", metavar="DEV", help="auto (default)|cpu|cuda|cuda:N.", show_default=False
+    ),
 ]
 NonFloat = Annotated[
     Literal["last", "first", "error"],
     typer.Option(
         "--non-float",
-        help="Non-float tensors (num_batches_tracked, masks) are never "
-        "interpolated: copy them from the last or first input, or fail if inputs differ.",
+        metavar="P",
+        help="Non-float tensors: copy last (default)|first|error.",
+        show_default=False,
     ),
 ]
 Keys = Annotated[
     Literal["strict", "intersection", "union"],
     typer.Option(
         "--keys",
-        help="strict: all inputs hold the same keys; intersection: keep shared "
-        "keys; union: each key over the inputs that hold it.",
+        metavar="MODE",
+        help="Key sets: strict (default)|intersection|union.",
+        show_default=False,
     ),
 ]
 MaxShardSize = Annotated[
     str | None,
     typer.Option(
         "--max-shard-size",
-        help="Write Hugging Face style shards of at most this size "
-        "(e.g. 5GB) plus model.safetensors.index.json into the -o folder.",
+        metavar="SIZE",
+        help="Write shards (e.g. 5GB) + index into the -o folder.",
+        show_default=False,
     ),
 ]
 PickleKey = Annotated[
     str | None,
     typer.Option(
         "--key",
-        help="For .pt inputs: the nested dict holding the state dict, a.b.c for nested dicts "
-        "(auto-detects state_dict, model, state_dict_ema, module).",
+        metavar="KEY",
+        help="Pickles: the dict holding the state dict (a.b.c).",
+        show_default=False,
     ),
 ]
 StripPrefix = Annotated[
     list[str] | None,
     typer.Option(
         "--strip-prefix",
-        help="Drop this key prefix (repeatable: --strip-prefix model. --strip-prefix module.); "
-        "'auto' drops the dotted prefix every key of every input shares.",
+        metavar="PREFIX",
+        help="Drop this key prefix, or auto (repeatable).",
         show_default=False,
     ),
 ]
@@ -92,7 +96,8 @@ Include = Annotated[
     list[str] | None,
     typer.Option(
         "--include",
-        help="Use only keys matching this regular expression (searched; repeatable).",
+        metavar="REGEX",
+        help="Use only keys matching REGEX (repeatable).",
         show_default=False,
     ),
 ]
@@ -100,7 +105,8 @@ Exclude = Annotated[
     list[str] | None,
     typer.Option(
         "--exclude",
-        help="Leave out keys matching this regular expression (searched; repeatable).",
+        metavar="REGEX",
+        help="Leave out keys matching REGEX (repeatable).",
         show_default=False,
     ),
 ]
@@ -108,14 +114,14 @@ AllowGlobal = Annotated[
     list[str] | None,
     typer.Option(
         "--allow-global",
-        help="Let pickles hold this data-only class, MODULE.NAME (repeatable). A class a "
-        "pickle may construct can run code: name only classes you trust (README).",
+        metavar="MOD.NAME",
+        help="Let pickles hold this trusted class (README).",
         show_default=False,
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
 Quiet = Annotated[
-    bool, typer.Option("-q", "--quiet", help="No progress bar, no hints, no warning lines.")
+    bool, typer.Option("-q", "--quiet", help="No progress bar, hints or warning lines.")
 ]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
 
@@ -125,7 +131,8 @@ OptionalOutput = Annotated[
     typer.Option(
         "-o",
         "--output",
-        help="Output .safetensors file (a folder with --max-shard-size); not needed for --dry-run.",
+        metavar="FILE",
+        help="Output .safetensors file (folder with shards).",
         show_default=False,
     ),
 ]
@@ -137,58 +144,54 @@ Order = Annotated[
     str | None,
     typer.Option(
         "--order",
-        help="Trajectory order: auto (the step recorded inside the files, else the step in the "
-        "file or folder name, else the recorded epoch, else natural name order), step, name or "
-        "given. Default: auto for ema; for average, auto when "
-        "a selection flag is given, else the given order.",
+        metavar="ORDER",
+        help="auto|step|name|given (README: Selection).",
         rich_help_panel=_SELECT,
         show_default=False,
     ),
 ]
 Last = Annotated[
     int | None,
-    typer.Option("--last", help="Keep the last N checkpoints.", rich_help_panel=_SELECT),
+    typer.Option(
+        "--last", metavar="N", help="Keep the last N checkpoints.", rich_help_panel=_SELECT
+    ),
 ]
 Every = Annotated[
     int | None,
     typer.Option(
-        "--every",
-        help="Keep every K-th checkpoint, counted from the first one kept (by position).",
-        rich_help_panel=_SELECT,
+        "--every", metavar="K", help="Keep every K-th checkpoint.", rich_help_panel=_SELECT
     ),
 ]
 FromStep = Annotated[
     int | None,
-    typer.Option("--from-step", help="Keep steps >= S (inclusive).", rich_help_panel=_SELECT),
+    typer.Option("--from-step", metavar="S", help="Keep steps >= S.", rich_help_panel=_SELECT),
 ]
 ToStep = Annotated[
     int | None,
-    typer.Option("--to-step", help="Keep steps <= S (inclusive).", rich_help_panel=_SELECT),
+    typer.Option("--to-step", metavar="S", help="Keep steps <= S.", rich_help_panel=_SELECT),
 ]
 TopK = Annotated[
     int | None,
     typer.Option(
-        "--top-k",
-        help="Keep the K best checkpoints by --metric (direction: --mode), in trajectory order.",
-        rich_help_panel=_SELECT,
+        "--top-k", metavar="K", help="Keep the K best by --metric.", rich_help_panel=_SELECT
     ),
 ]
 Metric = Annotated[
     str | None,
     typer.Option(
         "--metric",
-        help="Metric for --top-k: a metadata entry of each checkpoint (e.g. val_loss), or a column "
-        "of the --metrics file.",
+        metavar="NAME",
+        help="Metadata entry or --metrics column, e.g. val_loss.",
         rich_help_panel=_SELECT,
+        show_default=False,
     ),
 ]
 Mode = Annotated[
     Literal["min", "max"] | None,
     typer.Option(
         "--mode",
-        help="Which metric values are best: min (a loss) or max (an accuracy). Default: from the "
-        "metric's name (loss, err, ppl, wer → min; acc, top1, f1, bleu, map, auc → max); "
-        "required when the name does not say.",
+        metavar="MODE",
+        help="min|max is best (default: from the metric name).",
         rich_help_panel=_SELECT,
         show_default=False,
     ),
@@ -197,7 +200,8 @@ MetricsFile = Annotated[
     Path | None,
     typer.Option(
         "--metrics",
-        help="CSV (file,value) or JSON ({file: value}) mapping checkpoints to metric values.",
+        metavar="FILE",
+        help="CSV or JSON of metric values per checkpoint.",
         rich_help_panel=_SELECT,
         show_default=False,
     ),
@@ -206,8 +210,7 @@ DryRun = Annotated[
     bool,
     typer.Option(
         "--dry-run",
-        help="Print the ordered selection (steps, metric values, each checkpoint's weight) and "
-        "write nothing.",
+        help="Print the selection and weights; write nothing.",
         rich_help_panel=_SELECT,
     ),
 ]

@@ -281,12 +281,12 @@ def entropy_report(
 
 
 def check_plot_available() -> None:
-    """Raise a one-line ``WaError`` when matplotlib (the ``wa[plot]`` extra) is missing."""
+    """Raise a one-line ``WaError`` when matplotlib (the ``wa-toolkit[plot]`` extra) is missing."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise WaError(
-            "--plot needs matplotlib, which is not installed (pip install 'wa[plot]')",
+            "--plot needs matplotlib, which is not installed (pip install 'wa-toolkit[plot]')",
             ExitCode.USAGE,
         ) from None
 
