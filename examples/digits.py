@@ -1,5 +1,5 @@
-"""Train the sample CNN on digits with the ``wa_cli.train`` helpers; shared by the sample
-trajectory (``sample_checkpoints/generate.py``) and the evidence script (``examples/evidence.py``).
+"""Train the sample CNN on digits with the ``wa_cli.train`` helpers, for the sample trajectory
+(``sample_checkpoints/generate.py``); ``examples/evidence.py`` has its own harder task.
 
 Runs are deterministic for a given configuration: seeded weights and data order, one thread,
 ``torch.use_deterministic_algorithms(True)``.
