@@ -258,3 +258,20 @@ def test_dry_run_fails_where_the_run_fails(tmp_path, capsys, command):
     save_file({"w": torch.zeros(3)}, b)
     dry = run_wa([command, a, b, *decay, "--dry-run", "-o", a, "--force"], capsys)
     assert_one_line_error(dry, 5, "would overwrite the input")
+
+
+def test_outputs_record_the_step_range_and_the_last_step(tmp_path, capsys):
+    from safetensors import safe_open
+
+    lightning_run(tmp_path / "ckpts")
+    for command, extra in (("average", ["--last", "3"]), ("ema", ["--half-life", "23"])):
+        out = tmp_path / f"{command}.safetensors"
+        r = run_wa([command, tmp_path / "ckpts", *extra, "-o", out], capsys)
+        assert r.code == 0, r.stderr
+        with safe_open(out, "pt") as f:
+            meta = f.metadata()
+        steps = [69, 92, 115] if command == "average" else [23, 46, 69, 92, 115]
+        assert json.loads(meta["wa_steps"]) == steps
+        assert (meta["wa_first_step"], meta["wa_last_step"]) == (str(steps[0]), "115")
+        assert meta["wa_step_source"] == "steps from 'global_step' recorded inside the files"
+        assert json.loads(meta["wa_epochs"]) == list(range(5))[-len(steps) :]

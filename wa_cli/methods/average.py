@@ -23,6 +23,7 @@ from wa_cli.engine.run import RunReport, assemble, combine_to_file
 from wa_cli.errors import WaError
 from wa_cli.methods.inputs import Inputs, PathOrCheckpoint, open_inputs
 from wa_cli.params import bad
+from wa_cli.select.order import step_metadata
 
 __all__ = ["PathOrCheckpoint", "average", "average_to_file", "source_weights", "validate_weights"]
 
@@ -143,7 +144,7 @@ def average_to_file(
         source_weights(w),
         output,
         method=method,
-        metadata=provenance(ckpts, method, params, out.command),
+        metadata={**provenance(ckpts, method, params, out.command), **step_metadata(ckpts)},
         params=params,
         input_weights=normalized_weights(w),
         precision=opts.precision,

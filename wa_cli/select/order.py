@@ -9,6 +9,7 @@ the file name, else natural name order. A tie or a mix of sources is an error na
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -296,3 +297,36 @@ def training_order(items: Sequence[C]) -> tuple[list[int], str] | None:
         return None
     position = {id(e.item): i for i, e in enumerate(ordered)}
     return sorted(range(len(items)), key=lambda i: position[id(items[i])]), ordered[0].order
+
+
+def step_metadata(items: Sequence[C]) -> dict[str, str]:
+    """What an output records about its inputs' steps (safetensors metadata strings).
+
+    ``wa_steps``: the inputs' steps in input order (JSON); ``wa_first_step`` /
+    ``wa_last_step``: the smallest and largest (for an EMA over a trajectory, ``wa_last_step``
+    is the step the average stands for); ``wa_step_source``: where the steps came from;
+    ``wa_epochs``: the recorded epochs, when every input records one. Empty when the inputs
+    have no steps (or steps that cannot be read).
+
+    Example:
+        >>> from types import SimpleNamespace as N
+        >>> items = [N(name=f"ckpt_{s}.pt", path=Path(f"ckpt_{s}.pt"), metadata={}) for s in (5, 9)]
+        >>> step_metadata(items)["wa_last_step"]
+        '9'
+    """
+    out: dict[str, str] = {}
+    try:
+        entries = order_trajectory(items, "given", warn=False)
+    except WaError:
+        return out
+    steps = [e.step for e in entries]
+    if steps and all(s is not None for s in steps):
+        known = [s for s in steps if s is not None]
+        out["wa_steps"] = json.dumps(known)
+        out["wa_first_step"] = str(min(known))
+        out["wa_last_step"] = str(max(known))
+        out["wa_step_source"] = entries[0].order.removeprefix("the given order (").rstrip(")")
+    epochs = [epoch_in_metadata(it.metadata, it.name) for it in items]
+    if epochs and all(e is not None for e in epochs):
+        out["wa_epochs"] = json.dumps([e.value for e in epochs if e is not None])
+    return out

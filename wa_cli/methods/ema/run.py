@@ -224,6 +224,7 @@ def ema_to_file(
     from wa_cli.engine.options import ReduceOptions, WriteOptions
     from wa_cli.engine.provenance import provenance
     from wa_cli.engine.run import combine_to_file
+    from wa_cli.select.order import step_metadata
 
     opts = ReduceOptions.checked(
         keys=keys, non_float=non_float, dtype=dtype, precision=precision, device=device
@@ -239,7 +240,10 @@ def ema_to_file(
         weights,
         output,
         method="ema",
-        metadata=provenance(plan.checkpoints, "ema", params, out.command),
+        metadata={
+            **provenance(plan.checkpoints, "ema", params, out.command),
+            **step_metadata(plan.checkpoints),
+        },
         params=params,
         input_weights=coefficients,
         precision=opts.precision,
