@@ -9,17 +9,20 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
 import warnings
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from wa_cli import __version__
+from wa_cli.cli import signals
 from wa_cli.cli.flags import as_flags
 from wa_cli.engine import distributed
 from wa_cli.engine.provenance import set_cli_command
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.io import guard
 
 app = typer.Typer(
     name="wa",
@@ -134,8 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     if debug:
         logger.setLevel(logging.DEBUG)
     set_cli_command(args)
+    previous_handlers = signals.install()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), guard.session():
             if not debug:
                 # Warnings raised in torch, or in wa's calls into torch (wa itself warns through
                 # logging), say nothing a wa user can act on; any other Python warning (a user's
@@ -145,13 +149,27 @@ def main(argv: list[str] | None = None) -> None:
             _run(args, debug)
     finally:
         distributed.stop()  # under torchrun: after rank 0 has printed, every rank leaves
+        signals.restore(previous_handlers)
         set_cli_command(None)
         logger.removeHandler(handler)
         logger.setLevel(previous_level)
 
 
 def _run(args: list[str], debug: bool) -> None:
+    from wa_cli.io import atomic
+
     command = typer.main.get_command(app)
+    invoke = command.invoke
+
+    def invoke_reporting_interrupts(ctx: Any) -> Any:
+        # Typer turns a KeyboardInterrupt into a silent exit 130; make it an interrupt wa reports.
+        try:
+            return invoke(ctx)
+        except KeyboardInterrupt:
+            raise signals.Interrupted(signal.SIGINT) from None
+
+    command.invoke = invoke_reporting_interrupts  # type: ignore[method-assign]
+    written_before = len(atomic.committed)
     try:
         if distributed.launched():  # torchrun: join the other ranks (see README, Many machines)
             distributed.start(args)
@@ -164,10 +182,18 @@ def _run(args: list[str], debug: bool) -> None:
         # Under torchrun a failure is shared with every rank and printed by rank 0 alone.
         message, exit_code = distributed.share_failure(e)
         _fail(message, exit_code)
-    except KeyboardInterrupt:
-        _fail("interrupted; nothing was written", ExitCode.USAGE, status=130)
     except distributed.Terminated:
         _fail(distributed.terminated_message(), ExitCode.USAGE, status=143)
+    except (signals.Interrupted, KeyboardInterrupt) as e:
+        stop = e if isinstance(e, signals.Interrupted) else signals.Interrupted(signal.SIGINT)
+        written = atomic.committed[written_before:]
+        what = (
+            f"after writing {', '.join(repr(str(p)) for p in written)}"
+            if written
+            else "nothing was written"
+        )
+        signals.reported()
+        _fail(f"interrupted by {stop.name}; {what}", ExitCode.USAGE, status=stop.status)
     except Exception as e:
         if type(e).__name__ == "NoArgsIsHelpError":
             # A bare `wa` (typer's click raises this usage error): the help is the answer, not

@@ -26,7 +26,7 @@ from wa_cli.engine.combine import (
 )
 from wa_cli.engine.plan import Plan
 from wa_cli.engine.precision import Precision
-from wa_cli.errors import ExitCode, WaError
+from wa_cli.io.guard import ReadPath, refuse_inputs
 from wa_cli.io.reader import Checkpoint
 from wa_cli.io.writer import write_safetensors
 
@@ -82,17 +82,13 @@ class RunReport:
 
 def check_output_is_not_input(output: Path, inputs: Plan | Sequence[Checkpoint]) -> None:
     """An input is never overwritten, not even with --force (``inputs``: a plan or checkpoints)."""
+    refuse_inputs(output, input_reads(inputs))
+
+
+def input_reads(inputs: Plan | Sequence[Checkpoint]) -> list[ReadPath]:
+    """What the output guard protects for these checkpoints (files and shard folders)."""
     checkpoints = inputs.checkpoints if isinstance(inputs, Plan) else inputs
-    targets = {output.resolve()}
-    if output.is_dir():
-        targets |= {p.resolve() for p in output.iterdir()}
-    for ckpt in checkpoints:
-        for f in ckpt.files:
-            if f.resolve() in targets or output.resolve() in f.resolve().parents:
-                raise WaError(
-                    f"output '{output}' would overwrite the input '{f}' (choose another -o)",
-                    ExitCode.OUTPUT,
-                )
+    return [r for ckpt in checkpoints for r in ckpt.read_paths()]
 
 
 def combine_to_file(
@@ -140,7 +136,7 @@ def combine_to_file(
         with contextlib.closing(chunks):
             written = write_safetensors(
                 output, plan.output_tensors(), chunks, metadata,
-                force=force, max_shard_size=max_shard_size,
+                force=force, max_shard_size=max_shard_size, reads=input_reads(plan),
             )  # fmt: skip
     finally:
         for ckpt in plan.checkpoints:

@@ -1,28 +1,88 @@
-"""Atomic replacement of a file or a folder: write a temporary sibling, then rename it into place.
+"""Atomic replacement of a file or a folder: write a temporary sibling, then swap it into place.
 
-A crash, an error or Ctrl-C at any point leaves either the previous destination or the complete new
-one, never a partial file, and removes the temporary (timm's checkpoint saver does the same with
-``os.replace``; mergekit writes in place and leaves half-written shards behind).
+Guarantees (README "Nothing lost"):
+
+* The destination holds, at every instant, either the previous output or the complete new one.
+  A file is renamed over the old one. A folder is swapped with the old one in one call
+  (``renameat2(RENAME_EXCHANGE)``, Linux 3.15+); the old copy then sits at the temporary name and
+  is removed. Where the kernel or filesystem lacks the exchange, the old folder is renamed aside
+  and the new one renamed in, with SIGINT/SIGTERM/SIGHUP blocked between the two renames (only a
+  crash or SIGKILL there leaves the old folder at its ``.wa-tmp`` name).
+* Without ``--force`` the destination is created exclusively (``RENAME_NOREPLACE``, or a hard link
+  for files), so two runs writing one path cannot both succeed.
+* Temporary names are ``.NAME.wa-tmp-PID-XXXX`` (cut to fit NAME_MAX). A run writing a
+  destination first removes the stale temporaries of processes that no longer exist (left by a
+  SIGKILL or a power cut) and says so once.
+* ``transaction()`` commits several outputs together (graft's N outputs): all are written to
+  temporaries first, and a failure before the commit leaves none of them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import ctypes
+import errno
+import hashlib
+import logging
 import os
+import re
+import secrets
 import shutil
-import uuid
+import signal
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from wa_cli.errors import ExitCode, WaError, listing
+from wa_cli.errors import ExitCode, WaError
+from wa_cli.io.guard import Reads
+from wa_cli.io.guard import check_destination as _guard_check
 
-# What a folder written by wa holds (shards and their index): the only folder --force replaces.
-_SHARD_FOLDER_SUFFIXES = (".safetensors", ".index.json")
+logger = logging.getLogger("wa_cli")
+
+_TMP = ".wa-tmp-"
+_TMP_RE = re.compile(r"\.wa-tmp-(\d+)-[0-9a-f]+$")
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_SIGNALS = tuple(
+    s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None
+)
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def _stem(destination: Path) -> str:
+    """``.NAME`` for the temporaries of ``destination``, shortened (with a hash) past NAME_MAX."""
+    name = destination.name
+    room = _name_max(destination.parent if str(destination.parent) else Path(".")) - 40
+    if len(name.encode()) <= room:
+        return f".{name}"
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    short = name.encode()[: room - 9].decode(errors="ignore")
+    return f".{short}~{digest}"
 
 
 def temporary_sibling(destination: Path) -> Path:
-    """A hidden path next to ``destination`` (same filesystem, so the final rename is atomic)."""
-    return destination.with_name(f".{destination.name}.wa-tmp-{uuid.uuid4().hex[:8]}")
+    """A hidden path next to ``destination`` (same filesystem) naming this process."""
+    return destination.with_name(f"{_stem(destination)}{_TMP}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+# Temporaries of this process not yet committed or removed (a hard exit removes them).
+_live: set[Path] = set()
+
+
+def remove_live() -> None:
+    """Remove every temporary in progress (the last resort of a process ending on a signal)."""
+    for path in list(_live):
+        with contextlib.suppress(OSError):
+            _remove(path)
+        _live.discard(path)
 
 
 def fsync_path(path: Path) -> None:
@@ -34,93 +94,293 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def check_destination(destination: Path, force: bool) -> None:
-    """Refuse an existing destination without ``force``, and a missing or read-only folder.
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
-    Even with ``force``, an existing folder is replaced only if it holds nothing but
-    ``*.safetensors`` and ``*.index.json`` files (a sharded checkpoint): replacing a folder
-    deletes everything in it, and ``-o models --force`` must not delete a user's other files.
-    """
-    if destination.exists() and not force:
-        raise WaError(
-            f"output '{destination}' already exists (pass --force to replace it)", ExitCode.OUTPUT
-        )
-    if destination.is_dir():
-        try:
-            others = sorted(
-                child.name
-                for child in destination.iterdir()
-                if not (child.is_file() and child.name.endswith(_SHARD_FOLDER_SUFFIXES))
-            )
-        except OSError as e:
-            raise WaError(
-                f"cannot replace output folder '{destination}': {e.strerror or e}", ExitCode.OUTPUT
-            ) from e
-        if others:
-            raise WaError(
-                f"output folder '{destination}' holds other files than shards "
-                f"({listing(others)}); wa replaces a folder only if it holds just *.safetensors "
-                "and *.index.json files, even with --force (pick a new or empty folder)",
-                ExitCode.OUTPUT,
-            )
+
+def remove_stale(destination: Path) -> list[Path]:
+    """Remove temporaries of ``destination`` whose process is gone; say so in one line."""
     parent = destination.parent if str(destination.parent) else Path(".")
-    if not parent.is_dir():
-        raise WaError(
-            f"cannot write '{destination}': folder '{parent}' does not exist", ExitCode.OUTPUT
+    stem = _stem(destination) + _TMP
+    removed = []
+    try:
+        entries = [e for e in os.scandir(parent) if e.name.startswith(stem)]
+    except OSError:
+        return []
+    for entry in entries:
+        m = _TMP_RE.search(entry.name)
+        if m and entry.name[: m.start()] + _TMP == stem and not _alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                _remove(Path(entry.path))
+                removed.append(Path(entry.path))
+    if removed:
+        logger.warning(
+            "removed %d temporary file(s) left by an interrupted run next to '%s'",
+            len(removed),
+            destination,
         )
-    if not os.access(parent, os.W_OK):
-        raise WaError(
-            f"cannot write '{destination}': folder '{parent}' is not writable", ExitCode.OUTPUT
-        )
+    return removed
+
+
+def check_destination(
+    destination: Path,
+    force: bool,
+    *,
+    folder: bool = False,
+    reads: Reads = (),
+) -> None:
+    """The guard (``wa_cli.io.guard``): every writer checks its destination through this."""
+    _guard_check(destination, force, folder=folder, reads=reads)
+
+
+# renameat2 -----------------------------------------------------------------------------------
+
+_libc: ctypes.CDLL | None = None
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> bool:
+    """``renameat2(src, dst, flags)``; False when the kernel, libc or filesystem lacks it."""
+    global _libc
+    if not hasattr(os, "uname") or os.uname().sysname != "Linux":
+        return False
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    a, b = os.fsencode(src), os.fsencode(dst)
+    fn = getattr(_libc, "renameat2", None)
+    if fn is not None:
+        rc = fn(_AT_FDCWD, a, _AT_FDCWD, b, ctypes.c_uint(flags))
+    else:  # glibc before 2.28: the raw system call
+        number = {"x86_64": 316, "aarch64": 276}.get(os.uname().machine)
+        if number is None:
+            return False
+        rc = _libc.syscall(number, _AT_FDCWD, a, _AT_FDCWD, b, ctypes.c_uint(flags))
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step; False where unsupported (the caller falls back)."""
+    return _renameat2(a, b, _RENAME_EXCHANGE)
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename, failing with EEXIST if ``dst`` exists (two runs cannot both create it)."""
+    if _renameat2(src, dst, _RENAME_NOREPLACE):
+        return
+    if src.is_dir():
+        os.rename(src, dst)  # POSIX refuses a non-empty folder; an empty one is no output
+        return
+    os.link(src, dst)  # fails with EEXIST
+    os.unlink(src)
 
 
 @contextlib.contextmanager
-def atomic_destination(destination: str | os.PathLike[str], force: bool = False) -> Iterator[Path]:
+def signals_blocked() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP until the block ends (they are delivered after it)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+# commit --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    tmp: Path
+    destination: Path
+    force: bool
+    old: Path | None = None  # where the previous output went, until removed
+    done: bool = False
+
+
+@dataclass
+class _Transaction:
+    pending: list[_Pending] = field(default_factory=list)
+
+
+_transaction: contextvars.ContextVar[_Transaction | None] = contextvars.ContextVar(
+    "wa_transaction", default=None
+)
+# Destinations committed by this process (the interrupt message says what was written).
+committed: list[Path] = []
+
+
+def _commit(p: _Pending) -> None:
+    """Put ``p.tmp`` at ``p.destination``; the previous output (if any) ends at ``p.old``."""
+    dest = p.destination
+    if not p.force:
+        try:
+            _rename_noreplace(p.tmp, dest)
+        except FileExistsError as e:
+            raise FileExistsError(e.errno, "it appeared while wa was writing", str(dest)) from e
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise FileExistsError(
+                    errno.EEXIST, "it appeared while wa was writing", str(dest)
+                ) from e
+            raise
+    elif not os.path.lexists(dest):
+        os.rename(p.tmp, dest)
+    elif _exchange(p.tmp, dest):
+        p.old = p.tmp  # the old output now sits at the temporary name
+    elif p.tmp.is_dir() or dest.is_dir():
+        aside = temporary_sibling(dest)
+        os.rename(dest, aside)
+        try:
+            os.rename(p.tmp, dest)
+        except BaseException:
+            os.rename(aside, dest)
+            raise
+        p.old = aside
+    else:
+        aside = temporary_sibling(dest)  # a hard link keeps the old file for a rollback
+        try:
+            os.link(dest, aside)
+            p.old = aside
+        except OSError:
+            pass
+        os.replace(p.tmp, dest)
+    p.done = True
+
+
+def _rollback(p: _Pending) -> None:
+    """Undo the commit of one output of a transaction whose later commit failed."""
+    if not p.done:
+        return
+    if p.old is None:
+        _remove(p.destination)  # there was no previous output
+    elif p.old.is_dir() and _exchange(p.old, p.destination):
+        _remove(p.old)  # the new output, swapped back to the temporary name
+    elif p.old.is_dir():
+        _remove(p.destination)
+        os.rename(p.old, p.destination)
+    elif not _exchange(p.old, p.destination):
+        os.replace(p.old, p.destination)
+    else:
+        _remove(p.old)
+
+
+def _finish(pending: list[_Pending]) -> None:
+    """Commit every output with signals held, then remove the previous copies.
+
+    A signal that arrives meanwhile is delivered when the block ends, so it cannot land
+    between two renames or leave a half-removed old copy; the outputs are complete by then.
+    """
+    with signals_blocked():
+        done: list[_Pending] = []
+        try:
+            for p in pending:
+                try:
+                    _commit(p)
+                except OSError as e:
+                    raise WaError(
+                        f"cannot write '{p.destination}': {e.strerror or e}", ExitCode.OUTPUT
+                    ) from e
+                done.append(p)
+        except BaseException:
+            for p in reversed(done):
+                with contextlib.suppress(OSError):
+                    _rollback(p)
+            raise
+        for p in pending:
+            parent = p.destination.parent if str(p.destination.parent) else Path(".")
+            with contextlib.suppress(OSError):
+                fsync_path(parent)
+            committed.append(p.destination)
+        for p in pending:
+            if p.old is not None:
+                try:
+                    _remove(p.old)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        _remove(p.old)  # retry once; a stale copy is removed by the next run
+                    raise
+
+
+@contextlib.contextmanager
+def transaction() -> Iterator[None]:
+    """Commit every ``atomic_destination`` inside the block together, when the block ends."""
+    t = _Transaction()
+    token = _transaction.set(t)
+    try:
+        try:
+            yield
+        finally:
+            _transaction.reset(token)
+        _finish(t.pending)
+    except BaseException:
+        for p in t.pending:
+            if not p.done:
+                _remove(p.tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_destination(
+    destination: str | os.PathLike[str],
+    force: bool = False,
+    *,
+    folder: bool = False,
+    reads: Reads = (),
+) -> Iterator[Path]:
     """Yield a temporary path to fill; on success it replaces ``destination`` atomically.
 
-    The temporary may be made a file or a folder by the caller. On any exception (KeyboardInterrupt
-    included) it is removed and ``destination`` is left as it was.
+    The destination is checked by the guard first (``folder``: the output is a shard folder;
+    ``reads``: files the caller reads). The temporary may be made a file or a folder by the
+    caller. On any exception (KeyboardInterrupt included) it is removed and ``destination`` is
+    left as it was. Inside ``transaction()`` the commit waits for the end of the block.
 
     Example:
         >>> with atomic_destination("out.safetensors", force=True) as tmp:  # doctest: +SKIP
         ...     tmp.write_bytes(b"...")
     """
     destination = Path(destination)
-    check_destination(destination, force)
+    check_destination(destination, force, folder=folder, reads=reads)
+    remove_stale(destination)
     tmp = temporary_sibling(destination)
+    _live.add(tmp)
+    pending = _Pending(tmp, destination, force)
     try:
         yield tmp
         if tmp.is_dir():
             for child in tmp.iterdir():
                 fsync_path(child)
         fsync_path(tmp)
-        _replace(tmp, destination)
-        fsync_path(destination.parent if str(destination.parent) else Path("."))
     except BaseException:
         _remove(tmp)
         raise
-
-
-def _replace(tmp: Path, destination: Path) -> None:
-    if tmp.is_dir() and destination.exists():
-        # A folder cannot be renamed over a non-empty folder: move the old one aside first, so
-        # the destination is never missing for longer than two renames.
-        aside = temporary_sibling(destination)
-        os.replace(destination, aside)
-        try:
-            os.replace(tmp, destination)
-        except BaseException:
-            os.replace(aside, destination)
-            raise
-        _remove(aside)
-    elif destination.is_dir():
-        shutil.rmtree(destination)
-        os.replace(tmp, destination)
-    else:
-        os.replace(tmp, destination)
+    t = _transaction.get()
+    if t is not None:
+        t.pending.append(pending)
+        return
+    try:
+        _finish([pending])
+    except BaseException:
+        if not pending.done:
+            _remove(tmp)
+        raise
 
 
 def _remove(path: Path) -> None:
+    _live.discard(path)
     with contextlib.suppress(FileNotFoundError):
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)

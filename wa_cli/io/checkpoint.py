@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.io.guard import ReadPath, describe
 from wa_cli.io.keys import strip_names
 from wa_cli.io.safetensors_header import TensorInfo
 
@@ -61,6 +62,10 @@ class Checkpoint:
     def files(self) -> list[Path]:
         """Every file this checkpoint reads (an output must never be one of them)."""
         return [self.path]
+
+    def read_paths(self) -> list[ReadPath]:
+        """What the output guard protects: every file, and a sharded checkpoint's folder."""
+        return [describe(f) for f in self.files]
 
     def read_into(self, key: str, out: torch.Tensor, byte_offset: int = 0) -> None:
         """Fill the uint8 CPU tensor ``out`` with the key's bytes from ``byte_offset`` on."""

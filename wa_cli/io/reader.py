@@ -20,6 +20,7 @@ import torch
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.checkpoint import Checkpoint, PositionalFile
 from wa_cli.io.formats import PICKLE_SUFFIXES, is_pickle_name, is_safetensors_name
+from wa_cli.io.guard import ReadPath, describe, note_reads
 from wa_cli.io.index import INDEX_SUFFIX, find_index, read_weight_map
 from wa_cli.io.keys import AUTO, NO_FILTER, WRAPPER_PREFIXES, KeyFilter, parse_strip, shared_prefix
 from wa_cli.io.safetensors_header import TensorInfo, read_header
@@ -92,6 +93,9 @@ class ShardedCheckpoint(Checkpoint):
     @property
     def files(self) -> list[Path]:
         return [self.path, self.index_path, *(s.path for s in self._shards.values())]
+
+    def read_paths(self) -> list[ReadPath]:
+        return [*super().read_paths(), describe(self.index_path.parent, folder=True)]
 
     def _rename(self, renamed: dict[str, str]) -> None:
         for shard in self._shards.values():
@@ -223,6 +227,7 @@ def open_checkpoints(
         for p in paths:
             ckpt = _open_one(Path(p), options, keys)
             opened.append(ckpt)
+            note_reads(ckpt.read_paths())  # the output guard never writes over them
             _filter_keys(ckpt, keys)
         if strip == AUTO:
             prefix = shared_prefix([c.keys() for c in opened])

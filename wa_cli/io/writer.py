@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.atomic import atomic_destination
 from wa_cli.io.formats import checkpoint_suffix, is_pickle_name, strip_checkpoint_suffix
+from wa_cli.io.guard import WA_MARK, Reads
 from wa_cli.io.safetensors_header import build_header
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -65,7 +67,7 @@ def check_output_name(destination: Path, *, sharded: bool = False) -> None:
     """A single-file output is a file name, not a folder, and not named like a pickle."""
     if sharded:
         return
-    if destination.is_dir():
+    if destination.is_dir() and not destination.is_symlink():
         raise WaError(
             f"output '{destination}' is a folder (give a file name, or --max-shard-size to "
             "write shards into a folder)",
@@ -106,6 +108,7 @@ def write_safetensors(
     *,
     force: bool = False,
     max_shard_size: int | None = None,
+    reads: Reads = (),
 ) -> list[Path]:
     """Stream ``chunks`` into a safetensors file (or a folder of shards) atomically.
 
@@ -119,6 +122,7 @@ def write_safetensors(
         metadata: string metadata for the header (and the index, when sharded).
         force: replace an existing destination.
         max_shard_size: bytes per shard; ``None`` writes one file.
+        reads: files the caller reads (the guard refuses to write over them).
 
     Returns:
         The files written (final paths).
@@ -132,7 +136,8 @@ def write_safetensors(
     check_output_name(destination, sharded=max_shard_size is not None)
     groups = _shard_groups(tensors, max_shard_size) if max_shard_size else [tensors]
     try:
-        with atomic_destination(destination, force) as tmp:
+        sharded = max_shard_size is not None
+        with atomic_destination(destination, force, folder=sharded, reads=reads) as tmp:
             if max_shard_size is None:
                 names = [tmp]
             else:
@@ -160,6 +165,8 @@ def _write_groups(
 ) -> None:
     # Zero-byte chunks carry nothing (zero-sized tensors may send one or none).
     stream = ((key, chunk) for key, chunk in chunks if chunk.numel())
+    # A test hook: seconds to sleep per chunk, so a test can signal a run mid-write.
+    delay = float(os.environ.get("WA_TEST_WRITE_DELAY", "0") or 0)
     for path, group in zip(paths, groups):
         sink = _FileSink(path, group, metadata)
         try:
@@ -174,6 +181,9 @@ def _write_groups(
                         raise RuntimeError(f"writer got too many bytes for {key!r}")
                     sink.file.write(data)
                     remaining -= len(data)
+                    if delay:
+                        sink.file.flush()
+                        time.sleep(delay)
         except BaseException:
             sink.file.close()
             raise
@@ -216,8 +226,17 @@ def _write_index(
 ) -> None:
     weight_map = {t.key: shard.name for shard, group in zip(shards, groups) for t in group}
     total = sum(_nbytes(t) for group in groups for t in group)
-    index = {"metadata": {"total_size": total, **metadata}, "weight_map": weight_map}
+    # The mark lets a later --force tell wa's own shard folder from someone else's.
+    meta = {"total_size": total, **metadata}
+    meta.setdefault(WA_MARK, _version())
+    index = {"metadata": meta, "weight_map": weight_map}
     path.write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _version() -> str:
+    from wa_cli import __version__
+
+    return __version__
 
 
 def write_state_dict(

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from wa_cli.errors import ExitCode, WaError, listing
+from wa_cli.io.guard import note_read
 
 _FILE_COLUMNS = ("file", "name", "path", "checkpoint")
 
@@ -138,6 +139,7 @@ def load_metrics_file(path: str | os.PathLike[str], metric: str | None = None) -
             f"metrics file '{path}' must end in .csv or .json (one value per checkpoint)",
             ExitCode.USAGE,
         )
+    note_read(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as e:

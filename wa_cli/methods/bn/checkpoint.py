@@ -278,7 +278,9 @@ def recalibrate_checkpoint(
                 return report
         else:
             # Before the forward passes: an output that cannot be written should not cost a run.
-            check_destination(output, force)
+            check_destination(
+                output, force, folder=max_shard_size is not None, reads=ckpt.read_paths()
+            )
             net.to(target)
             batches = data() if callable(data) and not hasattr(data, "__iter__") else data
             batches = _in_model_dtype(batches, net)

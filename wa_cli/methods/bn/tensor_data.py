@@ -20,6 +20,7 @@ import torch
 
 from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.io.formats import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, checkpoint_suffix
+from wa_cli.io.guard import note_read
 from wa_cli.io.pickles import check_tensor, load_pickle
 from wa_cli.methods.bn.usercode import describe_exception
 
@@ -142,6 +143,7 @@ def tensor_file_batches(
     path = Path(path)
     if not path.is_file():
         raise WaError(f"data file '{path}' does not exist", ExitCode.BAD_INPUT)
+    note_read(path)
     suffix = data_suffix(path)
     if suffix not in SUFFIXES:
         raise WaError(

@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from wa_cli.errors import ExitCode, WaError, listing
+from wa_cli.io.guard import note_read
 
 if TYPE_CHECKING:
     import torch
@@ -66,6 +67,8 @@ def resolve_callable(spec: str, *, what: str) -> Callable[..., Any]:
     if not sep or not source or not attr:
         raise WaError(f"{what} '{spec}' is not of the form {_FORMS}", ExitCode.USAGE)
     module = _import_file(source, what) if _is_path(source) else _import_module(source, what)
+    if getattr(module, "__file__", None):
+        note_read(module.__file__)  # the output guard never writes over the user's code
     target: Any = module
     for depth, part in enumerate(attr.split(".")):
         if not hasattr(target, part):

@@ -30,9 +30,9 @@ from wa_cli.engine.device import resolve_device
 from wa_cli.engine.plan import ARCHITECTURE_HINT, KeyPlan, Plan, build_plan
 from wa_cli.engine.precision import Precision
 from wa_cli.engine.provenance import provenance
-from wa_cli.engine.run import RunReport, check_output_is_not_input, combine_to_file
+from wa_cli.engine.run import RunReport, check_output_is_not_input, combine_to_file, input_reads
 from wa_cli.errors import ExitCode, WaError
-from wa_cli.io.atomic import check_destination
+from wa_cli.io.atomic import check_destination, transaction
 from wa_cli.io.reader import Checkpoint
 from wa_cli.methods.graft.alpha import (
     AlphaPlan,
@@ -329,7 +329,7 @@ def graft_to_files(
         plan = inputs
     else:
         plan = plan_graft(inputs, rule=rule, a=a, c=c, bins=bins, dtype=dtype, device=dev)
-    ckpts, names = plan.checkpoints, plan.names
+    ckpts = plan.checkpoints
     paths = output_paths(plan, output)
     pair_plans = [
         build_plan([ckpts[r], ckpts[d]], non_float="first", dtype=plan.dtype) for r, d in plan.pairs
@@ -337,10 +337,27 @@ def graft_to_files(
     for path in paths:
         check_output_is_not_input(path, plan.check)
         if len(paths) == 1 or path.parent.is_dir():
-            check_destination(path, force)
+            check_destination(path, force, reads=input_reads(plan.check))
     if len(paths) > 1:
         paths[0].parent.mkdir(parents=True, exist_ok=True)
-    reports = []
+    reports: list[RunReport] = []
+    with transaction():  # N outputs: all or none (a full disk at the last leaves no other)
+        _write_all(plan, paths, pair_plans, reports, precision, dev, force, progress, command)
+    return plan, reports
+
+
+def _write_all(
+    plan: GraftPlan,
+    paths: list[Path],
+    pair_plans: list[Plan],
+    reports: list[RunReport],
+    precision: Precision,
+    dev: torch.device,
+    force: bool,
+    progress: Callable[[int, int], None] | None,
+    command: str | None,
+) -> None:
+    ckpts, names = plan.checkpoints, plan.names
     for path, pair_plan, (r, d), alphas in zip(
         paths, pair_plans, plan.pairs, plan.alphas, strict=True
     ):
@@ -370,7 +387,6 @@ def graft_to_files(
                 f"{len(by_name)} group(s) (rule {plan.rule})"
             )
         reports.append(report)
-    return plan, reports
 
 
 def pair_weights(alphas: dict[str, float]) -> Callable[[KeyPlan], list[float]]:

@@ -1,0 +1,239 @@
+"""The one check every writer runs on its destination before it creates anything.
+
+A command names files it reads (checkpoints, their shards and indexes, ``--model``, ``--data``,
+``--metrics``) and one or more files it writes. ``check_destination`` refuses, even with
+``--force``:
+
+* a destination that is, or links to, a file the command reads (compared by resolved path and by
+  device and inode, so symlinks and hard links count), a folder holding one, or a path inside an
+  input's shard folder (a new file there changes what that folder holds);
+* anything that is neither a regular file nor a folder wa wrote: device nodes (``/dev/null``),
+  FIFOs, sockets, a folder of someone else's shards.
+
+Readers record what they open with ``note_read`` while a ``session`` is active (the CLI opens one
+per command), so a writer also knows files it was not told about.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from wa_cli.errors import ExitCode, WaError, listing
+
+# The files a wa shard folder holds; its index's metadata names the wa version that wrote it.
+SHARD_SUFFIX = ".safetensors"
+INDEX_SUFFIX = ".index.json"
+WA_MARK = "wa_version"
+_MAX_INDEX_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class ReadPath:
+    """A file (or a shard folder) a command reads."""
+
+    path: Path  # resolved
+    ident: tuple[int, int] | None  # (st_dev, st_ino) when it exists
+    folder: bool = False  # a shard folder: nothing may be written inside it
+
+
+# What callers pass as the files they read.
+Reads = Sequence["str | os.PathLike[str] | ReadPath"]
+
+_reads: contextvars.ContextVar[list[ReadPath] | None] = contextvars.ContextVar(
+    "wa_reads", default=None
+)
+
+
+@contextlib.contextmanager
+def session() -> Iterator[None]:
+    """Record every ``note_read`` until the block ends (one CLI command)."""
+    token = _reads.set([])
+    try:
+        yield
+    finally:
+        _reads.reset(token)
+
+
+def describe(path: str | os.PathLike[str], *, folder: bool = False) -> ReadPath:
+    """Resolve ``path`` and take its identity (device and inode) if it exists."""
+    p = Path(path)
+    try:
+        st = os.stat(p)
+        ident: tuple[int, int] | None = (st.st_dev, st.st_ino)
+    except OSError:
+        ident = None
+    return ReadPath(_resolve(p), ident, folder)
+
+
+def note_read(path: str | os.PathLike[str], *, folder: bool = False) -> None:
+    """Record that the running command reads ``path`` (a shard folder with ``folder=True``)."""
+    reads = _reads.get()
+    if reads is not None:
+        reads.append(describe(path, folder=folder))
+
+
+def note_reads(paths: Sequence[ReadPath]) -> None:
+    """Record already described paths (a checkpoint's files and folder)."""
+    reads = _reads.get()
+    if reads is not None:
+        reads.extend(paths)
+
+
+def noted_reads() -> list[ReadPath]:
+    return list(_reads.get() or [])
+
+
+def _resolve(p: Path) -> Path:
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: compare it as written
+        return p.absolute()
+
+
+def check_destination(
+    destination: str | os.PathLike[str],
+    force: bool,
+    *,
+    folder: bool = False,
+    reads: Reads = (),
+) -> None:
+    """Refuse a destination that must not be written; see the module docstring.
+
+    Args:
+        destination: the file (or, with ``folder``, the shard folder) about to be written.
+        force: an existing regular file (or wa shard folder) may be replaced.
+        folder: the output is a folder of shards and an index.
+        reads: files the command reads, besides those recorded by ``note_read``.
+
+    Raises:
+        WaError: (OUTPUT) the destination is an input, not replaceable, or its folder is missing.
+    """
+    dest = Path(destination)
+    refuse_inputs(dest, reads)
+    try:
+        st: os.stat_result | None = os.stat(dest)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise WaError(f"cannot write '{dest}': {e.strerror or e}", ExitCode.OUTPUT) from e
+    if st is not None:
+        _check_existing(dest, st, force, folder)
+    parent = dest.parent if str(dest.parent) else Path(".")
+    if not parent.is_dir():
+        raise WaError(f"cannot write '{dest}': folder '{parent}' does not exist", ExitCode.OUTPUT)
+    if not os.access(parent, os.W_OK):
+        raise WaError(f"cannot write '{dest}': folder '{parent}' is not writable", ExitCode.OUTPUT)
+
+
+def refuse_inputs(destination: str | os.PathLike[str], reads: Reads = ()) -> None:
+    """Refuse a destination that is, holds, or lies inside what the command reads."""
+    dest = Path(destination)
+    target = describe(dest)
+    protected = [r if isinstance(r, ReadPath) else describe(r) for r in reads]
+    for r in protected + noted_reads():
+        same = r.path == target.path or (r.ident is not None and r.ident == target.ident)
+        if same and r.folder:
+            raise WaError(
+                f"output '{dest}' is the input folder '{r.path}' (choose another -o)",
+                ExitCode.OUTPUT,
+            )
+        if same:
+            raise WaError(
+                f"output '{dest}' would overwrite the input '{r.path}' (choose another -o)",
+                ExitCode.OUTPUT,
+            )
+        if target.path in r.path.parents:
+            raise WaError(
+                f"output '{dest}' is a folder holding the input '{r.path}' (choose another -o)",
+                ExitCode.OUTPUT,
+            )
+        if r.folder and r.path in target.path.parents:
+            raise WaError(
+                f"output '{dest}' is inside the input's shard folder '{r.path}' "
+                "(choose another -o)",
+                ExitCode.OUTPUT,
+            )
+
+
+def _check_existing(dest: Path, st: os.stat_result, force: bool, folder: bool) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        if not folder:
+            raise WaError(
+                f"output '{dest}' is a folder, and wa writes a file there (give a file name; "
+                "wa never replaces a folder with a file, even with --force)",
+                ExitCode.OUTPUT,
+            )
+        if not force:
+            _exists(dest)
+        _check_wa_folder(dest)
+    elif stat.S_ISREG(st.st_mode):
+        if not force:
+            _exists(dest)
+    else:
+        raise WaError(
+            f"output '{dest}' is a {_kind(st.st_mode)}, not a regular file; wa writes only "
+            "regular files and its own shard folders, even with --force",
+            ExitCode.OUTPUT,
+        )
+
+
+def _exists(dest: Path) -> None:
+    raise WaError(f"output '{dest}' already exists (pass --force to replace it)", ExitCode.OUTPUT)
+
+
+def _kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISFIFO, "FIFO (named pipe)"),
+        (stat.S_ISSOCK, "socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def _check_wa_folder(dest: Path) -> None:
+    """A folder is replaced only if it holds just a shard folder wa wrote (or nothing)."""
+    try:
+        children = list(os.scandir(dest))
+    except OSError as e:
+        raise WaError(
+            f"cannot replace output folder '{dest}': {e.strerror or e}", ExitCode.OUTPUT
+        ) from e
+    others = sorted(
+        c.name
+        for c in children
+        if not (c.is_file(follow_symlinks=False) and c.name.endswith((SHARD_SUFFIX, INDEX_SUFFIX)))
+    )
+    if others:
+        raise WaError(
+            f"output folder '{dest}' holds other files than shards ({listing(others)}); wa "
+            "replaces a folder only if it holds just the *.safetensors and *.index.json files "
+            "wa wrote, even with --force (pick a new or empty folder)",
+            ExitCode.OUTPUT,
+        )
+    if children and not any(_is_wa_index(Path(c.path)) for c in children):
+        raise WaError(
+            f"output folder '{dest}' holds shards that wa did not write (its index has no "
+            f"'{WA_MARK}'); wa replaces only its own shard folders, even with --force "
+            "(pick a new or empty folder)",
+            ExitCode.OUTPUT,
+        )
+
+
+def _is_wa_index(path: Path) -> bool:
+    if not path.name.endswith(INDEX_SUFFIX):
+        return False
+    try:
+        if path.stat().st_size > _MAX_INDEX_BYTES:
+            return False
+        meta = json.loads(path.read_bytes()).get("metadata")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
+    return isinstance(meta, dict) and WA_MARK in meta
