@@ -72,7 +72,19 @@ def test_metrics_file_as_output_is_refused(tmp_path, capsys):
     scores.write_text("file,value\nckpt_0.safetensors,0.5\nckpt_1.safetensors,0.4\n")
     before = snapshot(tmp_path)
     r = run_wa(
-        ["average", *traj.paths, "--top-k", "1", "--metrics", scores, "-o", scores, "--force"],
+        [
+            "average",
+            *traj.paths,
+            "--top-k",
+            "1",
+            "--mode",
+            "min",
+            "--metrics",
+            scores,
+            "-o",
+            scores,
+            "--force",
+        ],
         capsys,
     )
     _refused(r, tmp_path, before, "scores.csv")
