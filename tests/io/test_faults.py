@@ -274,10 +274,9 @@ def test_a_failed_commit_in_a_transaction_rolls_back_the_earlier_ones(
         real(p)
 
     monkeypatch.setattr(atomic, "_commit", second_fails)
-    with pytest.raises(WaError, match="I/O error"):
-        with atomic.transaction():
-            write_state_dict(first, NEW, force=True)
-            write_state_dict(second, NEW)
+    with pytest.raises(WaError, match="I/O error"), atomic.transaction():
+        write_state_dict(first, NEW, force=True)
+        write_state_dict(second, NEW)
     assert first.read_bytes() == old_bytes
     assert not second.exists()
     assert temporaries(tmp_path) == []
