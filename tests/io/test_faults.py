@@ -38,21 +38,21 @@ def _same(a, b):
 
 def test_interrupt_at_the_folder_exchange_leaves_the_old_folder(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    write_state_dict(out, OLD, max_shard_size=1000)
+    write_state_dict(OLD, out, max_shard_size=1000)
 
     def interrupted(a, b):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(atomic, "_exchange", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        write_state_dict(out, NEW, force=True, max_shard_size=1000)
+        write_state_dict(NEW, out, force=True, max_shard_size=1000)
     assert _same(_folder_state(out), OLD)
     assert temporaries(tmp_path) == []
 
 
 def test_interrupt_while_removing_the_old_folder_leaves_the_new_one(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    write_state_dict(out, OLD, max_shard_size=1000)
+    write_state_dict(OLD, out, max_shard_size=1000)
     real_rmtree = shutil.rmtree
     calls = []
 
@@ -65,7 +65,7 @@ def test_interrupt_while_removing_the_old_folder_leaves_the_new_one(tmp_path, mo
 
     monkeypatch.setattr(atomic.shutil, "rmtree", half_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        write_state_dict(out, NEW, force=True, max_shard_size=1000)
+        write_state_dict(NEW, out, force=True, max_shard_size=1000)
     assert _same(_folder_state(out), NEW)
     assert temporaries(tmp_path) == []
 
@@ -74,7 +74,7 @@ def test_interrupt_while_removing_the_old_folder_leaves_the_new_one(tmp_path, mo
 def test_fallback_renames_restore_the_old_folder_on_an_interrupt(tmp_path, monkeypatch, step):
     """Without RENAME_EXCHANGE: old aside, new in; an interrupt at either rename keeps the old."""
     out = tmp_path / "out"
-    write_state_dict(out, OLD, max_shard_size=1000)
+    write_state_dict(OLD, out, max_shard_size=1000)
     monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
     real_rename = os.rename
     count = []
@@ -87,16 +87,16 @@ def test_fallback_renames_restore_the_old_folder_on_an_interrupt(tmp_path, monke
 
     monkeypatch.setattr(atomic.os, "rename", rename)
     with pytest.raises(KeyboardInterrupt):
-        write_state_dict(out, NEW, force=True, max_shard_size=1000)
+        write_state_dict(NEW, out, force=True, max_shard_size=1000)
     assert _same(_folder_state(out), OLD)
     assert temporaries(tmp_path) == []
 
 
 def test_fallback_replaces_the_folder(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    write_state_dict(out, OLD, max_shard_size=1000)
+    write_state_dict(OLD, out, max_shard_size=1000)
     monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
-    write_state_dict(out, NEW, force=True, max_shard_size=1000)
+    write_state_dict(NEW, out, force=True, max_shard_size=1000)
     assert _same(_folder_state(out), NEW)
     assert temporaries(tmp_path) == []
 
@@ -112,7 +112,7 @@ def test_a_destination_created_meanwhile_is_never_overwritten(tmp_path, monkeypa
 
     monkeypatch.setattr(atomic, "_commit", other_run_wins)
     with pytest.raises(WaError, match="appeared while wa was writing") as e:
-        write_state_dict(out, NEW)
+        write_state_dict(NEW, out)
     assert e.value.code == ExitCode.OUTPUT
     assert out.read_bytes() == b"the other run"
     assert temporaries(tmp_path) == []
@@ -124,12 +124,12 @@ def test_a_folder_created_meanwhile_is_never_overwritten(tmp_path, monkeypatch):
 
     def other_run_wins(p):
         monkeypatch.setattr(atomic, "_commit", real)
-        write_state_dict(out, OLD, max_shard_size=1000)
+        write_state_dict(OLD, out, max_shard_size=1000)
         real(p)
 
     monkeypatch.setattr(atomic, "_commit", other_run_wins)
     with pytest.raises(WaError, match="appeared"):
-        write_state_dict(out, NEW, max_shard_size=1000)
+        write_state_dict(NEW, out, max_shard_size=1000)
     assert _same(_folder_state(out), OLD)
     assert temporaries(tmp_path) == []
 
@@ -139,7 +139,7 @@ def test_a_245_character_output_name_works(tmp_path):
     assert len(out.name) == 241
     out = tmp_path / ("y" * 233 + ".safetensors")
     assert len(out.name) == 245
-    write_state_dict(out, NEW)
+    write_state_dict(NEW, out)
     assert _same(load_file(out), NEW)
     assert temporaries(tmp_path) == []
 
@@ -163,7 +163,7 @@ def test_stale_temporaries_of_a_killed_run_are_removed_with_one_line(tmp_path, c
     other = tmp_path / f".other.safetensors.wa-tmp-{pid}-00000000"
     other.write_bytes(b"another destination's")
     with caplog.at_level("WARNING", logger="wa_cli"):
-        write_state_dict(out, NEW)
+        write_state_dict(NEW, out)
     assert not stale_file.exists() and not stale_dir.exists()
     assert alive.exists() and other.exists()
     lines = [r.getMessage() for r in caplog.records]
@@ -175,7 +175,7 @@ def test_stale_temporaries_of_a_long_name_are_found(tmp_path):
     pid = _dead_pid()
     stale = atomic.temporary_sibling(out).name.replace(f"-{os.getpid()}-", f"-{pid}-")
     (tmp_path / stale).write_bytes(b"x")
-    write_state_dict(out, NEW)
+    write_state_dict(NEW, out)
     assert temporaries(tmp_path) == []
 
 
@@ -231,11 +231,11 @@ def small_tmpfs(tmp_path):
 
 def test_a_real_full_disk_leaves_the_previous_output(small_tmpfs, capsys):
     out = small_tmpfs / "o.safetensors"
-    write_state_dict(out, NEW)
+    write_state_dict(NEW, out)
     before = out.read_bytes()
     big = {"w": torch.ones(400_000)}  # 1.6 MB: does not fit
     with pytest.raises(WaError, match="No space left") as e:
-        write_state_dict(out, big, force=True)
+        write_state_dict(big, out, force=True)
     assert e.value.code == ExitCode.OUTPUT
     assert out.read_bytes() == before
     assert temporaries(small_tmpfs) == []
@@ -262,7 +262,7 @@ def test_a_failed_commit_in_a_transaction_rolls_back_the_earlier_ones(
     tmp_path, monkeypatch, exchange
 ):
     first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    write_state_dict(first, OLD)
+    write_state_dict(OLD, first)
     old_bytes = first.read_bytes()
     if not exchange:
         monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
@@ -275,8 +275,8 @@ def test_a_failed_commit_in_a_transaction_rolls_back_the_earlier_ones(
 
     monkeypatch.setattr(atomic, "_commit", second_fails)
     with pytest.raises(WaError, match="I/O error"), atomic.transaction():
-        write_state_dict(first, NEW, force=True)
-        write_state_dict(second, NEW)
+        write_state_dict(NEW, first, force=True)
+        write_state_dict(NEW, second)
     assert first.read_bytes() == old_bytes
     assert not second.exists()
     assert temporaries(tmp_path) == []
