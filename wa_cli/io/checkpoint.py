@@ -41,6 +41,7 @@ class Checkpoint:
     skipped: list[str] = []
     chosen_file_note: str | None = None
     notes: list[str]
+    extra_files: list[Path]
 
     def __init__(self, path: Path, tensors: dict[str, TensorInfo], metadata: dict[str, str]):
         self.path = path
@@ -48,6 +49,7 @@ class Checkpoint:
         self._tensors = tensors
         self.metadata = metadata
         self.notes = []
+        self.extra_files = []  # a run folder's model file, when ``path`` is the folder
 
     def keys(self) -> list[str]:
         return list(self._tensors)
@@ -61,7 +63,7 @@ class Checkpoint:
     @property
     def files(self) -> list[Path]:
         """Every file this checkpoint reads (an output must never be one of them)."""
-        return [self.path]
+        return [self.path, *self.extra_files]
 
     def read_paths(self) -> list[ReadPath]:
         """What the output guard protects: every file, and a sharded checkpoint's folder."""

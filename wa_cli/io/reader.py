@@ -23,6 +23,7 @@ from wa_cli.io.formats import PICKLE_SUFFIXES, is_pickle_name, is_safetensors_na
 from wa_cli.io.guard import ReadPath, describe, note_reads
 from wa_cli.io.index import INDEX_SUFFIX, find_index, read_weight_map
 from wa_cli.io.keys import AUTO, NO_FILTER, WRAPPER_PREFIXES, KeyFilter, parse_strip, shared_prefix
+from wa_cli.io.run_folders import RunFolder, recognise, trainer_record
 from wa_cli.io.safetensors_header import TensorInfo, read_header
 
 __all__ = [
@@ -92,7 +93,8 @@ class ShardedCheckpoint(Checkpoint):
 
     @property
     def files(self) -> list[Path]:
-        return [self.path, self.index_path, *(s.path for s in self._shards.values())]
+        shards = [s.path for s in self._shards.values()]
+        return [self.path, self.index_path, *shards, *self.extra_files]
 
     def read_paths(self) -> list[ReadPath]:
         return [*super().read_paths(), describe(self.index_path.parent, folder=True)]
@@ -148,6 +150,9 @@ def _open_one(p: Path, options: ReadOptions, keys: KeyFilter) -> Checkpoint:
     if not p.exists():
         raise WaError(f"input '{p}' does not exist", ExitCode.BAD_INPUT)
     if p.is_dir():
+        run = recognise(p)
+        if run is not None:
+            return _open_run_folder(run, options, keys)
         index = find_index(p)
         if index is None:
             raise WaError(
@@ -167,6 +172,25 @@ def _open_one(p: Path, options: ReadOptions, keys: KeyFilter) -> Checkpoint:
         f"its .index.json, or {', '.join(PICKLE_SUFFIXES)})",
         ExitCode.BAD_INPUT,
     )
+
+
+def _open_run_folder(run: RunFolder, options: ReadOptions, keys: KeyFilter) -> Checkpoint:
+    """The run folder's model file, named after the folder, with the library's record."""
+    if run.kind == "dcp" or run.model.is_dir():
+        from wa_cli.io.dcp import DcpCheckpoint
+
+        ckpt: Checkpoint = DcpCheckpoint(run.model, keys)
+    else:
+        ckpt = _open_one(run.model, options, keys)
+    inner = ckpt.files
+    ckpt.path, ckpt.name = run.folder, run.folder.name
+    ckpt.extra_files = [f for f in inner if f != run.folder]
+    if run.model != run.folder:
+        ckpt.chosen_file_note = run.note
+    record = trainer_record(run.folder)
+    if record:
+        ckpt.metadata = {**ckpt.metadata, **record}
+    return ckpt
 
 
 def _filter_keys(ckpt: Checkpoint, keys: KeyFilter) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.io.formats import CHECKPOINT_SUFFIXES, suffix_list
 from wa_cli.io.index import INDEX_SUFFIX, find_index, index_files, read_weight_map
+from wa_cli.io.run_folders import recognise
 
 logger = logging.getLogger(__name__)
 
@@ -56,21 +57,42 @@ def is_checkpoint_file(path: Path) -> bool:
 
 
 def _expand_folder(folder: Path) -> list[Path]:
-    """A sharded folder is one checkpoint; any other folder expands to the checkpoints in it."""
-    if find_index(folder) is not None:
-        return [folder]
-    found: list[Path] = []
+    """A sharded or run folder is one checkpoint; any other folder expands to those in it.
+
+    A folder holding run folders (an HF Trainer ``out/`` with ``checkpoint-*/``) is a
+    trajectory of them, even when it also holds a model of its own (``trainer.save_model``):
+    that model is left out, with a warning, rather than mixed into the trajectory unordered.
+    """
+    subfolders: list[Path] = []
+    files: list[Path] = []
     for child in folder.iterdir():
         if child.is_dir() and not child.name.startswith("."):
-            # A folder of sharded checkpoints (runs/a/step_100/, runs/a/step_200/, ...).
-            if index_files(child):
-                found.append(child)
+            # A folder of sharded checkpoints or run folders (out/checkpoint-500/, ...).
+            if index_files(child) or recognise(child) is not None:
+                subfolders.append(child)
         elif child.is_file() and is_checkpoint_file(child):
-            found.append(child)
+            files.append(child)
+    own = recognise(folder)
+    if own is not None:  # its model may be a subfolder (FSDP's pytorch_model_fsdp_0/)
+        subfolders = [c for c in subfolders if c != own.model]
+    if own is not None and not subfolders:
+        return [folder]
+    if find_index(folder) is not None and not subfolders:
+        return [folder]
+    if own is not None or find_index(folder) is not None:
+        logger.warning(
+            "folder '%s' holds run folders and a model of its own; using the %d run folders "
+            "(name the folder's own model file to use it)",
+            folder,
+            len(subfolders),
+        )
+        files = []
+    found = subfolders + files
     if not found:
         raise WaError(
             f"folder '{folder}' holds no checkpoint (expected files ending in "
-            f"{suffix_list()} or a *{INDEX_SUFFIX} sharded checkpoint)",
+            f"{suffix_list()}, a *{INDEX_SUFFIX} sharded checkpoint, or run folders such as "
+            "checkpoint-N/ or DCP folders)",
             ExitCode.BAD_INPUT,
         )
     return sorted(found, key=lambda p: natural_key(p.name))
