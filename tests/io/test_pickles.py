@@ -209,3 +209,34 @@ def test_lightning_metadata_from_callbacks(tmp_path):
     assert ckpt.metadata["global_step"] == "92" and ckpt.metadata["epoch"] == "3"
     assert float(ckpt.metadata["val_loss"]) == pytest.approx(0.5529)
     assert set(ckpt.keys()) == set(state)
+
+
+def test_fairseq_checkpoint_layouts(tmp_path):
+    """fairseq's checkpoint_utils.save_state: 'model' beside 'args' (a Namespace, older
+    versions) or 'cfg' (a plain dict since its OmegaConf configs), optimizer history and
+    extra_state."""
+    state = cnn_state(3)
+    common = {
+        "model": state,
+        "optimizer_history": [
+            {"criterion_name": "CrossEntropyCriterion", "optimizer_name": "FairseqAdam",
+             "lr_scheduler_state": {"best": 2.1}, "num_updates": 1200}
+        ],
+        "extra_state": {"epoch": 4, "val_loss": 2.1, "train_iterator": {"epoch": 4}},
+        "last_optimizer_key": "FairseqAdam",
+    }  # fmt: skip
+    torch.save(
+        {**common, "args": argparse.Namespace(arch="transformer", lr=[0.0005])}, tmp_path / "old.pt"
+    )
+    torch.save({**common, "args": None, "cfg": {"common": {"seed": 1}}}, tmp_path / "new.pt")
+    for name in ("old.pt", "new.pt"):
+        ckpt = open_checkpoint(tmp_path / name)
+        assert all(torch.equal(ckpt.tensor(k), v) for k, v in state.items()), name
+
+
+def test_omegaconf_config_stays_refused_by_default(tmp_path):
+    omegaconf = pytest.importorskip("omegaconf")
+    cfg = omegaconf.OmegaConf.create({"lr": 0.1})
+    torch.save({"state_dict": cnn_state(0), "cfg": cfg}, tmp_path / "hydra.pt")
+    with pytest.raises(WaError, match="omegaconf"):
+        open_checkpoint(tmp_path / "hydra.pt")

@@ -16,6 +16,11 @@ FLAGS: dict[str, str] = {
     "output": "-o/--output",
     "key": "--key",
     "strip_prefix": "--strip-prefix",
+    "strip_prefixes": "--strip-prefix",
+    "include": "--include",
+    "exclude": "--exclude",
+    "allow_global": "--allow-global",
+    "allow_globals": "--allow-global",
     "force": "--force",
     "max_shard_size": "--max-shard-size",
     # shared reducer options

@@ -39,7 +39,9 @@ class KeyFilter:
                     re.compile(p)
                 except re.error as e:
                     raise WaError(
-                        f"{flag} pattern {p!r} is not a regular expression: {e}", ExitCode.USAGE
+                        f"{flag} pattern {p!r} is not a regular expression: {e}",
+                        ExitCode.USAGE,
+                        params=(flag,),
                     ) from e
 
     @property
