@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from wa_cli.errors import ExitCode, WaError
 
 if TYPE_CHECKING:
     import torch
-
-T = TypeVar("T")
 
 DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64"}
@@ -39,7 +37,7 @@ def quoted(values: Sequence[object]) -> str:
     return ", ".join(repr(v) for v in values)
 
 
-def choice(param: str, value: T, allowed: object) -> T:
+def choice(param: str, value: object, allowed: Any) -> Any:
     """``value`` if it is one of ``allowed`` (a sequence, or a ``Literal`` type), else WaError.
 
     Example:
@@ -50,7 +48,7 @@ def choice(param: str, value: T, allowed: object) -> T:
         ...
         wa_cli.errors.WaError: non_float='lst' is not one of 'last', 'first', 'error'
     """
-    options = get_args(allowed) or tuple(allowed)  # type: ignore[call-overload]  # a Literal or a sequence
+    options: tuple[object, ...] = get_args(allowed) or tuple(allowed)  # a Literal or a sequence
     if isinstance(value, str) and value in options:
         return value
     raise bad(param, f"{param}={value!r} is not one of {quoted(options)}")

@@ -12,6 +12,7 @@ import re
 import signal
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -72,7 +73,7 @@ def _register() -> None:
     from wa_cli.cli.graft import graft_command
     from wa_cli.cli.inspect_entropy import inspect_entropy_command
 
-    commands = [
+    commands: list[tuple[str, Callable[..., Any], str]] = [
         ("average", average_command, "Average checkpoints (SWA)."),
         ("ema", ema_command, "EMA over a trajectory (and Lookahead slow weights)."),
         ("graft", graft_command, "Graft runs layer by layer by weight entropy."),

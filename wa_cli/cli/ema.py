@@ -114,7 +114,13 @@ def ema_command(
     entries = select_inputs(ckpts, sel, default_order="auto")
     steps = [e.step for e in entries]
     # The coefficients (and every decay error) before any tensor is read or -o is checked.
-    coefficients = ema_coefficients(len(entries), **decays, steps=steps)  # type: ignore[arg-type]
+    coefficients = ema_coefficients(
+        len(entries),
+        decay=decays["decay"],
+        decay_per_step=decays["decay_per_step"],
+        half_life=decays["half_life"],
+        steps=steps,
+    )
     report = selection_report(
         entries, coefficients, method="ema", total=len(ckpts), metric=metric, sel=sel
     )

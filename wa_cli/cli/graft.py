@@ -154,7 +154,7 @@ def _print_alpha_table(plan: GraftPlan) -> None:
     for r, d in plan.pairs:
         table.add_column(f"α {plan.names[r]}<-{plan.names[d]}", justify="right")
     for row in plan.rows:
-        hs = row.entropies or [None] * len(plan.names)
+        hs: list[float | None] = list(row.entropies) if row.entropies else [None] * len(plan.names)
         table.add_row(
             row.name,
             str(len(row.keys)),

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.params import choice
 from wa_cli.select import expand_inputs
 
 if TYPE_CHECKING:  # the reader imports torch; `wa --help` must not
@@ -119,13 +120,14 @@ def select_inputs(
     ``default_order`` applies when ``--order`` is not given; ``None`` keeps the given order and
     reads no steps (so a plain ``wa average`` never depends on step metadata).
     """
-    from wa_cli.select import Entry, load_metrics_file, order_trajectory, select_trajectory
+    from wa_cli.select import Entry, Mode, load_metrics_file, order_trajectory, select_trajectory
+    from wa_cli.select.order import Order
 
     order = sel.order or default_order
     if order is None:
         entries = [Entry(c, None, "order") for c in ckpts]
     else:
-        entries = order_trajectory(ckpts, order)  # type: ignore[arg-type]
+        entries = order_trajectory(ckpts, choice("order", order, Order))
     metrics = load_metrics_file(sel.metrics, sel.metric) if sel.metrics is not None else None
     picked = select_trajectory(
         entries,
@@ -135,7 +137,7 @@ def select_inputs(
         to_step=sel.to_step,
         top_k=sel.top_k,
         metric=sel.metric,
-        mode=sel.mode,  # type: ignore[arg-type]
+        mode=None if sel.mode is None else choice("mode", sel.mode, Mode),
         metrics=metrics,
     )
     kept = {id(e.item) for e in picked}
@@ -187,14 +189,19 @@ def dry_run_checks(
     """Every check a real run makes before writing: keys, shapes, dtypes, the non-float policy,
     the output's name and that it is no input. ``--dry-run`` fails exactly where the run would.
     """
-    from wa_cli.engine.plan import build_plan
+    from wa_cli.engine.plan import KeysMode, NonFloatPolicy, build_plan
     from wa_cli.engine.run import check_output_is_not_input
     from wa_cli.io.writer import check_output_name, parse_size
 
     sharded = max_shard_size is not None
-    if sharded:
-        parse_size(max_shard_size)  # type: ignore[arg-type]
-    build_plan(items, keys=keys, non_float=non_float, dtype=dtype)  # type: ignore[arg-type]
+    if max_shard_size is not None:
+        parse_size(max_shard_size)
+    build_plan(
+        items,
+        keys=choice("keys", keys, KeysMode),
+        non_float=choice("non_float", non_float, NonFloatPolicy),
+        dtype=dtype,
+    )
     if output is not None:
         check_output_name(output, sharded=sharded)
         check_output_is_not_input(output, items)

@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -119,7 +119,7 @@ def linear_combination(
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     progress: ProgressFn | None = None,
     stats: CombineStats | None = None,
-) -> Iterator[tuple[str, torch.Tensor]]:
+) -> Generator[tuple[str, torch.Tensor], None, None]:
     """Yield ``(key, chunk)`` for every key of ``plan``: ``Σ w_i θ_i / Σ w_i`` over its sources.
 
     ``weights(entry)`` gives one non-negative weight per source of ``entry`` (aligned with

@@ -31,7 +31,7 @@ class ReduceOptions:
     non_float: NonFloatPolicy = "last"
     dtype: torch.dtype | None = None
     precision: Precision = "auto"
-    device: torch.device | None = None
+    device: torch.device = torch.device("cpu")
 
     @classmethod
     def checked(

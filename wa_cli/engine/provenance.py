@@ -63,7 +63,7 @@ def provenance(
         >>> provenance([], "mean", {"weights": [1, 1]})["wa_method"]
         'mean'
     """
-    formats = [c.metadata.get("format") for c in checkpoints if c.metadata.get("format")]
+    formats = [c.metadata["format"] for c in checkpoints if c.metadata.get("format")]
     return {
         "format": formats[0] if formats else "pt",
         "wa_version": __version__,

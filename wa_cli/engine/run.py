@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,7 +179,8 @@ def build_report(
         )
     if stats.non_finite:
         total = sum(stats.non_finite.values())
-        worst = sorted(stats.non_finite, key=stats.non_finite.get, reverse=True)[:3]
+        counts = stats.non_finite
+        worst = sorted(counts, key=lambda k: counts[k], reverse=True)[:3]
         report.warnings.append(
             f"the output holds {total} non-finite value(s) in {len(stats.non_finite)} tensor(s) "
             f"(most in {', '.join(repr(k) for k in worst)})"
@@ -190,7 +191,7 @@ def build_report(
 
 
 def assemble(
-    plan: Plan, chunks: Iterator[tuple[str, torch.Tensor]]
+    plan: Plan, chunks: Generator[tuple[str, torch.Tensor], None, None]
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Turn a chunk stream into whole ``(key, tensor)`` pairs (for notebook users).
 
@@ -201,7 +202,7 @@ def assemble(
     filled = 0
     key = ""
     try:
-        with contextlib.closing(chunks):  # type: ignore[type-var]
+        with contextlib.closing(chunks):
             for k, chunk in chunks:
                 if current is None:
                     key = k

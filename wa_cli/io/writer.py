@@ -204,7 +204,8 @@ def _as_bytes(chunk: torch.Tensor) -> memoryview:
     if chunk.device.type != "cpu":
         chunk = chunk.cpu()
     flat = chunk.contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+    # numpy arrays support the buffer protocol; numpy's stubs do not declare it (no __buffer__).
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]  # see above
 
 
 def _shard_groups(tensors: list[OutputTensor], max_bytes: int) -> list[list[OutputTensor]]:

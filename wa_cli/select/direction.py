@@ -88,4 +88,4 @@ def resolve_mode(metric: str | None, mode: str | None) -> Mode:
             metric,
             better,
         )
-    return mode  # type: ignore[return-value]
+    return mode  # type: ignore[return-value]  # 'min' or 'max': checked at the top

@@ -177,15 +177,15 @@ def _pick_source(
     if 0 < n_meta < len(items):
         partial = f", because only {n_meta} of {len(items)} checkpoints record a step inside"
     if n_meta == len(items):
-        return meta, "metadata", _describe(meta, "metadata")  # type: ignore[arg-type]
+        return meta, "metadata", _describe(meta, "metadata")  # type: ignore[arg-type]  # no None
     if all(s is not None for s in names):
-        why = _describe(names, "name") + partial  # type: ignore[arg-type]
+        why = _describe(names, "name") + partial  # type: ignore[arg-type]  # no None (all())
         if partial and warn:
             logger.warning("%s", why)
         return names, "name", why
     epochs = [epoch_in_metadata(it.metadata, n) for it, n in zip(items, labels, strict=True)]
     if all(s is not None for s in epochs):
-        why = _describe(epochs, "epoch") + partial  # type: ignore[arg-type]
+        why = _describe(epochs, "epoch") + partial  # type: ignore[arg-type]  # no None (all())
         if partial and warn:
             logger.warning("%s", why)
         return epochs, "epoch", why
@@ -248,7 +248,7 @@ def order_trajectory(
     if order == "name":
         names = [step_in_name(checkpoint_stem(it), Path(it.path), it.name) for it in items]
         if all(s is not None for s in names):
-            why = _describe(names, "name")  # type: ignore[arg-type]
+            why = _describe(names, "name")  # type: ignore[arg-type]  # no None (all())
             return _natural(
                 [
                     Entry(it, s.value, s.source, order=f"natural name order, {why}")
@@ -272,7 +272,8 @@ def order_trajectory(
     _check_unique(entries, why)
     if source == "order":
         return _natural(entries)
-    return sorted(entries, key=lambda e: e.step)  # type: ignore[arg-type, return-value]
+    # Every entry has a step here (source is not "order").
+    return sorted(entries, key=lambda e: e.step)  # type: ignore[arg-type, return-value]  # see above
 
 
 def training_order(items: Sequence[C]) -> tuple[list[int], str] | None:

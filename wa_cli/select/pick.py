@@ -173,7 +173,7 @@ def select_trajectory(
         lo = from_step if from_step is not None else -math.inf
         hi = to_step if to_step is not None else math.inf
         steps = [e.step for e in kept]
-        kept = [e for e in kept if lo <= e.step <= hi]  # type: ignore[operator]
+        kept = [e for e in kept if lo <= e.step <= hi]  # type: ignore[operator]  # steps checked
         if not kept:
             flags = " ".join(
                 f"{flag} {v}"
@@ -182,7 +182,7 @@ def select_trajectory(
             )
             raise WaError(
                 f"{flags} keeps no checkpoint: the {len(steps)} checkpoints have steps "
-                f"{min(steps)} to {max(steps)}",  # type: ignore[type-var]
+                f"{min(steps)} to {max(steps)}",  # type: ignore[type-var]  # no None step here
                 ExitCode.USAGE,
             )
     if every is not None:

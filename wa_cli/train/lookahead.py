@@ -132,7 +132,7 @@ class Lookahead(Optimizer):
                     m_slow.lerp_(m, self.alpha)  # alpha m + (1 - alpha) m_slow, kept as a copy
                     m.copy_(m_slow)
 
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]  # torch's stub is overloaded
         """One inner step; every ``k``-th also syncs with the slow weights."""
         loss = self.optimizer.step(closure)
         self.lookahead_step += 1

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 
 from wa_cli.engine import distributed
 from wa_cli.engine.device import resolve_device
@@ -414,7 +415,7 @@ def _total(batches: Any, max_batches: int | None) -> int | None:
 
 
 def _new_statistics(
-    net: nn.Module, layers: Mapping[nn.Module, str], ckpt: Checkpoint
+    net: nn.Module, layers: Mapping[_NormBase, str], ckpt: Checkpoint
 ) -> dict[str, torch.Tensor]:
     """The re-estimated buffers by state-dict key, on the CPU in the checkpoint's dtypes."""
     # Matched by identity, not by name: a layer registered twice, or a model with its own

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 
 from wa_cli.engine import distributed
 from wa_cli.errors import ExitCode, WaError
@@ -130,7 +131,7 @@ def _stats(module: nn.Module) -> list[torch.Tensor | None]:
     return [t.detach().clone() if isinstance(t, torch.Tensor) else None for t in found]
 
 
-def _set_combined(layers: dict[nn.Module, str], parts: list[dict[str, Any]], count: int) -> None:
+def _set_combined(layers: dict[_NormBase, str], parts: list[dict[str, Any]], count: int) -> None:
     total = sum(p["weight"] for p in parts)
     with torch.no_grad():
         for i, module in enumerate(layers):

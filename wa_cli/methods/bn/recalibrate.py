@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.parameter import is_lazy
 
@@ -160,7 +160,9 @@ def recalibrate_bn(
     done = False
     try:
         for module in names:
-            if not is_lazy(module.running_mean):  # a lazy layer resets itself on its first batch
+            # A lazy layer resets itself on its first batch; one that tracks no statistics has
+            # none to reset.
+            if module.running_mean is not None and not is_lazy(module.running_mean):
                 module.reset_running_stats()
             module.momentum = None
         model.train()
@@ -170,16 +172,16 @@ def recalibrate_bn(
             )
         done = True
     finally:
-        for module, momentum in momenta.items():
-            module.momentum = momentum
+        for layer, momentum in momenta.items():
+            layer.momentum = momentum
         # Per module, not model.train(was_training): a frozen submodule may have been in eval mode.
-        for module, training in modes.items():
-            module.training = training
-        for module, saved in bystanders.items():
-            _restore(module, saved)
+        for any_module, training in modes.items():
+            any_module.training = training
+        for instance_norm, saved in bystanders.items():
+            _restore(instance_norm, saved)
         if not done:
-            for module, saved in before.items():
-                _restore(module, saved)
+            for layer, saved in before.items():
+                _restore(layer, saved)
     layers = [
         BNLayerChange(
             name=name,
@@ -227,7 +229,7 @@ def update_bn(
     return recalibrate_bn(model, loader, device=device)
 
 
-def norm_layers(model: nn.Module, include_instancenorm: bool = False) -> dict[nn.Module, str]:
+def norm_layers(model: nn.Module, include_instancenorm: bool = False) -> dict[_NormBase, str]:
     """The layers :func:`recalibrate_bn` re-estimates, with their names, in model order.
 
     ``_BatchNorm`` instances, plus InstanceNorm layers that track running statistics when
@@ -237,7 +239,7 @@ def norm_layers(model: nn.Module, include_instancenorm: bool = False) -> dict[nn
         >>> list(norm_layers(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))).values())
         ['1']
     """
-    layers = {}
+    layers: dict[_NormBase, str] = {}
     for name, module in model.named_modules():
         if isinstance(module, _BatchNorm) or (
             include_instancenorm
@@ -251,7 +253,7 @@ def norm_layers(model: nn.Module, include_instancenorm: bool = False) -> dict[nn
 def _run(
     model: nn.Module,
     batches: Iterable[Any],
-    names: dict[nn.Module, str],
+    names: dict[_NormBase, str],
     device: str | int | torch.device | None,
     weighting: Weighting,
     max_batches: int | None,
@@ -379,7 +381,7 @@ def _to_device(value: Any, device: str | int | torch.device | None) -> Any:
     if isinstance(value, Mapping):
         moved = {k: _to_device(v, device) for k, v in value.items()}
         try:
-            return type(value)(moved)
+            return type(value)(moved)  # type: ignore[call-arg]  # a concrete Mapping class
         except TypeError:  # a mapping type that cannot be built from a dict (e.g. defaultdict)
             return moved
     return value

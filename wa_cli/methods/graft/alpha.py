@@ -283,17 +283,27 @@ def alphas_from_entropies(
         >>> alphas_from_entropies(plan, {"fc.weight": (1.0, 1.0)})
         {'fc.weight': 0.5, 'fc.bias': 0.5}
     """
-    pair_of = entropies if callable(entropies) else None
     alpha_of: dict[str, float] = {}
     for k in plan.entropy_keys:
-        if pair_of is not None:
-            h_u, h_v = pair_of(k)
+        if callable(entropies):
+            h_u, h_v = entropies(k)
         elif k in entropies:
             h_u, h_v = entropies[k]
         else:
             raise WaError(f"no entropies for {k!r}: the graft plan needs them to compute alpha")
         alpha_of[k] = graft_alpha(h_u, h_v, a=a, c=c, round_to=plan.round_to)
     return {k: PAPER_DEFAULT_ALPHA if s is None else alpha_of[s] for k, s in plan.source.items()}
+
+
+def entropy_pairs(
+    entropies: Sequence[Mapping[str, float]], receiver: int, donor: int
+) -> Callable[[str], tuple[float, float]]:
+    """``key -> (H(receiver), H(donor))``: the entropies :func:`alphas_from_entropies` takes."""
+
+    def pair(key: str) -> tuple[float, float]:
+        return entropies[receiver][key], entropies[donor][key]
+
+    return pair
 
 
 def ring_pairs(n: int) -> list[tuple[int, int]]:

@@ -39,6 +39,7 @@ from wa_cli.methods.graft.alpha import (
     Rule,
     alphas_from_entropies,
     check_graft_params,
+    entropy_pairs,
     module_of,
     plan_alphas,
     ring_pairs_to_write,
@@ -204,9 +205,7 @@ def plan_graft(
             )  # fmt: skip
         pairs = ring_pairs_to_write(len(ckpts))
         alphas = [
-            alphas_from_entropies(
-                alpha_plan, lambda k, r=r, d=d: (entropies[r][k], entropies[d][k]), a=a, c=c
-            )
+            alphas_from_entropies(alpha_plan, entropy_pairs(entropies, r, d), a=a, c=c)
             for r, d in pairs
         ]
     except BaseException:

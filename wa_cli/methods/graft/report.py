@@ -251,12 +251,7 @@ def entropy_report(
                 invalid.append(
                     None if m.l1_norms is None else int((m.l1_norms < l1_threshold).sum())
                 )
-            alpha = [
-                None
-                if nats[r] is None or nats[d] is None
-                else graft_alpha(nats[r], nats[d], a=a, c=c)
-                for r, d in pairs
-            ]
+            alpha = [_alpha(nats[r], nats[d], a, c) for r, d in pairs]
             rows.append(
                 EntropyRow(
                     name=name, key=key, shape=entry.shape,
@@ -278,6 +273,11 @@ def entropy_report(
         paths=[str(ck.path) for ck in ckpts],
         by=by, bins=bins, base=base, l1_threshold=l1_threshold, a=a, c=c, pairs=pairs, rows=rows,
     )  # fmt: skip
+
+
+def _alpha(h_u: float | None, h_v: float | None, a: float, c: float) -> float | None:
+    """The graft alpha of a pair, or None where one of them lacks the key."""
+    return None if h_u is None or h_v is None else graft_alpha(h_u, h_v, a=a, c=c)
 
 
 def check_plot_available() -> None:
@@ -310,7 +310,7 @@ def plot_entropies(
     ax = fig.add_subplot()
     xs = list(range(n))
     for i, name in enumerate(report.checkpoints):
-        ys = [math.nan if r.entropy[i] is None else r.entropy[i] for r in report.rows]
+        ys = [math.nan if (h := r.entropy[i]) is None else h for r in report.rows]
         ax.plot(xs, ys, marker="o", label=name)
     ax.axhline(report.max_entropy, color="grey", linestyle=":", label=f"ln {report.bins}")
     ax.set_xticks(xs, [r.name for r in report.rows], rotation=60, ha="right", fontsize=8)

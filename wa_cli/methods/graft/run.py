@@ -56,7 +56,8 @@ def graft(
         >>> state = dict(graft(["a/last.safetensors", "b/last.safetensors"]))  # doctest: +SKIP
     """
     opts = ReduceOptions.checked(dtype=dtype, precision=precision, device=device)
-    plan = plan_graft(inputs, rule=rule, a=a, c=c, bins=bins, dtype=opts.dtype, device=opts.device)
+    dev = opts.device
+    plan = plan_graft(inputs, rule=rule, a=a, c=c, bins=bins, dtype=opts.dtype, device=dev)
     n = len(plan.checkpoints)
     index = integer("receiver", receiver)
     if index is None or not -n <= index < n:
@@ -108,12 +109,13 @@ def graft_to_file(
 
     opts = ReduceOptions.checked(dtype=dtype, precision=precision, device=device)
     out = WriteOptions.checked(force=force, progress=progress, command=command)
-    plan = plan_graft(inputs, rule=rule, a=a, c=c, bins=bins, dtype=opts.dtype, device=opts.device)
+    dev = opts.device
+    plan = plan_graft(inputs, rule=rule, a=a, c=c, bins=bins, dtype=opts.dtype, device=dev)
     plan, reports = graft_to_files(
         plan,
         output,
         precision=opts.precision,
-        device=opts.device,
+        device=dev,
         force=out.force,
         progress=out.progress,
         command=out.command,

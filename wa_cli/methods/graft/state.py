@@ -14,6 +14,7 @@ from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.methods.graft.alpha import (
     Rule,
     alphas_from_entropies,
+    entropy_pairs,
     plan_alphas,
     plan_entropies,
     ring_pairs,
@@ -119,8 +120,6 @@ def graft_ring(
     entropies = [plan_entropies(m, plan) for m in models]
     outputs = []
     for r, d in pairs:
-        alphas = alphas_from_entropies(
-            plan, lambda k, r=r, d=d: (entropies[r][k], entropies[d][k]), a=a, c=c
-        )
+        alphas = alphas_from_entropies(plan, entropy_pairs(entropies, r, d), a=a, c=c)
         outputs.append(graft_state_dicts(models[r], models[d], alphas))
     return outputs
