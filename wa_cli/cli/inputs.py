@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.params import choice
@@ -14,6 +14,7 @@ from wa_cli.select import expand_inputs
 if TYPE_CHECKING:  # the reader imports torch; `wa --help` must not
     from wa_cli.io.reader import Checkpoint, ReadOptions
     from wa_cli.select import Entry
+    from wa_cli.select.order import Order
 
 
 def read_options(
@@ -121,13 +122,12 @@ def select_inputs(
     reads no steps (so a plain ``wa average`` never depends on step metadata).
     """
     from wa_cli.select import Entry, Mode, load_metrics_file, order_trajectory, select_trajectory
-    from wa_cli.select.order import Order
 
     order = sel.order or default_order
     if order is None:
         entries = [Entry(c, None, "order") for c in ckpts]
     else:
-        entries = order_trajectory(ckpts, choice("order", order, Order))
+        entries = order_trajectory(ckpts, cast("Order", order))  # checked there
     metrics = load_metrics_file(sel.metrics, sel.metric) if sel.metrics is not None else None
     picked = select_trajectory(
         entries,
