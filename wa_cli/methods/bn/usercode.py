@@ -67,8 +67,9 @@ def resolve_callable(spec: str, *, what: str) -> Callable[..., Any]:
     if not sep or not source or not attr:
         raise WaError(f"{what} '{spec}' is not of the form {_FORMS}", ExitCode.USAGE)
     module = _import_file(source, what) if _is_path(source) else _import_module(source, what)
-    if getattr(module, "__file__", None):
-        note_read(module.__file__)  # the output guard never writes over the user's code
+    file: str | None = getattr(module, "__file__", None)  # builtins have none
+    if file:
+        note_read(file)  # the output guard never writes over the user's code
     target: Any = module
     for depth, part in enumerate(attr.split(".")):
         if not hasattr(target, part):
