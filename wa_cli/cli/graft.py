@@ -97,9 +97,9 @@ def graft_command(
     plan = plan_graft(
         ckpts, rule=rule, a=a, c=c, bins=bins, dtype=parse_user_dtype(dtype), device=device
     )
-    for message in plan.warnings:
-        warn(message)
     if dry_run or output is None:  # (output is None only with --dry-run: checked above)
+        for message in plan.warnings:
+            warn(message)
         paths = [str(p) for p in output_paths(plan, output)] if output is not None else []
         if json:
             print_json({**_plan_json(plan), "dry_run": True, "outputs": paths})
@@ -110,6 +110,8 @@ def graft_command(
         plan, reports = graft_to_files(
             plan, output, precision=precision, device=device, force=force, progress=progress
         )
+    for message in plan.warnings:  # after the output checks: an error stays one line
+        warn(message)
     if json:
         runs = [r.to_json() for r in reports]
         outputs = [p for r in reports for p in r.outputs]

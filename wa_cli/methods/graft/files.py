@@ -45,6 +45,7 @@ from wa_cli.methods.graft.alpha import (
     ring_pairs_to_write,
 )
 from wa_cli.methods.graft.entropy import check_bins, checkpoint_measure
+from wa_cli.methods.graft.relatedness import unrelated_warnings
 from wa_cli.methods.inputs import Inputs, open_inputs
 from wa_cli.params import choice
 from wa_cli.params import dtype as check_dtype
@@ -208,6 +209,9 @@ def plan_graft(
             alphas_from_entropies(alpha_plan, entropy_pairs(entropies, r, d), a=a, c=c)
             for r, d in pairs
         ]
+        # Finished independent runs graft badly: say so (methods/graft/relatedness.py).
+        names = distinct_names([ck.path for ck in ckpts])
+        warnings.extend(unrelated_warnings(check, pairs, names))
     except BaseException:
         for ck in ckpts:  # the second pass closes them on success
             ck.close()
@@ -215,7 +219,7 @@ def plan_graft(
     rows = _rows(alpha_plan, entropies, alphas)
     return GraftPlan(
         checkpoints=ckpts,
-        names=distinct_names([ck.path for ck in ckpts]),
+        names=names,
         rule=rule, a=a, c=c, bins=bins,
         check=check, alpha_plan=alpha_plan, pairs=pairs, alphas=alphas, rows=rows,
         dtype=dtype, warnings=warnings,
