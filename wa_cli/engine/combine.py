@@ -37,6 +37,7 @@ from wa_cli.engine.rounding import (
     round_into,
     scale_weights,
 )
+from wa_cli.io.checkpoint import Checkpoint
 
 # Elements per chunk: 256K keeps a float32 accumulator, its conversion buffer and the staging
 # bytes (about 2.5 MB together) in cache while the N inputs are added into it.
@@ -70,9 +71,28 @@ class ChunkTask:
     count: int
     inputs: tuple[tuple[int, float], ...]  # (input index, weight); zero weights left out
     total: float  # Σ w over the key's sources: the divisor
+    # A coalesced span: these whole keys (``entry`` first), stored back to back in every input.
+    members: tuple[KeyPlan, ...] = ()
 
     def byte_offset(self, source: int) -> int:
         return self.start * self.entry.dtype_of(source).itemsize
+
+    def read(self, ckpt: Checkpoint, source: int, buf: torch.Tensor) -> None:
+        """Fill ``buf`` with this chunk's bytes of input ``source``: one positional read."""
+        if self.members:
+            ckpt.read_span(self.entry.key, buf)
+        else:
+            ckpt.read_into(self.entry.key, buf, self.byte_offset(source))
+
+    def pieces(self, out: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """The output chunk cut per key (a span holds several)."""
+        if not self.members:
+            yield self.entry.key, out
+            return
+        offset = 0
+        for m in self.members:
+            yield m.key, out[offset : offset + m.numel]
+            offset += m.numel
 
     def nbytes(self, source: int) -> int:
         return self.count * self.entry.dtype_of(source).itemsize
@@ -104,6 +124,64 @@ def schedule(plan: Plan, weights: WeightsFn, chunk_elements: int) -> list[ChunkT
     return tasks
 
 
+def coalesce(tasks: list[ChunkTask], plan: Plan, limit: int) -> list[ChunkTask]:
+    """Merge runs of whole small keys stored back to back in every input into span tasks.
+
+    Keys join a span when they share the weights, the dtypes of every input and the output
+    dtype, and each input stores them contiguously in one file (the usual case: every checkpoint
+    of a run has one layout). A span is read with one positional read per input, reduced as one
+    flat tensor and written key by key from that buffer; elementwise arithmetic makes the output
+    byte-identical to the per-key path. Anything else (other offsets, pickles, non-float keys,
+    chunks of large keys) stays as it was.
+    """
+    out: list[ChunkTask] = []
+    run: list[ChunkTask] = []
+    size = 0
+
+    def flush() -> None:
+        if len(run) > 1:
+            first = run[0]
+            members = tuple(t.entry for t in run)
+            out.append(ChunkTask(first.entry, 0, size, first.inputs, first.total, members))
+        else:
+            out.extend(run)
+        run.clear()
+
+    for task in tasks:
+        whole = task.entry.interpolate and task.start == 0 and task.count == task.entry.numel
+        if whole and run and size + task.count <= limit and _follows(plan, run[-1], task):
+            run.append(task)
+            size += task.count
+            continue
+        flush()
+        if whole and task.count < limit:
+            run.append(task)
+            size = task.count
+        else:
+            out.append(task)
+    flush()
+    return out
+
+
+def _follows(plan: Plan, prev: ChunkTask, task: ChunkTask) -> bool:
+    """Whether ``task``'s key continues ``prev``'s span: same arithmetic, next bytes everywhere."""
+    a, b = prev.entry, task.entry
+    if prev.inputs != task.inputs or prev.total != task.total:
+        return False
+    if a.dtype != b.dtype or a.out_dtype != b.out_dtype:
+        return False
+    for source, _ in task.inputs:
+        if a.dtype_of(source) != b.dtype_of(source):
+            return False
+        ckpt = plan.checkpoints[source]
+        here, there = ckpt.location(a.key), ckpt.location(b.key)
+        if here is None or there is None:
+            return False
+        if there != (here[0], here[1] + prev.nbytes(source)):
+            return False
+    return True
+
+
 def planned_read_bytes(plan: Plan, weights: WeightsFn) -> int:
     """How many input bytes a combination will read (for progress bars)."""
     tasks = schedule(plan, weights, chunk_elements=1 << 62)
@@ -116,7 +194,7 @@ def linear_combination(
     *,
     precision: Precision = "auto",
     device: torch.device | None = None,
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    chunk_elements: int | None = None,
     progress: ProgressFn | None = None,
     stats: CombineStats | None = None,
 ) -> Generator[tuple[str, torch.Tensor], None, None]:
@@ -134,9 +212,10 @@ def linear_combination(
     stats = stats if stats is not None else CombineStats()
     device = device or torch.device("cpu")
     start = time.perf_counter()
-    if device.type == "cuda" and chunk_elements == DEFAULT_CHUNK_ELEMENTS:
-        chunk_elements = GPU_CHUNK_ELEMENTS  # launches and syncs per chunk cost more on a GPU
-    tasks = schedule(plan, weights, chunk_elements)
+    if chunk_elements is None:
+        # Launches and syncs per chunk cost more on a GPU: larger chunks there.
+        chunk_elements = GPU_CHUNK_ELEMENTS if device.type == "cuda" else DEFAULT_CHUNK_ELEMENTS
+    tasks = coalesce(schedule(plan, weights, chunk_elements), plan, chunk_elements)
     threads = torch.get_num_threads()
     reducer: Reducer | None = None
     try:
@@ -163,7 +242,7 @@ def linear_combination(
             stats.bytes_written += out.numel() * out.element_size()
             if progress:
                 progress(read)
-            yield entry.key, out
+            yield from task.pieces(out)
     finally:
         if reducer is not None:
             reducer.close()
@@ -210,8 +289,7 @@ class Prefetcher:
         task, source = item
         buf = self.ring[self.slot][: task.nbytes(source)]
         self.slot = (self.slot + 1) % len(self.ring)
-        read = self.checkpoints[source].read_into
-        future = self.pool.submit(read, task.entry.key, buf, task.byte_offset(source))
+        future = self.pool.submit(task.read, self.checkpoints[source], source, buf)
         self.pending.append((task, source, future, buf))
 
     def next(self, task: ChunkTask, source: int) -> torch.Tensor:
@@ -288,8 +366,10 @@ class Reducer:
         if narrower or not acc_finite:
             bad = int(out.numel() - int(torch.isfinite(out).sum()))
             if bad:
-                key = task.entry.key
-                stats.non_finite[key] = stats.non_finite.get(key, 0) + bad
+                for key, piece in task.pieces(out):
+                    n = int(piece.numel() - int(torch.isfinite(piece).sum()))
+                    if n:
+                        stats.non_finite[key] = stats.non_finite.get(key, 0) + n
         return out
 
     def divide_and_round(self, task: ChunkTask, acc: torch.Tensor) -> torch.Tensor:
@@ -325,8 +405,8 @@ class Reducer:
     def reread(self, task: ChunkTask, source: int) -> torch.Tensor:
         """One input's chunk again, on the host (read by the prefetch thread, after its queue)."""
         buf = torch.empty(task.nbytes(source), dtype=torch.uint8)
-        read = self.prefetcher.checkpoints[source].read_into
-        self.prefetcher.pool.submit(read, task.entry.key, buf, task.byte_offset(source)).result()
+        ckpt = self.prefetcher.checkpoints[source]
+        self.prefetcher.pool.submit(task.read, ckpt, source, buf).result()
         return buf.view(task.entry.dtype_of(source))
 
     def close(self) -> None:

@@ -73,6 +73,16 @@ class Checkpoint:
         """Fill the uint8 CPU tensor ``out`` with the key's bytes from ``byte_offset`` on."""
         raise NotImplementedError
 
+    def location(self, key: str) -> tuple[Path, int] | None:
+        """(file, absolute byte offset) of the key's bytes when they lie in place in one file,
+        so that keys stored back to back can be read as one span; None when not (pickles)."""
+        return None
+
+    def read_span(self, key: str, out: torch.Tensor) -> None:
+        """Fill ``out`` with the bytes from the start of ``key`` on, past its end into the keys
+        stored after it in the same file (only where :meth:`location` says they follow)."""
+        raise NotImplementedError
+
     def tensor(self, key: str) -> torch.Tensor:
         """The whole tensor, in fresh memory."""
         info = self.info(key)

@@ -53,6 +53,12 @@ class SafetensorsFile(Checkpoint):
             raise ValueError(f"read past the end of {key!r}")
         self._file.read(out, info.offset + byte_offset, key)
 
+    def location(self, key: str) -> tuple[Path, int] | None:
+        return self.path, self._tensors[key].offset
+
+    def read_span(self, key: str, out: torch.Tensor) -> None:
+        self._file.read(out, self._tensors[key].offset, key)
+
     def close(self) -> None:
         self._file.close()
 
@@ -106,6 +112,15 @@ class ShardedCheckpoint(Checkpoint):
         super()._rename(renamed)
 
     def read_into(self, key: str, out: torch.Tensor, byte_offset: int = 0) -> None:
+        self._shard(key).read_into(key, out, byte_offset)
+
+    def location(self, key: str) -> tuple[Path, int] | None:
+        return self._shard_of[key].location(key)
+
+    def read_span(self, key: str, out: torch.Tensor) -> None:
+        self._shard(key).read_span(key, out)
+
+    def _shard(self, key: str) -> SafetensorsFile:
         shard = self._shard_of[key]
         # Keep few shard files open: 40 checkpoints of 30 shards would pass the usual limit of
         # 1024 open files, and reads go key by key, so a shard is rarely needed again soon.
@@ -114,7 +129,7 @@ class ShardedCheckpoint(Checkpoint):
         while len(self._open) > MAX_OPEN_SHARDS:
             _, oldest = self._open.popitem(last=False)
             oldest.close()
-        shard.read_into(key, out, byte_offset)
+        return shard
 
     def close(self) -> None:
         for shard in self._shards.values():
