@@ -27,6 +27,16 @@ from wa_cli.methods.graft.entropy import (
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 
+@pytest.fixture(autouse=True, params=["direct", "table/thresholds"])
+def counting_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs on both counting paths: the formulas on the elements (small tensors) and
+    the bit-pattern table or exact thresholds (large ones)."""
+    from wa_cli.methods.graft import histogram
+
+    if request.param != "direct":
+        monkeypatch.setattr(histogram, "DIRECT_ELEMENTS", 0)
+
+
 def reference_counts(t: torch.Tensor, n: int = 10) -> list[int]:
     """A port of fxmeng/filter-grafting's entropy() loop, counting: edges in the tensor's dtype."""
     x = t.reshape(-1)

@@ -42,8 +42,13 @@ def sample(dtype: torch.dtype, shape: tuple[int, ...], seed: int = 0) -> torch.T
     return (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.05).to(dtype)
 
 
-@pytest.fixture(params=["one chunk", "many chunks"])
+@pytest.fixture(params=["direct", "one chunk", "many chunks"])
 def chunking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    from wa_cli.methods.graft import histogram
+
+    if request.param == "direct":
+        return "direct"  # small tensors: the formulas on the elements themselves
+    monkeypatch.setattr(histogram, "DIRECT_ELEMENTS", 0)  # the large-tensor paths
     if request.param == "many chunks":
         # 700-element chunks and no whole-tensor copy: rows span chunks, two passes re-read.
         monkeypatch.setattr(entropy_mod, "_CHUNK", 700)

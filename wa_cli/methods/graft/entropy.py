@@ -89,7 +89,7 @@ def bin_counts(
         for start in range(0, flat.numel(), _CHUNK):
             yield flat[start : start + _CHUNK]
 
-    return _histogram(chunks, flat.dtype, bins, half_open, name)
+    return _histogram(chunks, flat.dtype, flat.numel(), bins, half_open, name)
 
 
 def _check_real(dtype: torch.dtype, name: str | None) -> None:
@@ -101,12 +101,13 @@ def _check_real(dtype: torch.dtype, name: str | None) -> None:
 def _histogram(
     chunks: Callable[[], Iterable[torch.Tensor]],
     dtype: torch.dtype,
+    numel: int,
     bins: int,
     half_open: bool,
     name: str | None,
 ) -> list[int]:
     try:
-        return histogram(chunks, dtype, bins, reference=half_open)
+        return histogram(chunks, dtype, numel, bins, reference=half_open)
     except NonFinite:
         what = f"tensor {name!r}" if name else "tensor"
         raise WaError(
@@ -316,7 +317,7 @@ def checkpoint_measure(
                 _add_row_norms(norms, chunk, start, row_len)
             yield chunk
 
-    counts = _histogram(chunks, info.dtype, bins, half_open, key)
+    counts = _histogram(chunks, info.dtype, info.numel, bins, half_open, key)
     entropy = _entropy(counts, info.numel, half_open, None)
     return Measured(entropy, norms)
 
@@ -364,12 +365,18 @@ def _add_row_norms(norms: torch.Tensor, chunk: torch.Tensor, start: int, row_len
     row, offset = divmod(start, row_len)
     if offset:  # the end of a row begun in an earlier chunk
         take = min(row_len - offset, n)
-        norms[row] += chunk[:take].abs().sum(dtype=torch.float64)
+        norms[row] += _abs64(chunk[:take]).sum()
         pos, row = take, row + 1
     full = (n - pos) // row_len
     if full:
         block = chunk[pos : pos + full * row_len].reshape(full, row_len)
-        norms[row : row + full] += block.abs().sum(dim=1, dtype=torch.float64)
+        # Widened first: a float64 reduction over 16-bit values runs ~3x slower (measured).
+        norms[row : row + full] += _abs64(block).sum(dim=1)
         pos, row = pos + full * row_len, row + full
     if pos < n:  # the start of a row that continues in the next chunk
-        norms[row] += chunk[pos:].abs().sum(dtype=torch.float64)
+        norms[row] += _abs64(chunk[pos:]).sum()
+
+
+def _abs64(t: torch.Tensor) -> torch.Tensor:
+    """|t| in float64, never in place on the caller's tensor."""
+    return t.abs() if t.dtype == torch.float64 else t.to(torch.float64).abs_()
