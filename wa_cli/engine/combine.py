@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -47,6 +48,7 @@ GPU_CHUNK_ELEMENTS = 1 << 22
 PREFETCH_DEPTH = 4
 
 WeightsFn = Callable[[KeyPlan], Sequence[float]]
+Inputs = tuple[tuple[int, float], ...]  # (input index, weight), zero weights left out
 ProgressFn = Callable[[int], None]
 
 
@@ -105,17 +107,23 @@ class ChunkTask:
 def schedule(plan: Plan, weights: WeightsFn, chunk_elements: int) -> list[ChunkTask]:
     """Every chunk of every key, in output order; the reads follow this order exactly."""
     tasks = []
+    seen: dict[tuple[tuple[int, ...], tuple[float, ...]], tuple[Inputs, float]] = {}
     for entry in plan.keys:
         if entry.interpolate:
-            w = [float(x) for x in weights(entry)]
-            if len(w) != len(entry.sources):
-                raise ValueError(f"{len(w)} weights for {len(entry.sources)} sources")
-            # Extreme weights (1e308, 5e-324) are rescaled by a power of two: ratios unchanged.
-            w = scale_weights(w)
-            total = math.fsum(w)
-            if not total > 0:
-                raise ValueError(f"weights for {entry.key!r} sum to {total}")
-            inputs = tuple((s, x) for s, x in zip(entry.sources, w) if x != 0)
+            raw = tuple(float(x) for x in weights(entry))
+            if len(raw) != len(entry.sources):
+                raise ValueError(f"{len(raw)} weights for {len(entry.sources)} sources")
+            # Keys share weights (often all of them): work each distinct set out once.
+            found = seen.get((entry.sources, raw))
+            if found is None:
+                # Extreme weights (1e308, 5e-324) are rescaled by a power of two: same ratios.
+                w = scale_weights(raw)
+                total = math.fsum(w)
+                if not total > 0:
+                    raise ValueError(f"weights for {entry.key!r} sum to {total}")
+                inputs = tuple((s, x) for s, x in zip(entry.sources, w) if x != 0)
+                found = seen[(entry.sources, raw)] = (inputs, total)
+            inputs, total = found
         else:
             inputs, total = ((entry.copy_from, 1.0),), 1.0
         for start in range(0, entry.numel, chunk_elements):
@@ -137,6 +145,7 @@ def coalesce(tasks: list[ChunkTask], plan: Plan, limit: int) -> list[ChunkTask]:
     out: list[ChunkTask] = []
     run: list[ChunkTask] = []
     size = 0
+    where = _Locations(plan)
 
     def flush() -> None:
         if len(run) > 1:
@@ -149,7 +158,7 @@ def coalesce(tasks: list[ChunkTask], plan: Plan, limit: int) -> list[ChunkTask]:
 
     for task in tasks:
         whole = task.entry.interpolate and task.start == 0 and task.count == task.entry.numel
-        if whole and run and size + task.count <= limit and _follows(plan, run[-1], task):
+        if whole and run and size + task.count <= limit and _follows(plan, run[-1], task, where):
             run.append(task)
             size += task.count
             continue
@@ -163,23 +172,36 @@ def coalesce(tasks: list[ChunkTask], plan: Plan, limit: int) -> list[ChunkTask]:
     return out
 
 
-def _follows(plan: Plan, prev: ChunkTask, task: ChunkTask) -> bool:
+def _follows(plan: Plan, prev: ChunkTask, task: ChunkTask, where: _Locations) -> bool:
     """Whether ``task``'s key continues ``prev``'s span: same arithmetic, next bytes everywhere."""
     a, b = prev.entry, task.entry
     if prev.inputs != task.inputs or prev.total != task.total:
         return False
     if a.dtype != b.dtype or a.out_dtype != b.out_dtype:
         return False
+    if a.sources != b.sources or a.source_dtypes != b.source_dtypes:
+        return False
     for source, _ in task.inputs:
-        if a.dtype_of(source) != b.dtype_of(source):
-            return False
-        ckpt = plan.checkpoints[source]
-        here, there = ckpt.location(a.key), ckpt.location(b.key)
+        here, there = where.of(source, a.key), where.of(source, b.key)
         if here is None or there is None:
             return False
         if there != (here[0], here[1] + prev.nbytes(source)):
             return False
     return True
+
+
+class _Locations:
+    """Each (input, key)'s place in its file, asked once (a key is looked at twice)."""
+
+    def __init__(self, plan: Plan):
+        self.checkpoints = plan.checkpoints
+        self.cache: dict[tuple[int, str], tuple[Path, int] | None] = {}
+
+    def of(self, source: int, key: str) -> tuple[Path, int] | None:
+        k = (source, key)
+        if k not in self.cache:
+            self.cache[k] = self.checkpoints[source].location(key)
+        return self.cache[k]
 
 
 def planned_read_bytes(plan: Plan, weights: WeightsFn) -> int:

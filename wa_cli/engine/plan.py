@@ -7,6 +7,7 @@ more"); ``keys="intersection"`` or ``"union"`` relaxes key sets on purpose.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -43,7 +44,12 @@ class KeyPlan:
         """The dtype the key has in input ``source`` (its bytes are read as this)."""
         if not self.source_dtypes:
             return self.dtype
-        return self.source_dtypes[self.sources.index(source)]
+        return self._dtype_by_source[source]
+
+    @functools.cached_property
+    def _dtype_by_source(self) -> dict[int, torch.dtype]:
+        # cached_property writes the instance dict directly, which a frozen dataclass allows.
+        return dict(zip(self.sources, self.source_dtypes, strict=True))
 
     @property
     def numel(self) -> int:

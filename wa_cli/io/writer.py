@@ -91,7 +91,9 @@ class _FileSink:
     def __init__(self, path: Path, tensors: list[OutputTensor], metadata: dict[str, str]):
         header, self.sizes = build_header([(t.key, t.dtype, t.shape) for t in tensors], metadata)
         self.keys = [t.key for t in tensors]
-        self.file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        # A 256 KB buffer gathers small tensors into few write calls (20,000 keys of 8 KB made
+        # 20,000 syscalls); the engine's full chunks (512 KB and up) still go straight through.
+        self.file = open(path, "wb", buffering=1 << 18)  # noqa: SIM115 - closed in close()
         self.file.write(header)
 
     def close(self) -> None:
