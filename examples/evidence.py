@@ -25,8 +25,8 @@ Comparisons (each against its own control):
   vs the better of the two single runs, and vs the A = 0 control (same runs and schedule, alpha
   fixed at 0.5: a plain average every epoch), which tests the entropy weighting itself.
 
-    python examples/evidence.py --seeds 5            # about 5 minutes on 2 idle CPU cores
-    python examples/evidence.py --quick --seeds 1    # a smoke test of every path, seconds
+    python examples/evidence.py --seeds 5          # ~3 min (300 s of CPU) on 2 idle cores
+    python examples/evidence.py --quick --seeds 1  # a smoke test of every path, seconds
 
 Seeds and experiments run in parallel worker processes (``--jobs``, default: the CPU count), one
 torch thread each; the numbers do not depend on ``--jobs``. A ``wa`` command that fails turns its
