@@ -40,13 +40,13 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "recalibrate_checkpoint": ("wa_cli.methods.bn.checkpoint", "recalibrate_checkpoint"),
     "open_checkpoint": ("wa_cli.io.handle", "open_checkpoint_handle"),
     "write_state_dict": ("wa_cli.io.writer", "write_state_dict"),
-    "RunReport": ("wa_cli.engine.run", "RunReport"),
+    "RunReport": ("wa_cli.engine.report", "RunReport"),
     "WaError": ("wa_cli.errors", "WaError"),
 }
 __all__ = ["__version__", *_PUBLIC]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
-    from wa_cli.engine.run import RunReport as RunReport
+    from wa_cli.engine.report import RunReport as RunReport
     from wa_cli.errors import WaError as WaError
     from wa_cli.io.handle import open_checkpoint_handle as open_checkpoint  # noqa: F401 (in _PUBLIC)
     from wa_cli.io.writer import write_state_dict as write_state_dict

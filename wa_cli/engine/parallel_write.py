@@ -37,7 +37,7 @@ from wa_cli.engine import distributed, plan_digest
 from wa_cli.engine.combine import CombineStats, WeightsFn, linear_combination, schedule
 from wa_cli.engine.plan import Plan
 from wa_cli.engine.precision import Precision
-from wa_cli.engine.run import BN_HINT, RunReport, build_report, check_output_is_not_input
+from wa_cli.engine.report import BN_HINT, RunReport, build_report, check_output_is_not_input
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.atomic import atomic_destination
 from wa_cli.io.safetensors_header import build_header
