@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch import nn
+
+from tests.oracles import tiny_cnn
 
 REPO = Path(__file__).resolve().parents[1]
+
+__all__ = ["REPO", "TOLERANCE", "tiny_cnn"]
 
 # One tolerance table for every dtype comparison (STYLE.md).
 TOLERANCE = {
@@ -23,23 +26,6 @@ TOLERANCE = {
     torch.float16: {"rtol": 1e-3, "atol": 1e-3},
     torch.bfloat16: {"rtol": 1e-2, "atol": 1e-2},
 }
-
-
-def tiny_cnn(seed: int) -> nn.Module:
-    """Conv2d → BatchNorm2d → ReLU → Linear, with non-trivial BN statistics."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(4 * 5 * 5, 3),
-    )
-    with torch.no_grad():
-        model[1].running_mean.normal_()
-        model[1].running_var.uniform_(0.5, 2.0)
-        model[1].num_batches_tracked.fill_(100 + seed)
-    return model
 
 
 def cnn_state(seed: int) -> dict[str, torch.Tensor]:

@@ -10,19 +10,9 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from tests.helpers import assert_one_line_error, make_trajectory, run_wa
-
-
-def torch_ema(states: list[dict[str, torch.Tensor]], decay: float) -> dict[str, torch.Tensor]:
-    """PyTorch's in-training EMA (``get_ema_multi_avg_fn``) over the float tensors, in order."""
-    update = get_ema_multi_avg_fn(decay)
-    keys = [k for k in states[0] if states[0][k].is_floating_point()]
-    averaged = [states[0][k].clone() for k in keys]
-    for n, state in enumerate(states[1:], start=1):
-        update(averaged, [state[k] for k in keys], n)
-    return dict(zip(keys, averaged, strict=True))
+from tests.oracles import torch_ema
 
 
 def test_ema_matches_torch_in_step_order_whatever_the_argument_order(tmp_path, capsys):

@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.helpers import assert_one_line_error, make_trajectory, run_wa
-from tests.methods.graft.test_files import assert_state_close, float64_graft, np_entropy, spec_alpha
+from tests.methods.graft.test_files import assert_state_close, float64_graft
 from tests.methods.graft.test_graft import ordered_sd, reference_graft
+from tests.oracles import np_entropy, spec_alpha
 
 
 def test_graft_matches_float64_recomputation_and_keeps_receiver_int_buffers(tmp_path, capsys):

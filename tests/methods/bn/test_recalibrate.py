@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
+from tests.oracles import bn_mlp, fresh_cnn_6x6
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.methods.bn.recalibrate import (
     NO_BN_NOTE,
@@ -23,24 +24,6 @@ from wa_cli.methods.bn.recalibrate import (
 )
 
 SIZES = (5, 8, 13, 2)  # unequal on purpose: batch and sample weighting then differ
-
-
-def tiny_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(4 * 6 * 6, 5),
-    )
-
-
-def bn_mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4), nn.BatchNorm1d(4)
-    )
 
 
 def labelled_batches(shape: tuple[int, ...], seed: int = 1) -> list[tuple[torch.Tensor, ...]]:
@@ -64,7 +47,7 @@ def assert_same_state(actual: nn.Module, expected: nn.Module) -> None:
 
 
 @pytest.mark.parametrize(
-    ("build", "shape"), [(tiny_cnn, (3, 6, 6)), (bn_mlp, (6,))], ids=["cnn", "mlp"]
+    ("build", "shape"), [(fresh_cnn_6x6, (3, 6, 6)), (bn_mlp, (6,))], ids=["cnn", "mlp"]
 )
 def test_matches_update_bn(build, shape) -> None:
     model = build()
@@ -118,7 +101,7 @@ def test_batchnorm2d_closed_form_over_pixels() -> None:
 
 
 def test_momenta_and_modes_restored_and_other_tensors_untouched() -> None:
-    model = tiny_cnn()
+    model = fresh_cnn_6x6()
     model[1].momentum = 0.3
     model.train()
     model[4].eval()  # a frozen head: its mode must survive, which model.train(was_training) breaks
@@ -319,7 +302,7 @@ def test_describe_batch() -> None:
 
 @pytest.mark.gpu
 def test_cpu_batches_moved_to_the_gpu() -> None:
-    model = tiny_cnn().cuda()
+    model = fresh_cnn_6x6().cuda()
     reference = copy.deepcopy(model)
     batches = labelled_batches((3, 6, 6))
     update_bn(batches, reference, device="cuda")

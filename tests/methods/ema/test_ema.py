@@ -10,29 +10,11 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from tests.helpers import make_trajectory
+from tests.oracles import ema_recursion64, torch_ema
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.methods.ema import ema, ema_to_file
-
-
-def torch_ema(states: list[dict[str, torch.Tensor]], decay: float) -> dict[str, torch.Tensor]:
-    """PyTorch's in-training EMA (``get_ema_multi_avg_fn``) applied to the states in order."""
-    update = get_ema_multi_avg_fn(decay)
-    keys = [k for k in states[0] if states[0][k].is_floating_point()]
-    averaged = [states[0][k].clone() for k in keys]  # e_0 = θ_0, as AveragedModel's first update
-    for n, state in enumerate(states[1:], start=1):
-        update(averaged, [state[k] for k in keys], n)
-    return dict(zip(keys, averaged, strict=True))
-
-
-def recursion64(values: list[torch.Tensor], betas: list[float]) -> torch.Tensor:
-    """e_0 = θ_0, e_i = β_i e_{i−1} + (1 − β_i) θ_i, in float64."""
-    e = values[0].double()
-    for beta, theta in zip(betas, values[1:], strict=True):
-        e = beta * e + (1 - beta) * theta.double()
-    return e
 
 
 def save_steps(folder: Path, steps: list[int], seed: int = 0) -> list[Path]:
@@ -88,7 +70,7 @@ def test_decay_per_step_with_uneven_gaps_matches_a_float64_recursion(tmp_path: P
     ema_to_file(paths, tmp_path / "e.safetensors", decay_per_step=d, device="cpu")
     values = [load_file(p)["w"] for p in paths]
     betas = [d ** (b - a) for a, b in zip(steps[:-1], steps[1:], strict=True)]
-    expected = recursion64(values, betas)
+    expected = ema_recursion64(values, betas)
     # Hand check of one β: the gap 4 → 10 decays by 0.8**6.
     assert betas[2] == pytest.approx(0.262144)
     got = load_file(tmp_path / "e.safetensors")["w"]
@@ -101,9 +83,11 @@ def test_half_life_matches_the_recursion_and_steps_can_be_given(tmp_path: Path) 
     values = [load_file(p)["w"] for p in paths]
     # Explicit steps override the metadata: gaps 5 and 5 with H = 5 halve each time.
     got = dict(ema(paths, half_life=5.0, steps=[0, 5, 10]))["w"]
-    torch.testing.assert_close(got.double(), recursion64(values, [0.5, 0.5]), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(
+        got.double(), ema_recursion64(values, [0.5, 0.5]), rtol=1e-6, atol=1e-7
+    )
     got = dict(ema(paths, half_life=10.0))["w"]  # metadata steps: gaps 10 and 30
-    expected = recursion64(values, [0.5, 0.5**3])
+    expected = ema_recursion64(values, [0.5, 0.5**3])
     torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-7)
 
 
@@ -140,9 +124,9 @@ def test_union_key_is_the_ema_of_the_checkpoints_that_hold_it(tmp_path: Path) ->
         paths.append(tmp_path / f"c{i}.safetensors")
         save_file(state, paths[-1], metadata={"step": str(i)})
     got = dict(ema(paths, decay=0.5, keys="union"))
-    torch.testing.assert_close(got["shared"].double(), recursion64(shared, [0.5, 0.5]))
+    torch.testing.assert_close(got["shared"].double(), ema_recursion64(shared, [0.5, 0.5]))
     # Its EMA starts at its first holder: e = 0.5 θ_1 + 0.5 θ_2 (not renormalised (1/3, 2/3)).
-    torch.testing.assert_close(got["late"].double(), recursion64(late, [0.5]))
+    torch.testing.assert_close(got["late"].double(), ema_recursion64(late, [0.5]))
 
 
 def test_union_decay_zero_takes_the_last_holder(tmp_path: Path) -> None:

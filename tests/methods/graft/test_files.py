@@ -7,33 +7,21 @@ recomputation of u' = alpha u + (1 - alpha) v from the input files.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from tests.helpers import TOLERANCE, cnn_state, make_trajectory
+from tests.oracles import np_entropy, spec_alpha
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.reader import open_checkpoint
 from wa_cli.methods.graft.files import distinct_names, graft_to_files, output_paths, plan_graft
 
 # tiny_cnn keys: 0 = Conv2d, 1 = BatchNorm2d, 4 = Linear.
 MODULE_OF = {"0": "0.weight", "1": "1.weight", "4": "4.weight"}
-
-
-def np_entropy(t: torch.Tensor, bins: int = 10) -> float:
-    """Closed-rule entropy via numpy's histogram (an independent binning implementation)."""
-    counts, _ = np.histogram(t.to(torch.float64).numpy().ravel(), bins=bins)
-    p = counts[counts > 0] / t.numel()
-    return float(-(p * np.log(p)).sum())
-
-
-def spec_alpha(h_u: float, h_v: float, a: float = 0.4, c: float = 500.0) -> float:
-    return a / math.pi * math.atan(c * (h_u - h_v)) + 0.5
 
 
 def float64_graft(

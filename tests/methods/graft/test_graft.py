@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.oracles import np_entropy, spec_alpha
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.methods.graft.alpha import (
     PAPER_DEFAULT_ALPHA,
@@ -54,17 +55,6 @@ def tiny_state_dict(seed: int, dtype: torch.dtype = torch.float32) -> dict[str, 
         else:
             out[k] = torch.tensor(100 + seed)  # num_batches_tracked, int64
     return out
-
-
-def np_entropy(t: torch.Tensor, bins: int = 10) -> float:
-    """Closed-rule entropy via numpy's own histogram (an independent binning implementation)."""
-    counts, _ = np.histogram(t.to(torch.float64).numpy().ravel(), bins=bins)
-    p = counts[counts > 0] / t.numel()
-    return float(-(p * np.log(p)).sum())
-
-
-def spec_alpha(dh: float, a: float = 0.4, c: float = 500.0) -> float:
-    return a / math.pi * math.atan(c * dh) + 0.5
 
 
 # --- the coefficient ----------------------------------------------------------------------------
@@ -363,7 +353,7 @@ def test_three_model_ring_against_float64_recomputation() -> None:
                 assert torch.equal(out[k], t)
                 continue
             src = module_weight[k.split(".")[0]]
-            alpha = spec_alpha(np_entropy(u[src]) - np_entropy(v[src]))
+            alpha = spec_alpha(np_entropy(u[src]), np_entropy(v[src]))
             expected = alpha * u[k].double().numpy() + (1 - alpha) * v[k].double().numpy()
             torch.testing.assert_close(
                 out[k], torch.from_numpy(expected).float(), rtol=1e-6, atol=1e-7
