@@ -183,13 +183,15 @@ def bn_recalibrate_command(
 
 
 def _json_kwargs(text: str | None, option: str) -> dict[str, Any] | None:
+    from wa_cli.io.hostile import json_reason, parse_json
+
     if text is None:
         return None
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
+        value = parse_json(text)
+    except ValueError as e:
         raise WaError(
-            f"cannot read {option} {text!r}: {e.msg} "
+            f"cannot read {option}: {json_reason(e)} "
             "(expected a JSON object, e.g. '{\"depth\": 18}')",
             ExitCode.USAGE,
         ) from e

@@ -7,11 +7,11 @@ before any checkpoint is opened.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.io.formats import INDEX_SUFFIX
+from wa_cli.io.hostile import json_reason, parse_json, read_bounded
 
 __all__ = ["INDEX_SUFFIX", "find_index", "index_files", "read_weight_map"]
 
@@ -44,13 +44,16 @@ def find_index(folder: Path) -> Path | None:
 
 def read_weight_map(index: Path) -> dict[str, str]:
     """The index's ``weight_map``: tensor name → shard file name (relative to the index)."""
+    raw = read_bounded(index, what="index")
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        weight_map = parse_json(raw)["weight_map"]
         if not isinstance(weight_map, dict):
             raise TypeError
-    except OSError as e:
-        raise WaError(f"cannot read '{index}': {e.strerror or e}", ExitCode.BAD_INPUT) from e
-    except (ValueError, KeyError, TypeError) as e:
+    except ValueError as e:
+        raise WaError(
+            f"'{index}' is not a sharded-checkpoint index: {json_reason(e)}", ExitCode.BAD_INPUT
+        ) from e
+    except (KeyError, TypeError) as e:
         raise WaError(
             f"'{index}' is not a sharded-checkpoint index (expected JSON with a "
             "'weight_map' object)",

@@ -21,6 +21,7 @@ from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.checkpoint import Checkpoint, PositionalFile
 from wa_cli.io.formats import PICKLE_SUFFIXES, is_pickle_name, is_safetensors_name
 from wa_cli.io.guard import ReadPath, describe, note_reads
+from wa_cli.io.hostile import require_regular
 from wa_cli.io.index import INDEX_SUFFIX, find_index, read_weight_map
 from wa_cli.io.keys import AUTO, NO_FILTER, WRAPPER_PREFIXES, KeyFilter, parse_strip, shared_prefix
 from wa_cli.io.run_folders import RunFolder, recognise, trainer_record
@@ -174,6 +175,7 @@ def _open_one(p: Path, options: ReadOptions, keys: KeyFilter) -> Checkpoint:
                 f"folder '{p}' is not a sharded checkpoint (no *{INDEX_SUFFIX})", ExitCode.BAD_INPUT
             )
         return ShardedCheckpoint(index, p)
+    require_regular(p, "input")  # FIFOs and devices: refused before any read
     if p.name.endswith(".index.json"):
         return ShardedCheckpoint(p, p)
     if is_pickle_name(p):

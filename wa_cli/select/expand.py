@@ -17,6 +17,7 @@ from pathlib import Path
 
 from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.io.formats import CHECKPOINT_SUFFIXES, suffix_list
+from wa_cli.io.hostile import require_regular
 from wa_cli.io.index import INDEX_SUFFIX, find_index, index_files, read_weight_map
 from wa_cli.io.run_folders import recognise
 
@@ -114,6 +115,9 @@ def _expand_glob(pattern: str) -> list[Path]:
     # A glob over a folder catches bystanders (logs, configs): keep checkpoints only, and list
     # a sharded checkpoint once, by its index, not once per shard.
     indexes = [m for m in matches if m.is_file() and m.name.endswith(INDEX_SUFFIX)]
+    for m in matches:
+        if not m.is_dir() and (m in indexes or is_checkpoint_file(m)):
+            require_regular(m, "input")
     shards: set[Path] = set()
     for index in indexes:
         shards |= _shards_of(index)
@@ -179,4 +183,7 @@ def expand_inputs(args: Sequence[str | os.PathLike[str]]) -> list[Path]:
             paths.extend(_expand_glob(os.path.expanduser(text)))
         else:
             raise WaError(f"input '{text}' does not exist (check the path)", ExitCode.BAD_INPUT)
+    for p in paths:  # a FIFO or a device would block or never end: refused before any read
+        if not p.is_dir():
+            require_regular(p, "input")
     return paths

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from pathlib import Path
 
 from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.io.guard import note_read
+from wa_cli.io.hostile import json_reason, parse_json, read_bounded
 
 _FILE_COLUMNS = ("file", "name", "path", "checkpoint")
 
@@ -77,9 +77,11 @@ def _load_csv(path: Path, text: str, metric: str | None) -> dict[str, float]:
 
 def _load_json(path: Path, text: str, metric: str | None) -> dict[str, float]:
     try:
-        data = json.loads(text)
+        data = parse_json(text)
     except ValueError as e:
-        raise WaError(f"metrics file '{path}' is not valid JSON: {e}", ExitCode.BAD_INPUT) from e
+        raise WaError(
+            f"metrics file '{path}' is not valid JSON: {json_reason(e)}", ExitCode.BAD_INPUT
+        ) from e
     if not isinstance(data, dict):
         raise WaError(
             f"metrics file '{path}' must hold a JSON object mapping checkpoint names to values",
@@ -141,11 +143,7 @@ def load_metrics_file(path: str | os.PathLike[str], metric: str | None = None) -
         )
     note_read(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as e:
-        raise WaError(
-            f"cannot read metrics file '{path}': {e.strerror or e}", ExitCode.BAD_INPUT
-        ) from e
+        text = read_bounded(path, what="metrics file").decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise WaError(
             f"metrics file '{path}' is not UTF-8 text (byte {e.start}); expected a CSV or JSON "

@@ -21,6 +21,7 @@ import torch
 from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.io.formats import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, checkpoint_suffix
 from wa_cli.io.guard import note_read
+from wa_cli.io.hostile import require_regular
 from wa_cli.io.pickles import check_tensor, load_pickle
 from wa_cli.methods.bn.usercode import describe_exception
 
@@ -141,8 +142,7 @@ def tensor_file_batches(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise WaError(f"batch size must be a positive integer, got {batch_size!r}", ExitCode.USAGE)
     path = Path(path)
-    if not path.is_file():
-        raise WaError(f"data file '{path}' does not exist", ExitCode.BAD_INPUT)
+    require_regular(path, "data file")  # FIFOs and devices: refused before any read
     note_read(path)
     suffix = data_suffix(path)
     if suffix not in SUFFIXES:
