@@ -199,7 +199,7 @@ SELECTION_ERRORS = [
     (["--order", "random"], 2, ["--order must be one of"]),
     (["--order", "step"], 2, ["--order step needs a step ('step' or 'global_step')"]),
     (["--mode", "best"], 2, ["--mode"]),
-    (["--top-k", "1", "--metrics", "{tmp}/none.csv"], 3, ["cannot read metrics file"]),
+    (["--top-k", "1", "--metrics", "{tmp}/none.csv"], 3, ["none.csv", "does not exist"]),
 ]
 
 

@@ -141,8 +141,13 @@ def _tensors(
                 raise corrupt(f"tensor {key!r} has shape {_short(shape)} (dims: 0 to 2^63-1)")
             numel *= d
         nbytes = numel * dtype.itemsize
-        if type(begin) is not int or type(end) is not int or not 0 <= begin <= end <= data_size:
-            raise corrupt(f"tensor {key!r} has data_offsets {_short(offsets)} outside the data")
+        if type(begin) is not int or type(end) is not int or not 0 <= begin <= end:
+            raise corrupt(f"tensor {key!r} has data_offsets {_short(offsets)}")
+        if end > data_size:
+            raise corrupt(
+                f"tensor {key!r} ends at byte {data_start + end} but the file has "
+                f"{data_start + data_size} bytes (the file is truncated)"
+            )
         if end - begin != nbytes:
             raise corrupt(
                 f"tensor {key!r} spans {end - begin} bytes but {name} {_short(shape)} "
