@@ -90,7 +90,7 @@ def test_one_process_folder_reads_every_tensor(tmp_path):
         got = ckpt.tensor(key)
         assert got.dtype == expected.dtype and torch.equal(got, expected), key
     assert ckpt.metadata["step"] == "100"
-    assert "extra.note" in ckpt.skipped and any("non-tensor" in n for n in ckpt.notes)
+    assert "extra.note" in ckpt.skipped
     # chunked reads of one key
     buf = torch.empty(6 * 4 * 4, dtype=torch.uint8)
     for start in range(0, buf.numel(), 20):

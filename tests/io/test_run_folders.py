@@ -67,6 +67,7 @@ def test_folder_of_trainer_folders_is_a_trajectory(tmp_path, capsys):
     avg = tmp_path / "avg.safetensors"
     r = run_wa(["average", out, "--last", "2", "-o", avg], capsys)
     assert r.code == 0, r.stderr
+    assert "read model.safetensors.index.json of checkpoint-20/ (left out optimizer.pt" in r.stdout
     got = load_file(avg)["4.weight"].double()
     want = (states[20]["4.weight"].double() + states[30]["4.weight"].double()) / 2
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)

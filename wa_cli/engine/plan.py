@@ -169,6 +169,7 @@ def build_plan(
                 f"left out {len(c.skipped)} entr(ies) of {c.name} that are not tensors "
                 f"({listing(c.skipped, 3)})"
             )
+    plan.notes.extend(_input_notes(ckpts))
     if keys == "intersection":
         dropped = dropped_keys(plan)
         if dropped:
@@ -183,6 +184,22 @@ def build_plan(
                 f"that hold them ({listing(partial, 3)})"
             )
     return plan
+
+
+def _input_notes(ckpts: list[Checkpoint]) -> list[str]:
+    """What the readers did: which file of a run folder was read, which prefix was stripped.
+
+    One line per kind for many inputs: the first input's, and how many more were alike.
+    """
+    taken = [f"read {c.chosen_file_note}" for c in ckpts if c.chosen_file_note]
+    reader = [n for c in ckpts for n in c.notes]
+    lines: list[str] = []
+    for group in (taken, reader):
+        if len(group) <= 2:
+            lines.extend(group)
+        else:
+            lines.append(f"{group[0]}; and likewise for {len(group) - 1} more input(s)")
+    return lines
 
 
 def _display_names(ckpts: list[Checkpoint]) -> list[str]:

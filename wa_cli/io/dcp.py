@@ -219,13 +219,7 @@ class DcpCheckpoint(Checkpoint):
         if not tensors:
             raise WaError(f"DCP folder '{folder}' keeps no tensor", ExitCode.BAD_INPUT)
         super().__init__(folder, tensors, self._record(md, skipped))
-        self.skipped = skipped
-        if skipped:
-            self.notes.append(
-                f"left out {len(skipped)} non-tensor entr{'y' if len(skipped) == 1 else 'ies'} "
-                f"of DCP folder {folder.name} ({', '.join(skipped[:5])}"
-                f"{', ...' if len(skipped) > 5 else ''})"
-            )
+        self.skipped = skipped  # the plan's notes name them
 
     def _check(self, key: str, info: TensorInfo, layout: torch.layout) -> None:
         if layout != torch.strided:
