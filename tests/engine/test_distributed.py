@@ -45,20 +45,6 @@ def test_balanced_assignment_is_within_4_3_of_the_best(costs, world):
     assert owners == distributed.assign_balanced(list(costs), world)  # deterministic
 
 
-@pytest.mark.parametrize("world", [2, 3, 4])
-def test_contiguous_assignment_runs_in_order_and_balances(world):
-    costs = [100] * 12 + [5, 5, 0, 3]
-    owners = distributed.assign_contiguous(costs, world)
-    assert owners == sorted(owners)  # one contiguous run per rank
-    assert set(owners) == set(range(world))
-    loads = [sum(c for c, o in zip(costs, owners) if o == r) for r in range(world)]
-    assert max(loads) - min(loads) <= 2 * max(costs)
-
-
-def test_contiguous_assignment_of_nothing_goes_to_rank_0():
-    assert distributed.assign_contiguous([0, 0], 3) == [0, 0]
-
-
 def summary(inputs, sizes=None, **extra):
     s = {"inputs": inputs, "sizes": sizes or [[p, 10] for p in inputs]}
     s.update({"tensors": 3, "headers": "h", "weights": "w", "output": "o"}, **extra)

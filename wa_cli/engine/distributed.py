@@ -306,28 +306,6 @@ def assign_balanced(costs: Sequence[int], world: int) -> list[int]:
     return owner
 
 
-def assign_contiguous(costs: Sequence[int], world: int) -> list[int]:
-    """Ranks for items in order, in ``world`` runs of about equal total cost.
-
-    An item goes to the rank whose share of the total holds the item's midpoint, so each rank
-    writes one contiguous stretch of a file.
-
-    Example:
-        >>> assign_contiguous([1, 1, 1, 1], 2)
-        [0, 0, 1, 1]
-    """
-    total = sum(costs)
-    if total <= 0:
-        return [0] * len(costs)
-    owner = []
-    done = 0
-    for cost in costs:
-        mid = done + cost / 2
-        owner.append(min(world - 1, int(mid * world / total)))
-        done += cost
-    return owner
-
-
 def terminated_message() -> str:
     """What a rank stopped by SIGTERM says (torchrun's summary names the rank that failed)."""
     group = _group
