@@ -183,10 +183,9 @@ def _run(args: list[str], debug: bool) -> None:
         # Under torchrun a failure is shared with every rank and printed by rank 0 alone.
         message, exit_code = distributed.share_failure(e)
         _fail(message, exit_code)
-    except distributed.Terminated:
-        _fail(distributed.terminated_message(), ExitCode.USAGE, status=143)
     except (signals.Interrupted, KeyboardInterrupt) as e:
         stop = e if isinstance(e, signals.Interrupted) else signals.Interrupted(signal.SIGINT)
+        distributed.interrupted()  # torchrun stops every rank with SIGTERM when one fails
         written = atomic.committed[written_before:]
         what = (
             f"after writing {', '.join(repr(str(p)) for p in written)}"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,13 +51,14 @@ class Group:
 class _Failure:
     message: str
     code: int
+    params: tuple[str, ...] = ()  # the library parameters the message names (the CLI's flags)
 
 
 class RankFailure(WaError):
     """A failure every rank knows of (learned at the same step): only rank 0 prints it."""
 
-    def __init__(self, message: str, code: ExitCode, rank: int) -> None:
-        super().__init__(message, code)
+    def __init__(self, message: str, code: ExitCode, rank: int, params: Sequence[str] = ()) -> None:
+        super().__init__(message, code, params=params)
         self.rank = rank
 
 
@@ -109,9 +109,8 @@ def start(args: Sequence[str]) -> Group:
     _group = Group(rank, world, local_rank, timeout_s, control)
     if rank != 0:
         _silence_output()
-    # torchrun stops the other ranks with SIGTERM when one fails: unwind, so that temporary
-    # files are removed, instead of dying where we stand.
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    # torchrun stops the other ranks with SIGTERM when one fails: the CLI's handlers
+    # (wa_cli.cli.signals) unwind them, so temporaries are removed; see interrupted().
     return _group
 
 
@@ -172,14 +171,10 @@ def _silence_output() -> None:
     sys.stderr = _ErrorsOnly(sys.stderr)
 
 
-class Terminated(BaseException):
-    """SIGTERM (torchrun stopping the group): unwinds like Ctrl-C, so cleanup runs."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
+def interrupted() -> None:
+    """A signal stopped this rank: the others are being stopped too, so no last meeting."""
     if _group is not None:
-        _group.broken = True  # the others are being stopped too: no last meeting
-    raise Terminated()
+        _group.broken = True
 
 
 def step(what: str, fn: Callable[[], T]) -> list[T]:
@@ -193,13 +188,13 @@ def step(what: str, fn: Callable[[], T]) -> list[T]:
     except WaError as e:
         if isinstance(e, RankFailure):
             raise
-        mine = _Failure(_local_message(e.message, group), int(e.code))
+        mine = _Failure(_local_message(e.message, group), int(e.code), e.params)
     except OSError as e:
         mine = _Failure(_local_message(f"{e.strerror or e}", group), int(ExitCode.OUTPUT))
     gathered = _gather(mine, what)
     for rank, item in enumerate(gathered):
         if isinstance(item, _Failure):
-            raise RankFailure(item.message, ExitCode(item.code), rank)
+            raise RankFailure(item.message, ExitCode(item.code), rank, item.params)
     return gathered
 
 
@@ -249,7 +244,6 @@ def stop() -> None:
             dist.barrier(group=group.control)
     with contextlib.suppress(Exception):
         dist.destroy_process_group()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _group = None
 
 
@@ -304,12 +298,3 @@ def assign_balanced(costs: Sequence[int], world: int) -> list[int]:
         owner[i] = rank
         load[rank] += costs[i]
     return owner
-
-
-def terminated_message() -> str:
-    """What a rank stopped by SIGTERM says (torchrun's summary names the rank that failed)."""
-    group = _group
-    who = f"rank {group.rank}: " if group is not None else ""
-    return (
-        f"{who}stopped by SIGTERM (torchrun stops every rank when one fails); nothing was written"
-    )

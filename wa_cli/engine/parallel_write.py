@@ -38,7 +38,13 @@ from wa_cli.engine import distributed, plan_digest
 from wa_cli.engine.combine import CombineStats, WeightsFn, linear_combination, schedule
 from wa_cli.engine.plan import Plan
 from wa_cli.engine.precision import Precision
-from wa_cli.engine.report import BN_HINT, RunReport, build_report, check_output_is_not_input
+from wa_cli.engine.report import (
+    BN_HINT,
+    RunReport,
+    build_report,
+    check_output_is_not_input,
+    input_reads,
+)
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.atomic import atomic_destination
 from wa_cli.io.safetensors_header import build_header
@@ -185,7 +191,11 @@ class _Job:
     def _open(self, stack: contextlib.ExitStack, force: bool) -> str | None:
         if self.group.rank != 0:
             return None
-        tmp = stack.enter_context(atomic_destination(self.output, force))
+        tmp = stack.enter_context(
+            atomic_destination(
+                self.output, force, folder=self.sharded, reads=input_reads(self.plan)
+            )
+        )
         if self.sharded:
             tmp.mkdir()
         else:
