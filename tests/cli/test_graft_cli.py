@@ -137,7 +137,7 @@ CASES = [
     (["{g0}", "{g1}", "-o", "{out}", "--c", "0"], 2, ["c must be"]),
     (["{g0}", "{g1}", "-o", "{out}", "--rule", "layer"], 2, ["--rule"]),
     (["{g0}", "{g1}", "{g2}", "-o", "{out}"], 2, ["must name a folder"]),
-    (["{g0}", "{g1}", "-o", "{out}", "--dtype", "int8"], 2, ["unknown dtype"]),
+    (["{g0}", "{g1}", "-o", "{out}", "--dtype", "int8"], 2, ["--dtype 'int8' is not one of"]),
     (["{g0}", "{g1}", "-o", "{g0}", "--force"], 5, ["would overwrite the input"]),
 ]
 

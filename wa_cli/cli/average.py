@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from wa_cli.cli import options as opt
-from wa_cli.cli.render import byte_progress, emit_run_report
 
 
 def average_command(
@@ -53,72 +53,39 @@ def average_command(
     Example:
       wa average 'runs/a/ckpt_*.safetensors' --last 5 -o swa.safetensors
     """
-    from wa_cli.cli.inputs import (
-        Selection,
-        attach_selection,
-        dry_run_checks,
-        emit_selection,
-        format_rows,
-        open_inputs,
-        parse_weight_list,
-        require_output,
-        select_inputs,
-        selection_report,
-        training_order_for_copies,
-    )
+    from wa_cli.cli.inputs import Selection, parse_weight_list, training_order_for_copies
+    from wa_cli.cli.run import ReadFlags, Weighing, run_reduction
     from wa_cli.engine.precision import parse_user_dtype
     from wa_cli.engine.rounding import normalized_weights
-    from wa_cli.io.writer import parse_size
     from wa_cli.methods.average import average_to_file, validate_weights
 
     sel = Selection(order, last, every, from_step, to_step, top_k, metric, mode, metrics)
-    ckpts = open_inputs(
-        inputs,
-        key=key,
-        strip_prefix=strip_prefix,
-        include=include,
-        exclude=exclude,
-        allow_global=allow_global,
-        dedupe=True,
-    )
-    # The mean does not depend on the order: keep the given one (and read no steps) unless a
-    # selection asks for trajectory order; --dry-run shows steps, so it reads them.
-    default_order = "auto" if sel.filters else ("given" if dry_run else None)
-    entries = select_inputs(ckpts, sel, default_order=default_order)
-    w = parse_weight_list(weights)
-    raw = validate_weights(w, len(entries))
-    method = "mean" if len(set(raw)) == 1 else "weighted_mean"
-    report = selection_report(
-        entries, normalized_weights(raw), method=method, total=len(ckpts), metric=metric, sel=sel
-    )
-    items, w, order_note = training_order_for_copies(entries, w, sel, non_float)
-    if dry_run:
-        dry_run_checks(
-            items, output, keys=keys, non_float=non_float, dtype=parse_user_dtype(dtype),
-            max_shard_size=max_shard_size,
-        )  # fmt: skip
-        emit_selection(report, json)
-        return
-    output = require_output(output, "average")
-    with byte_progress("averaging", quiet) as progress:
-        result = average_to_file(
-            items,
-            output,
-            weights=w,
-            keys=keys,
-            non_float=non_float,
-            dtype=parse_user_dtype(dtype),
-            precision=precision,
-            device=device,
-            force=force,
-            max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
+    given = parse_weight_list(weights)
+    ordered_weights: list[float] | None = None
+
+    def weigh(entries: list[Any]) -> Weighing:
+        nonlocal ordered_weights
+        raw = validate_weights(given, len(entries))
+        method = "mean" if len(set(raw)) == 1 else "weighted_mean"
+        items, ordered_weights, note = training_order_for_copies(entries, given, sel, non_float)
+        return Weighing(items, normalized_weights(raw), method, note)
+
+    def write(items: list[Any], out: Path, progress: Any) -> Any:
+        return average_to_file(
+            items, out, weights=ordered_weights, keys=keys, non_float=non_float, dtype=dtype,
+            precision=precision, device=device, force=force, max_shard_size=max_shard_size,
             progress=progress,
-        )
-    attach_selection(result, report)
-    if order_note:
-        result.notes.insert(0, order_note)
-    emit_run_report(result, json, quiet)
-    if not json and report["mode"] is not None:
-        print("  kept:")
-        for line in format_rows(report["checkpoints"], metric):
-            print(line)
+        )  # fmt: skip
+
+    run_reduction(
+        "average", inputs, output, sel,
+        ReadFlags(key, strip_prefix, include, exclude, allow_global),
+        # The mean does not depend on the order: keep the given one (and read no steps) unless
+        # a selection asks for trajectory order; --dry-run shows steps, so it reads them.
+        default_order="auto" if sel.filters else ("given" if dry_run else None),
+        weigh=weigh, write=write,
+        check={"keys": keys, "non_float": non_float, "dtype": parse_user_dtype(dtype),
+               "max_shard_size": max_shard_size},
+        dry_run=dry_run, json=json, quiet=quiet,
+        table=lambda report: "kept:" if report["mode"] is not None else None,
+    )  # fmt: skip

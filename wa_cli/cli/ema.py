@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from wa_cli.cli import options as opt
-from wa_cli.cli.render import byte_progress, emit_run_report
 
 _DECAY = "Decay (give exactly one)"
 
@@ -85,74 +85,40 @@ def ema_command(
     Example:
       wa ema 'runs/a/ckpt_*.safetensors' --half-life 500 -o ema.safetensors
     """
-    from wa_cli.cli.inputs import (
-        Selection,
-        attach_selection,
-        dry_run_checks,
-        emit_selection,
-        format_rows,
-        open_inputs,
-        require_output,
-        select_inputs,
-        selection_report,
-    )
+    from wa_cli.cli.inputs import Selection
+    from wa_cli.cli.run import ReadFlags, Weighing, run_reduction
     from wa_cli.engine.precision import parse_user_dtype
-    from wa_cli.io.writer import parse_size
     from wa_cli.methods.ema import decay_options, ema_coefficients, ema_to_file
 
     sel = Selection(order, last, every, from_step, to_step, top_k, metric, mode, metrics)
     decays = decay_options(decay, decay_per_step, half_life, alpha)  # checks --alpha
-    ckpts = open_inputs(
-        inputs,
-        key=key,
-        strip_prefix=strip_prefix,
-        include=include,
-        exclude=exclude,
-        allow_global=allow_global,
-        dedupe=True,
-    )
-    entries = select_inputs(ckpts, sel, default_order="auto")
-    steps = [e.step for e in entries]
-    # The coefficients (and every decay error) before any tensor is read or -o is checked.
-    coefficients = ema_coefficients(
-        len(entries),
-        decay=decays["decay"],
-        decay_per_step=decays["decay_per_step"],
-        half_life=decays["half_life"],
-        steps=steps,
-    )
-    report = selection_report(
-        entries, coefficients, method="ema", total=len(ckpts), metric=metric, sel=sel
-    )
-    if dry_run:
-        dry_run_checks(
-            [e.item for e in entries], output, keys=keys, non_float=non_float,
-            dtype=parse_user_dtype(dtype), max_shard_size=max_shard_size,
-        )  # fmt: skip
-        emit_selection(report, json)
-        return
-    output = require_output(output, "ema")
-    with byte_progress("ema", quiet) as progress:
-        result = ema_to_file(
-            [e.item for e in entries],
-            output,
-            decay=decay,
-            decay_per_step=decay_per_step,
-            half_life=half_life,
-            alpha=alpha,
+    steps: list[int | None] = []
+
+    def weigh(entries: list[Any]) -> Weighing:
+        steps[:] = [e.step for e in entries]
+        # The coefficients (and every decay error) before any tensor is read or -o is checked.
+        coefficients = ema_coefficients(
+            len(entries),
+            decay=decays["decay"],
+            decay_per_step=decays["decay_per_step"],
+            half_life=decays["half_life"],
             steps=steps,
-            keys=keys,
-            non_float=non_float,
-            dtype=parse_user_dtype(dtype),
-            precision=precision,
-            device=device,
-            force=force,
-            max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
-            progress=progress,
         )
-    attach_selection(result, report)
-    emit_run_report(result, json, quiet)
-    if not json:
-        print("  weights in the result:")
-        for line in format_rows(report["checkpoints"], metric):
-            print(line)
+        return Weighing([e.item for e in entries], coefficients, "ema")
+
+    def write(items: list[Any], out: Path, progress: Any) -> Any:
+        return ema_to_file(
+            items, out, decay=decay, decay_per_step=decay_per_step, half_life=half_life,
+            alpha=alpha, steps=steps, keys=keys, non_float=non_float, dtype=dtype,
+            precision=precision, device=device, force=force, max_shard_size=max_shard_size,
+            progress=progress,
+        )  # fmt: skip
+
+    run_reduction(
+        "ema", inputs, output, sel, ReadFlags(key, strip_prefix, include, exclude, allow_global),
+        default_order="auto", weigh=weigh, write=write,
+        check={"keys": keys, "non_float": non_float, "dtype": parse_user_dtype(dtype),
+               "max_shard_size": max_shard_size},
+        dry_run=dry_run, json=json, quiet=quiet,
+        table=lambda report: "weights in the result:",
+    )  # fmt: skip

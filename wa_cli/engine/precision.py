@@ -11,8 +11,6 @@ from typing import Literal
 
 import torch
 
-from wa_cli.errors import WaError
-
 Precision = Literal["auto", "float32", "float64"]
 USER_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -27,15 +25,13 @@ USER_DTYPES: dict[str, torch.dtype] = {
 
 
 def parse_user_dtype(name: str | None) -> torch.dtype | None:
-    """``--dtype`` values: float32, float16, bfloat16, float64 (and fp32, fp16, bf16, fp64)."""
-    if name is None:
-        return None
-    try:
-        return USER_DTYPES[name.lower()]
-    except KeyError:
-        raise WaError(
-            f"unknown dtype {name!r} (expected one of float32, float16, bfloat16, float64)"
-        ) from None
+    """``--dtype`` values: float32, float16, bfloat16, float64 (and fp32, fp16, bf16, fp64).
+
+    The library's own check (:func:`wa_cli.params.dtype`), so the message is the same everywhere.
+    """
+    from wa_cli.params import dtype
+
+    return dtype("dtype", name)
 
 
 def is_interpolable(dtype: torch.dtype) -> bool:
