@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -131,3 +133,39 @@ def test_include_and_exclude_choose_keys(tmp_path, capsys):
     assert_one_line_error(result, 3, "keeps no tensor")
     result = run_wa(["average", *inputs, "--include", "(", "-o", out, "--force"], capsys)
     assert_one_line_error(result, 2, "not a regular expression")
+
+
+BN_USER_CODE = """
+import torch
+from torch import nn
+
+
+def build():
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+        nn.Linear(4 * 5 * 5, 3),
+    )
+
+
+def loader():
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(4, 3, 5, 5, generator=g) for _ in range(3)]
+"""
+
+
+def test_bn_recalibrate_auto_prefix_fits_the_model_and_says_so(tmp_path, capsys):
+    (tmp_path / "net.py").write_text(BN_USER_CODE)
+    state = cnn_state(0)
+    torch.save({"global_step": 5, "state_dict": {f"model.{k}": v for k, v in state.items()}},
+               tmp_path / "last.ckpt")  # fmt: skip
+    out = tmp_path / "bn.safetensors"
+    base = ["bn-recalibrate", tmp_path / "last.ckpt", "--model", f"{tmp_path / 'net.py'}:build",
+            "--data", f"{tmp_path / 'net.py'}:loader", "-o", out]  # fmt: skip
+    r = run_wa(base, capsys)
+    assert_one_line_error(r, 4, "--strip-prefix model.")
+    r = run_wa([*base, "--strip-prefix", "auto", "--json"], capsys)
+    assert r.code == 0, r.stderr
+    assert any("removed the prefix 'model.'" in n for n in json.loads(r.stdout)["notes"])
+    got = load_file(out)
+    assert set(got) == set(state)
+    assert torch.equal(got["0.weight"], state["0.weight"])  # only BN buffers change
