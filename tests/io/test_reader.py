@@ -135,7 +135,9 @@ def test_sharded_reads_keep_few_files_open(tmp_path, monkeypatch):
         assert torch.equal(ckpt.tensor(k), v)
     assert len(os.listdir("/proc/self/fd")) - before <= 2
     ckpt.close()
-    assert len(os.listdir("/proc/self/fd")) == before
+    assert (
+        len(os.listdir("/proc/self/fd")) <= before
+    )  # files other tests left open may be closed by the LRU too
 
 
 def test_strip_prefix_on_a_shard_holding_a_key_its_index_does_not_list(tmp_path):

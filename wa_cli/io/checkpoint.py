@@ -8,6 +8,8 @@ loop over mmapped files still reaches 9 GB (PEERS.md).
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -125,30 +127,45 @@ class Checkpoint:
         return f"{type(self).__name__}({str(self.path)!r}, {len(self._tensors)} tensors)"
 
 
+# Input files open at once, over all checkpoints: 500 inputs must work under `ulimit -n 64`.
+MAX_OPEN_FILES = 16
+_open_files: OrderedDict[int, PositionalFile] = OrderedDict()
+_lock = threading.RLock()
+
+
 class PositionalFile:
-    """One file opened on first read and closed by :meth:`close`, read with ``preadv``."""
+    """One input file, opened when read and closed when others need the descriptor.
+
+    Its identity (device, inode, size, modification time) is taken when the checkpoint is opened
+    and checked at every read: a file replaced or rewritten between two passes (or while wa
+    runs) is an error, never bytes of another file read at the first pass's offsets.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         self._fd: int | None = None
+        try:
+            self._identity: tuple[int, ...] | None = _identity(os.stat(path))
+        except OSError:
+            self._identity = None
 
     def read(self, out: torch.Tensor, position: int, key: str) -> None:
         """Fill the uint8 tensor ``out`` with the bytes at ``position``; one-line errors."""
         n = out.numel()
         if n == 0:
             return
-        if self._fd is None:
-            try:
-                self._fd = os.open(self.path, os.O_RDONLY)
-            except OSError as e:
-                raise WaError(
-                    f"cannot read '{self.path}': {e.strerror or e}", ExitCode.BAD_INPUT
-                ) from e
+        with _lock:  # no other thread may close (and reuse) this descriptor mid-read
+            fd = self._descriptor()
+            self._read_all(fd, out, position, key)
+            self._check(os.fstat(fd))
+
+    def _read_all(self, fd: int, out: torch.Tensor, position: int, key: str) -> None:
+        n = out.numel()
         view = memoryview(out.numpy()).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers
         done = 0
         while done < n:
             try:
-                got = os.preadv(self._fd, [view[done:]], position + done)
+                got = os.preadv(fd, [view[done:]], position + done)
             except OSError as e:
                 raise WaError(
                     f"cannot read {key!r} from '{self.path}': {e.strerror or e}",
@@ -161,7 +178,48 @@ class PositionalFile:
                 )
             done += got
 
-    def close(self) -> None:
+    def _descriptor(self) -> int:
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            _open_files.move_to_end(id(self))
+            return self._fd
+        while len(_open_files) >= MAX_OPEN_FILES:
+            _, oldest = _open_files.popitem(last=False)
+            oldest.close()
+        return self._open()
+
+    def _open(self) -> int:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as e:
+            raise WaError(
+                f"cannot read '{self.path}': {e.strerror or e}", ExitCode.BAD_INPUT
+            ) from e
+        try:
+            self._check(os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        _open_files[id(self)] = self
+        return fd
+
+    def _check(self, st: os.stat_result) -> None:
+        if self._identity is None:
+            self._identity = _identity(st)
+        elif _identity(st) != self._identity:
+            raise WaError(
+                f"'{self.path}' changed while wa ran (replaced or rewritten since it was opened: "
+                "its size, time or inode differ); nothing was written, run again",
+                ExitCode.BAD_INPUT,
+            )
+
+    def close(self) -> None:
+        with _lock:
+            _open_files.pop(id(self), None)
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
