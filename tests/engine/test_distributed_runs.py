@@ -196,3 +196,28 @@ def test_torchrun_kill_stops_the_group(tmp_path):
     (line,) = wa_errors(proc.stderr)
     assert "interrupted by SIGTERM; nothing was written" in line or "lost contact" in line, line
     nothing_left(tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_dcp_trajectory_each_rank_reads_only_its_shards(tmp_path, capsys, monkeypatch):
+    """DCP folders (read lazily, key by key): the ranks' reads add up to one process's, once."""
+    dcp = pytest.importorskip("torch.distributed.checkpoint")
+    import torch
+
+    folders = []
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        state = {f"layer{i}.weight": torch.randn(16, 8, generator=g) for i in range(6)}
+        folder = tmp_path / "in" / f"step_{100 * (seed + 1)}"
+        dcp.save(state, checkpoint_id=str(folder))
+        folders.append(str(folder))
+    args = ["average", *folders, "-o", "out", "--max-shard-size", "1KB", "--json"]
+    ref = reference(tmp_path, args, capsys, monkeypatch)
+    single = json.loads((ref / "stdout.txt").read_text())
+    (tmp_path / "dist").mkdir()
+    results = launch(2, args, cwd=tmp_path / "dist")
+    assert [r.code for r in results] == [0, 0], [r.stderr for r in results]
+    same_tree(ref / "out", tmp_path / "dist" / "out")
+    ranks = json.loads(results[0].stdout)["ranks"]
+    assert all(r["bytes_read"] > 0 for r in ranks)
+    assert sum(r["bytes_read"] for r in ranks) == single["bytes_read"]
