@@ -274,7 +274,7 @@ def histogram(
     ``NonFinite`` when it holds NaN or inf. An empty tensor has all counts 0; a constant one has
     them all in bin 0 under the closed rule, in no bin under the reference rule.
     """
-    with _one_thread():
+    with one_thread():
         if numel <= DIRECT_ELEMENTS:
             parts = [c.reshape(-1).clone() for c in chunks()]  # chunks reuse one buffer
             x = torch.cat(parts) if parts else torch.empty(0, dtype=dtype)
@@ -283,7 +283,7 @@ def histogram(
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
+def one_thread() -> Iterator[None]:
     """One OpenMP thread: these loops are memory-bound, and on a loaded machine spinning workers
     made them ten times slower (measured on 2 shared cores), as in the combine engine."""
     threads = torch.get_num_threads()
