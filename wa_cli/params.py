@@ -63,10 +63,12 @@ def dtype(param: str, value: object) -> torch.dtype | None:
     """
     import torch
 
+    from wa_cli.io.dtypes import dtype_name
+
     if value is None:
         return None
     if isinstance(value, torch.dtype):
-        if value.is_floating_point and str(value).removeprefix("torch.") in DTYPE_NAMES:
+        if value.is_floating_point and dtype_name(value) in DTYPE_NAMES:
             return value
     elif isinstance(value, str):
         name = _DTYPE_ALIASES.get(value.lower(), value.lower().removeprefix("torch."))

@@ -19,6 +19,7 @@ from wa_cli import params as check
 from wa_cli.engine.device import resolve_device
 from wa_cli.engine.plan import KeysMode, NonFloatPolicy
 from wa_cli.engine.precision import Precision
+from wa_cli.io.dtypes import dtype_name
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -100,8 +101,3 @@ class WriteOptions:
             progress=progress,  # type: ignore[arg-type]  # checked callable above
             command=command,
         )
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` → ``"bfloat16"``: how reports, metadata and messages name a dtype."""
-    return str(dtype).removeprefix("torch.")

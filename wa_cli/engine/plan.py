@@ -8,6 +8,7 @@ more"); ``keys="intersection"`` or ``"union"`` relaxes key sets on purpose.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -16,6 +17,7 @@ import torch
 
 from wa_cli.engine.precision import is_interpolable
 from wa_cli.errors import ExitCode, WaError, listing
+from wa_cli.io.dtypes import dtype_name
 from wa_cli.io.keys import wrapper_hint
 from wa_cli.io.reader import Checkpoint
 from wa_cli.io.writer import OutputTensor
@@ -53,10 +55,7 @@ class KeyPlan:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 @dataclass
@@ -120,8 +119,8 @@ def build_plan(
                 dtype is not None and info.dtype.is_floating_point and first.dtype.is_floating_point
             ):
                 dtype_problems.append(
-                    f"{key!r}: {_dtype_name(info.dtype)} in {names[i]} vs "
-                    f"{_dtype_name(first.dtype)} in {names[sources[0]]}"
+                    f"{key!r}: {dtype_name(info.dtype)} in {names[i]} vs "
+                    f"{dtype_name(first.dtype)} in {names[sources[0]]}"
                 )
                 break
         interpolate = is_interpolable(first.dtype)
@@ -208,10 +207,6 @@ def _display_names(ckpts: list[Checkpoint]) -> list[str]:
     if len(set(short)) == len(short):
         return short
     return [str(c.path) for c in ckpts]
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _problem_message(what: str, problems: list[str]) -> str:

@@ -48,3 +48,13 @@ def safetensors_name(dtype: torch.dtype) -> str:
         return SAFETENSORS_NAMES[dtype]
     except KeyError:
         raise WaError(f"dtype {dtype} cannot be written to safetensors", ExitCode.OUTPUT) from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` → ``"bfloat16"``: how reports, metadata and messages name a dtype.
+
+    Example:
+        >>> dtype_name(torch.bfloat16)
+        'bfloat16'
+    """
+    return str(dtype).removeprefix("torch.")

@@ -196,10 +196,7 @@ def _write_groups(
 
 
 def _nbytes(t: OutputTensor) -> int:
-    n = t.dtype.itemsize
-    for d in t.shape:
-        n *= d
-    return n
+    return t.dtype.itemsize * math.prod(t.shape)
 
 
 def _as_bytes(chunk: torch.Tensor) -> memoryview:

@@ -33,6 +33,7 @@ from wa_cli.engine.provenance import provenance
 from wa_cli.engine.run import RunReport, check_output_is_not_input, combine_to_file, input_reads
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.atomic import check_destination, transaction
+from wa_cli.io.dtypes import dtype_name
 from wa_cli.io.reader import Checkpoint
 from wa_cli.methods.graft.alpha import (
     AlphaPlan,
@@ -368,7 +369,7 @@ def _write_all(
         params = {
             **plan.params(), "receiver": names[r], "donor": names[d], "alphas": by_name,
             "precision": precision,
-            "dtype": str(plan.dtype).removeprefix("torch.") if plan.dtype else None,
+            "dtype": dtype_name(plan.dtype) if plan.dtype else None,
         }  # fmt: skip
         report = combine_to_file(
             pair_plan,

@@ -25,6 +25,7 @@ from wa_cli.engine.device import resolve_device
 from wa_cli.engine.plan import KeysMode, build_plan
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.atomic import atomic_destination
+from wa_cli.io.dtypes import dtype_name
 from wa_cli.methods.graft.alpha import (
     check_graft_params,
     graft_alpha,
@@ -255,7 +256,7 @@ def entropy_report(
             rows.append(
                 EntropyRow(
                     name=name, key=key, shape=entry.shape,
-                    dtype=str(entry.dtype).removeprefix("torch."), numel=entry.numel,
+                    dtype=dtype_name(entry.dtype), numel=entry.numel,
                     entropy=[None if h is None else h / scale + 0.0 for h in nats],
                     invalid_filters=invalid,
                     filters=entry.shape[0] if len(entry.shape) >= 2 else None, alpha=alpha,
