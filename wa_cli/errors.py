@@ -37,3 +37,21 @@ def listing(items: list[str], limit: int = 5) -> str:
     shown = ", ".join(repr(i) for i in items[:limit])
     rest = len(items) - limit
     return f"{shown} and {rest} more" if rest > 0 else shown
+
+
+# Control characters (C0, DEL, C1) and bidirectional overrides, written as escapes: a tensor name
+# from an untrusted file must not clear, retitle or reorder the user's terminal.
+_UNPRINTABLE = {
+    c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    for c in [*range(0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+}
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``'\\x1b'``), for terminals; JSON stays exact.
+
+    Example:
+        >>> printable("layer\\x1b[2J.weight")
+        'layer\\\\x1b[2J.weight'
+    """
+    return text.translate(_UNPRINTABLE)

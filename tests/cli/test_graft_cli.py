@@ -131,7 +131,7 @@ CASES = [
     (["{g0}", "{g1}"], 2, ["-o", "--dry-run"]),
     (["{g0}", "{tmp}/shape.safetensors", "-o", "{out}"], 4, ["shape mismatch", "'0.weight'"]),
     (["{g0}", "{tmp}/keys.safetensors", "-o", "{out}"], 4, ["key sets differ", "architecture"]),
-    (["{g0}", "{g1}", "-o", "{out}", "--bins", "1"], 2, ["bins must be an integer >= 2"]),
+    (["{g0}", "{g1}", "-o", "{out}", "--bins", "1"], 2, ["bins must be an integer from 2"]),
     (["{g0}", "{g1}", "-o", "{out}", "--a", "1"], 2, ["--a must be in [0, 1)"]),
     (["{g0}", "{g1}", "-o", "{out}", "--a", "-0.5"], 2, ["--a must be in [0, 1)"]),
     (["{g0}", "{g1}", "-o", "{out}", "--c", "0"], 2, ["c must be"]),

@@ -159,7 +159,7 @@ def inputs(tmp_path):
 
 CASES = [
     (["{g0}", "--filter", "conv("], 2, ["--filter", "'conv('"]),
-    (["{g0}", "--bins", "1"], 2, ["bins must be an integer >= 2"]),
+    (["{g0}", "--bins", "1"], 2, ["bins must be an integer from 2"]),
     (["{g0}", "--base", "10"], 2, ["--base"]),
     (["{g0}", "--l1-threshold", "-1"], 2, ["--l1-threshold"]),
     (["{g0}", "--by", "layer"], 2, ["--by"]),

@@ -280,3 +280,21 @@ def test_a_failed_commit_in_a_transaction_rolls_back_the_earlier_ones(
     assert first.read_bytes() == old_bytes
     assert not second.exists()
     assert temporaries(tmp_path) == []
+
+
+def test_plot_on_a_full_disk_is_one_line(tmp_path, small_tmpfs, capsys):
+    pytest.importorskip("matplotlib")
+    traj = make_trajectory(tmp_path / "run", n=1)
+    filler = small_tmpfs / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:  # fill the disk: no room for a PNG
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    png = small_tmpfs / "entropy.png"
+    r = run_wa(["inspect-entropy", traj.paths[0], "--plot", png], capsys)
+    assert_one_line_error(r, 5, "No space left")
+    assert not png.exists() and temporaries(small_tmpfs) == []

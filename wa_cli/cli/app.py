@@ -22,7 +22,7 @@ from wa_cli.cli import signals
 from wa_cli.cli.flags import as_flags
 from wa_cli.engine import distributed
 from wa_cli.engine.provenance import set_cli_command
-from wa_cli.errors import ExitCode, WaError
+from wa_cli.errors import ExitCode, WaError, printable
 from wa_cli.io import guard
 
 app = typer.Typer(
@@ -105,7 +105,7 @@ class _StderrHandler(logging.Handler):
             else:
                 line = f"wa: {record.levelname.lower()}: {record.name}: {record.getMessage()}"
             # sys.stderr looked up per record: tests and callers may swap it.
-            sys.stderr.write(line + "\n")
+            sys.stderr.write(printable(line) + "\n")
         except Exception:
             self.handleError(record)
 
@@ -168,6 +168,11 @@ def _run(args: list[str], debug: bool) -> None:
             return invoke(ctx)
         except KeyboardInterrupt:
             raise signals.Interrupted(signal.SIGINT) from None
+        except BrokenPipeError:
+            # stdout closed (`wa ... | head -1`): the output file is written by the time the
+            # report prints; finish quietly with 0, as Typer's exit 1 would call it a failure.
+            _stdout_to_devnull()
+            return 0
 
     command.invoke = invoke_reporting_interrupts  # type: ignore[method-assign]
     written_before = len(atomic.committed)
@@ -212,8 +217,17 @@ def _run(args: list[str], debug: bool) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+def _stdout_to_devnull() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def _fail(message: str | None, code: ExitCode, status: int | None = None) -> None:
     if message is not None:  # None: another rank prints the error
-        sys.stderr.write(f"wa: error: {message}\n")
+        sys.stderr.write(f"wa: error: {printable(message)}\n")
         sys.stderr.flush()
     sys.exit(int(code) if status is None else status)

@@ -140,6 +140,9 @@ def _plan_json(plan: GraftPlan) -> dict[str, object]:
 def _print_alpha_table(plan: GraftPlan) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from wa_cli.errors import printable
 
     table = Table(
         title=f"graft α (rule {plan.rule}, A={plan.a:g}, c={plan.c:g}, {plan.bins} bins; "
@@ -152,15 +155,15 @@ def _print_alpha_table(plan: GraftPlan) -> None:
     table.add_column("tensors", justify="right")
     table.add_column("α from")
     for name in plan.names:
-        table.add_column(f"H {name}", justify="right")
+        table.add_column(Text(f"H {printable(name)}"), justify="right")
     for r, d in plan.pairs:
-        table.add_column(f"α {plan.names[r]}<-{plan.names[d]}", justify="right")
+        table.add_column(Text(printable(f"α {plan.names[r]}<-{plan.names[d]}")), justify="right")
     for row in plan.rows:
         hs: list[float | None] = list(row.entropies) if row.entropies else [None] * len(plan.names)
         table.add_row(
-            row.name,
+            Text(printable(row.name)),  # Text: a name is never read as rich markup
             str(len(row.keys)),
-            row.source or "(fixed)",
+            Text(printable(row.source or "(fixed)")),
             *("-" if h is None else f"{h:.4f}" for h in hs),
             *(f"{x:.4f}" for x in row.alphas),
         )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from wa_cli.errors import ExitCode, WaError
+from wa_cli.errors import ExitCode, WaError, printable
 from wa_cli.params import choice
 from wa_cli.select import expand_inputs
 
@@ -293,4 +293,4 @@ def emit_selection(report: dict[str, Any], as_json: bool) -> None:
         f"{order}{kept}; nothing written"
     )
     for line in format_rows(rows, report["metric"]):
-        print(line)
+        print(printable(line))

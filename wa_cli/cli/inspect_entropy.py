@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -150,6 +150,9 @@ def bar(value: float, top: float, width: int = BAR_WIDTH) -> str:
 def _print_table(report: EntropyReport) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from wa_cli.errors import printable
 
     multi = len(report.checkpoints) > 1
     table = Table(
@@ -162,13 +165,14 @@ def _print_table(report: EntropyReport) -> None:
     table.add_column("shape")
     table.add_column("dtype")
     for name in report.checkpoints:
-        table.add_column(f"H {name}" if multi else "entropy", justify="left", no_wrap=True)
+        title = Text(f"H {printable(name)}") if multi else "entropy"
+        table.add_column(title, justify="left", no_wrap=True)
     invalid_title = f"invalid (<{report.l1_threshold:g})"
     table.add_column(invalid_title, justify="right")
     for pair in report.pairs:
         table.add_column(f"α {report.pair_label(pair)}", justify="right")
     for r in report.rows:
-        cells = [r.name, "×".join(map(str, r.shape)) or "()", r.dtype]
+        cells: list[Any] = [Text(printable(r.name)), "×".join(map(str, r.shape)) or "()", r.dtype]
         for h in r.entropy:
             cells.append("-" if h is None else f"{h:.3f} {bar(h, report.max_entropy)}")
         if r.filters is None:

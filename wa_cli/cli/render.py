@@ -18,6 +18,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from wa_cli.errors import printable
+
 stderr = Console(stderr=True, highlight=False)
 
 
@@ -26,12 +28,12 @@ def print_json(data: Any) -> None:
 
 
 def warn(message: str) -> None:
-    sys.stderr.write(f"wa: warning: {message}\n")
+    sys.stderr.write(f"wa: warning: {printable(message)}\n")
 
 
 def hint(message: str, quiet: bool) -> None:
     if not quiet:
-        sys.stderr.write(f"hint: {message}\n")
+        sys.stderr.write(f"hint: {printable(message)}\n")
 
 
 @contextlib.contextmanager
@@ -78,6 +80,7 @@ def emit_run_report(report: Any, as_json: bool, quiet: bool) -> None:
         # A rate over a few milliseconds says nothing; show it for runs long enough to measure.
         rate = f" ({s.bytes_read / s.seconds / 1e9:.2f} GB/s)" if s.seconds >= 0.5 else ""
         out = report.outputs[0] if len(report.outputs) == 1 else f"{len(report.outputs)} files"
+        out = printable(str(out))
         print(
             f"wrote {out}: {report.method} of {len(report.inputs)} input(s), {report.keys} tensors "
             f"({s.combined} combined, {s.copied} copied), read {human_bytes(s.bytes_read)} "
@@ -88,6 +91,6 @@ def emit_run_report(report: Any, as_json: bool, quiet: bool) -> None:
             shares = ", ".join(f"{human_bytes(r['bytes_read'])}" for r in ranks)
             print(f"  {len(ranks)} ranks read {shares}")
         for note in report.notes:
-            print(f"  {note}")
+            print(f"  {printable(note)}")
     for message in report.hints:
         hint(message, quiet)

@@ -385,5 +385,5 @@ def test_graft_state_dicts_rejects_mismatches() -> None:
 
 
 def test_plan_rejects_bad_bins_before_reading_tensors() -> None:
-    with pytest.raises(WaError, match="bins must be an integer >= 2"):
+    with pytest.raises(WaError, match="bins must be an integer from 2"):
         plan_alphas(["a.weight"], {"a.weight"}, bins=1)

@@ -106,12 +106,17 @@ def call_factory(
         >>> call_factory(dict, {"a": 1}, what="factory")
         {'a': 1}
     """
+    name = getattr(fn, "__qualname__", None) or repr(fn)
     try:
         return fn(**dict(kwargs or {}))
     except WaError:
         raise
+    except SystemExit as e:  # user code ending the process would end wa without a word
+        raise WaError(
+            f"{what} '{name}' called sys.exit({e.code!r}) instead of returning",
+            ExitCode.BAD_INPUT,
+        ) from e
     except Exception as e:
-        name = getattr(fn, "__qualname__", None) or repr(fn)
         raise WaError(f"{what} '{name}' raised {describe_exception(e)}", ExitCode.BAD_INPUT) from e
 
 
@@ -223,6 +228,11 @@ def _import_file(source: str, what: str) -> ModuleType:
             spec.loader.exec_module(module)
     except BaseException as e:
         del sys.modules[name]
+        if isinstance(e, SystemExit):
+            raise WaError(
+                f"importing {what} file '{source}' called sys.exit({e.code!r})",
+                ExitCode.BAD_INPUT,
+            ) from e
         if not isinstance(e, Exception):
             raise
         raise WaError(

@@ -42,11 +42,16 @@ _CHUNK = 1 << 20
 _KEEP_BYTES = 32 << 20
 
 
+# More bins than this cost memory (8 bytes each, per tensor) and say nothing more about a layer.
+MAX_BINS = 1_000_000
+
+
 def check_bins(bins: int) -> None:
-    """Raise ``WaError`` unless ``bins`` is an integer >= 2 (a histogram needs two bins)."""
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
+    """Raise ``WaError`` unless ``bins`` is an integer from 2 (a histogram needs two bins) to
+    ``MAX_BINS``."""
+    if isinstance(bins, bool) or not isinstance(bins, int) or not 2 <= bins <= MAX_BINS:
         raise WaError(
-            f"bins must be an integer >= 2, got {bins!r} (the paper uses 10)",
+            f"bins must be an integer from 2 to {MAX_BINS}, got {bins!r} (the paper uses 10)",
             code=ExitCode.USAGE,
             params=("bins",),
         )

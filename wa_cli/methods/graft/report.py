@@ -319,6 +319,9 @@ def plot_entropies(
     ax.set_title(f"entropy per {report.by}")
     ax.legend(fontsize=8)
     destination = Path(path)
-    with atomic_destination(destination, force) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    try:
+        with atomic_destination(destination, force) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+    except OSError as e:  # a full disk, a vanished folder: one line, no PNG left half-written
+        raise WaError(f"cannot write '{destination}': {e.strerror or e}", ExitCode.OUTPUT) from e
     return destination
