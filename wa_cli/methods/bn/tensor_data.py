@@ -266,8 +266,44 @@ def _open_npz(
 
     with np.load(path, allow_pickle=False) as archive:
         key = _pick(path, list(archive.files), input_key)
+        _check_npz_member(path, archive.zip, key)
         array = archive[key]
     return key, tuple(array.shape), lambda: _numpy_slicer(array)
+
+
+def _check_npz_member(path: Path, archive: Any, key: str) -> None:
+    """Refuse a member whose array header declares more bytes than the member holds.
+
+    numpy allocates the declared shape before it reads, so a 1.6 MB archive whose header claims
+    a 1.8 GB array takes 1.8 GB; the zip directory's uncompressed size bounds the real data.
+    """
+    import math
+
+    import numpy as np
+
+    name = key if key in archive.namelist() else f"{key}.npy"
+    info = archive.getinfo(name)
+    with archive.open(name) as member:
+        try:
+            version = np.lib.format.read_magic(member)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read(member)
+        except (ValueError, OSError) as e:
+            raise WaError(
+                f"data file '{path}': member {key!r} is not a .npy array ({e})", ExitCode.BAD_INPUT
+            ) from e
+        header = member.tell()
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > info.file_size - header:
+        raise WaError(
+            f"data file '{path}': member {key!r} declares {declared} bytes of {dtype} "
+            f"{list(shape)} but holds {info.file_size - header} (a corrupt or hostile archive)",
+            ExitCode.BAD_INPUT,
+        )
 
 
 def _numpy_slicer(array: Any) -> _Slicer:
