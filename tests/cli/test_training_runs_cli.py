@@ -7,6 +7,7 @@ the test saved.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -132,22 +133,55 @@ def test_dry_run_says_where_the_order_came_from(tmp_path, capsys):
 def timm_run(folder: Path, metrics: list[float]) -> dict[int, dict[str, torch.Tensor]]:
     """timm's CheckpointSaver layout: checkpoint-E.pth.tar, last/model_best as hard links.
 
-    The pickle holds what timm's train.py saves, minus ``args`` (an argparse.Namespace that
-    needs the reader's safe globals): epoch, arch, state_dict, optimizer, version, metric.
+    The pickle holds what timm's train.py saves: epoch, arch, state_dict, optimizer, version,
+    metric and ``args``, an argparse.Namespace (read through the reader's safe globals).
     """
     folder.mkdir(parents=True)
     states = {}
     for epoch, metric in enumerate(metrics):
         torch.manual_seed(epoch)
         state = {"fc.weight": torch.randn(2, 3), "bn.num_batches_tracked": torch.tensor(epoch)}
+        args = argparse.Namespace(model="resnet18", lr=0.1, epochs=len(metrics))
         torch.save({"epoch": epoch, "arch": "resnet18", "state_dict": state,
                     "optimizer": {"state": {}, "param_groups": []}, "version": 2,
-                    "metric": metric}, folder / f"checkpoint-{epoch}.pth")  # fmt: skip
+                    "args": args, "metric": metric},
+                   folder / f"checkpoint-{epoch}.pth.tar")  # fmt: skip
         states[epoch] = state
     best = max(range(len(metrics)), key=lambda e: metrics[e])
-    (folder / "model_best.pth").hardlink_to(folder / f"checkpoint-{best}.pth")
-    (folder / "last.pth").hardlink_to(folder / f"checkpoint-{len(metrics) - 1}.pth")
+    (folder / "model_best.pth.tar").hardlink_to(folder / f"checkpoint-{best}.pth.tar")
+    (folder / "last.pth.tar").hardlink_to(folder / f"checkpoint-{len(metrics) - 1}.pth.tar")
     return states
+
+
+def test_timm_top_k_by_the_stored_metric_keeps_the_highest(tmp_path, capsys):
+    metrics = [0.50, 0.91, 0.72, 0.95, 0.60, 0.93]
+    states = timm_run(tmp_path / "run", metrics)
+    out = tmp_path / "best3.safetensors"
+    args = ["average", tmp_path / "run", "--top-k", "3", "--metric", "metric", "--mode", "max"]
+    r = run_wa([*args, "-o", out, "--json"], capsys)
+    assert r.code == 0, r.stderr
+    rows = json.loads(r.stdout)["selection"]
+    assert [(Path(x["path"]).name, x["value"]) for x in rows] == [
+        ("checkpoint-1.pth.tar", 0.91), ("checkpoint-3.pth.tar", 0.95),
+        ("checkpoint-5.pth.tar", 0.93)]  # fmt: skip
+    assert "model_best" in r.stderr and "last.pth.tar" in r.stderr  # named, used once
+    want = torch.stack([states[e]["fc.weight"].double() for e in (1, 3, 5)]).mean(0)
+    torch.testing.assert_close(load_file(out)["fc.weight"].double(), want, rtol=1e-6, atol=1e-7)
+    # timm's own "metric" is ambiguous: without --mode, one line says so.
+    r = run_wa(["average", tmp_path / "run", "--top-k", "3", "--metric", "metric", "--dry-run"],
+               capsys)  # fmt: skip
+    assert "--top-k needs --mode" in r.stderr.splitlines()[-1] and r.code == 2
+
+
+def test_lightning_top_k_by_the_monitored_score(tmp_path, capsys):
+    lightning_run(tmp_path / "ckpts")
+    args = ["average", tmp_path / "ckpts", "--top-k", "2", "--metric", "val_loss", "--dry-run"]
+    r = run_wa([*args, "--json"], capsys)
+    assert r.code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["mode"] == "min"
+    assert [(x["step"], x["value"]) for x in report["checkpoints"]] == [
+        (69, pytest.approx(0.5529)), (115, pytest.approx(0.3050))]  # fmt: skip
 
 
 def test_timm_last_and_model_best_hard_links_are_used_once(tmp_path, capsys):
@@ -157,11 +191,12 @@ def test_timm_last_and_model_best_hard_links_are_used_once(tmp_path, capsys):
     assert r.code == 0, r.stderr
     report = json.loads(r.stdout)
     assert sorted(Path(p).name for p in report["inputs"]) == [
-        f"checkpoint-{e}.pth" for e in range(4)]  # fmt: skip
+        f"checkpoint-{e}.pth.tar" for e in range(4)]  # fmt: skip
     warnings = [line for line in r.stderr.splitlines() if "used once" in line]
     assert len(warnings) == 2, r.stderr
-    assert any("last.pth' is the same file as" in w and "checkpoint-3.pth" in w for w in warnings)
-    assert any("model_best.pth' is the same file as" in w and "checkpoint-2.pth" in w
+    assert any("last.pth.tar' is the same file as" in w and "checkpoint-3.pth.tar" in w
+               for w in warnings)  # fmt: skip
+    assert any("model_best.pth.tar' is the same file as" in w and "checkpoint-2.pth.tar" in w
                for w in warnings)  # fmt: skip
     want = torch.stack([s["fc.weight"].double() for s in states.values()]).mean(0)
     torch.testing.assert_close(load_file(out)["fc.weight"].double(), want, rtol=1e-6, atol=1e-7)
@@ -275,3 +310,24 @@ def test_outputs_record_the_step_range_and_the_last_step(tmp_path, capsys):
         assert (meta["wa_first_step"], meta["wa_last_step"]) == (str(steps[0]), "115")
         assert meta["wa_step_source"] == "steps from 'global_step' recorded inside the files"
         assert json.loads(meta["wa_epochs"]) == list(range(5))[-len(steps) :]
+
+
+def test_fairseq_best_and_last_copies_are_used_once(tmp_path, capsys):
+    """fairseq saves checkpoint_E_U.pt, then copies it to checkpoint_last.pt (and _best)."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for epoch, updates in ((1, 100), (2, 200), (3, 300)):
+        torch.manual_seed(epoch)
+        obj = {"args": argparse.Namespace(arch="transformer"), "cfg": {"common": {"seed": 1}},
+               "model": {"encoder.w": torch.randn(3, 2)}, "optimizer_history": [],
+               "extra_state": {"train_iterator": {"epoch": epoch}}}  # fmt: skip
+        torch.save(obj, folder / f"checkpoint_{epoch}_{updates}.pt")
+    (folder / "checkpoint_last.pt").write_bytes((folder / "checkpoint_3_300.pt").read_bytes())
+    (folder / "checkpoint_best.pt").write_bytes((folder / "checkpoint_2_200.pt").read_bytes())
+    r = run_wa(["average", *sorted(folder.glob("checkpoint*.pt")), "--last", "2", "--dry-run",
+                "--json"], capsys)  # fmt: skip
+    assert r.code == 0, r.stderr
+    rows = json.loads(r.stdout)["checkpoints"]
+    assert [(Path(x["path"]).name, x["step"]) for x in rows] == [
+        ("checkpoint_2_200.pt", 200), ("checkpoint_3_300.pt", 300)]  # fmt: skip
+    assert r.stderr.count("has the same bytes as") == 2

@@ -35,6 +35,8 @@ def average_command(
     precision: opt.Precision = "auto",
     device: opt.Device = "auto",
     max_shard_size: opt.MaxShardSize = None,
+    shard_name: opt.ShardName = None,
+    copy_config: opt.CopyConfig = False,
     key: opt.PickleKey = None,
     strip_prefix: opt.StripPrefix = None,
     include: opt.Include = None,
@@ -53,7 +55,12 @@ def average_command(
     Example:
       wa average 'runs/a/ckpt_*.safetensors' --last 5 -o swa.safetensors
     """
-    from wa_cli.cli.inputs import Selection, parse_weight_list, training_order_for_copies
+    from wa_cli.cli.inputs import (
+        Selection,
+        output_layout,
+        parse_weight_list,
+        training_order_for_copies,
+    )
     from wa_cli.cli.run import ReadFlags, Weighing, run_reduction
     from wa_cli.engine.precision import parse_user_dtype
     from wa_cli.engine.rounding import normalized_weights
@@ -70,12 +77,22 @@ def average_command(
         items, ordered_weights, note = training_order_for_copies(entries, given, sel, non_float)
         return Weighing(items, normalized_weights(raw), method, note)
 
+    # --copy-config without a folder output is a usage error before anything is read.
+    output_layout([], shard_name=shard_name, copy_config=copy_config, max_shard_size=max_shard_size)
+
     def write(items: list[Any], out: Path, progress: Any) -> Any:
-        return average_to_file(
+        name, copies = output_layout(
+            items, shard_name=shard_name, copy_config=copy_config, max_shard_size=max_shard_size
+        )
+        result = average_to_file(
             items, out, weights=ordered_weights, keys=keys, non_float=non_float, dtype=dtype,
             precision=precision, device=device, force=force, max_shard_size=max_shard_size,
-            progress=progress,
+            progress=progress, shard_name=name, copy_files=copies,
         )  # fmt: skip
+        if copies:
+            folder = copies[0].parent
+            result.notes.append(f"copied {', '.join(f.name for f in copies)} from '{folder}'")
+        return result
 
     run_reduction(
         "average", inputs, output, sel,

@@ -67,6 +67,7 @@ def ema_command(
     precision: opt.Precision = "auto",
     device: opt.Device = "auto",
     max_shard_size: opt.MaxShardSize = None,
+    copy_config: opt.CopyConfig = False,
     key: opt.PickleKey = None,
     strip_prefix: opt.StripPrefix = None,
     include: opt.Include = None,
@@ -85,7 +86,7 @@ def ema_command(
     Example:
       wa ema 'runs/a/ckpt_*.safetensors' --half-life 500 -o ema.safetensors
     """
-    from wa_cli.cli.inputs import Selection
+    from wa_cli.cli.inputs import Selection, output_layout
     from wa_cli.cli.run import ReadFlags, Weighing, run_reduction
     from wa_cli.engine.precision import parse_user_dtype
     from wa_cli.methods.ema import decay_options, ema_coefficients, ema_to_file
@@ -106,13 +107,23 @@ def ema_command(
         )
         return Weighing([e.item for e in entries], coefficients, "ema")
 
+    # --copy-config without a folder output is a usage error before anything is read.
+    output_layout([], shard_name=None, copy_config=copy_config, max_shard_size=max_shard_size)
+
     def write(items: list[Any], out: Path, progress: Any) -> Any:
-        return ema_to_file(
+        name, copies = output_layout(
+            items, shard_name=None, copy_config=copy_config, max_shard_size=max_shard_size
+        )
+        result = ema_to_file(
             items, out, decay=decay, decay_per_step=decay_per_step, half_life=half_life,
             alpha=alpha, steps=steps, keys=keys, non_float=non_float, dtype=dtype,
             precision=precision, device=device, force=force, max_shard_size=max_shard_size,
-            progress=progress,
+            progress=progress, shard_name=name, copy_files=copies,
         )  # fmt: skip
+        if copies:
+            folder = copies[0].parent
+            result.notes.append(f"copied {', '.join(f.name for f in copies)} from '{folder}'")
+        return result
 
     run_reduction(
         "ema", inputs, output, sel, ReadFlags(key, strip_prefix, include, exclude, allow_global),

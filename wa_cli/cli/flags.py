@@ -23,6 +23,7 @@ FLAGS: dict[str, str] = {
     "allow_globals": "--allow-global",
     "force": "--force",
     "max_shard_size": "--max-shard-size",
+    "shard_name": "--shard-name",
     # shared reducer options
     "keys": "--keys",
     "non_float": "--non-float",

@@ -177,6 +177,42 @@ def training_order_for_copies(
     return ordered, w, "" if non_float == "error" else note
 
 
+def output_layout(
+    items: Sequence[Checkpoint],
+    *,
+    shard_name: str | None,
+    copy_config: bool,
+    max_shard_size: str | None,
+) -> tuple[str | None, list[Path]]:
+    """The shard base name and the config files to copy for ``-o DIR --max-shard-size``.
+
+    ``items`` are in training order when it is known: the newest input is the last one.
+    """
+    import logging
+
+    from wa_cli.io.companions import config_files, shard_name_of
+
+    if max_shard_size is None:
+        if copy_config:
+            raise WaError(
+                "--copy-config writes a folder that from_pretrained(DIR) reads: add "
+                "--max-shard-size (e.g. 5GB)",
+                ExitCode.USAGE,
+            )
+        return shard_name, []
+    name = shard_name or (shard_name_of(items[0].files) if items else None)
+    if not copy_config or not items:
+        return name, []
+    newest = items[-1]
+    folder = Path(newest.path) if Path(newest.path).is_dir() else Path(newest.path).parent
+    files = config_files(folder)
+    if not any(f.name == "config.json" for f in files):
+        logging.getLogger("wa_cli").warning(
+            "--copy-config: '%s' holds no config.json (from_pretrained needs one)", folder
+        )
+    return name, files
+
+
 def dry_run_checks(
     items: Sequence[Checkpoint],
     output: Path | None,

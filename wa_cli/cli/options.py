@@ -74,6 +74,25 @@ MaxShardSize = Annotated[
         show_default=False,
     ),
 ]
+ShardName = Annotated[
+    str | None,
+    typer.Option(
+        "--shard-name",
+        help="Base name of the shards and index with --max-shard-size: model (transformers) or "
+        "diffusion_pytorch_model (diffusers). Default: the first input's own (e.g. "
+        "diffusion_pytorch_model*.safetensors), else model.",
+        show_default=False,
+    ),
+]
+CopyConfig = Annotated[
+    bool,
+    typer.Option(
+        "--copy-config",
+        help="With --max-shard-size: copy config.json and the other non-weight files "
+        "(tokenizer, generation_config...) of the newest input's folder, not optimizer, "
+        "scheduler, rng or trainer state, so that from_pretrained(DIR) loads the output.",
+    ),
+]
 PickleKey = Annotated[
     str | None,
     typer.Option(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from wa_cli.engine.device import resolve_device
 from wa_cli.engine.plan import KeysMode, NonFloatPolicy
 from wa_cli.engine.precision import Precision
 from wa_cli.io.dtypes import dtype_name
+from wa_cli.io.writer import check_shard_name
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -80,6 +82,8 @@ class WriteOptions:
     max_shard_size: int | None = None
     progress: ProgressCallback | None = None
     command: str | None = None
+    shard_name: str = "model"  # shards and index: <name>-00001-of-0000N.safetensors
+    copy_files: tuple[Path, ...] = ()  # copied beside the shards (--copy-config)
 
     @classmethod
     def checked(
@@ -89,6 +93,8 @@ class WriteOptions:
         max_shard_size: object = None,
         progress: object = None,
         command: object = None,
+        shard_name: object = None,
+        copy_files: object = (),
     ) -> WriteOptions:
         """Validate user values (``max_shard_size`` may be ``"5GB"``)."""
         if progress is not None and not callable(progress):
@@ -100,4 +106,6 @@ class WriteOptions:
             max_shard_size=check.size("max_shard_size", max_shard_size),
             progress=progress,  # type: ignore[arg-type]  # checked callable above
             command=command,
+            shard_name="model" if shard_name is None else check_shard_name(str(shard_name)),
+            copy_files=tuple(Path(p) for p in copy_files),  # type: ignore[attr-defined]  # paths
         )

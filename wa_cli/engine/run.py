@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from wa_cli.engine.report import (
     check_output_is_not_input,
     input_reads,
 )
+from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.writer import write_safetensors
 
 __all__ = [
@@ -60,6 +61,8 @@ def combine_to_file(
     max_shard_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     bn_hint: str = BN_HINT,
+    shard_name: str = "model",
+    copy_files: Sequence[Path] = (),
 ) -> RunReport:
     """Write ``Σ w_i θ_i / Σ w_i`` per key of ``plan`` to ``output`` and report what happened.
 
@@ -69,6 +72,12 @@ def combine_to_file(
     if distributed.active() is not None:  # torchrun: every rank writes its part
         from wa_cli.engine.parallel_write import combine_to_file_distributed
 
+        if shard_name != "model" or copy_files:
+            raise WaError(
+                "--shard-name and --copy-config are not supported under torchrun yet "
+                "(run without torchrun)",
+                ExitCode.USAGE,
+            )
         return combine_to_file_distributed(
             plan, weights, output,
             method=method, metadata=metadata, params=params, input_weights=input_weights,
@@ -91,6 +100,7 @@ def combine_to_file(
             written = write_safetensors(
                 output, plan.output_tensors(), chunks, metadata,
                 force=force, max_shard_size=max_shard_size, reads=input_reads(plan),
+                shard_name=shard_name, copy_files=copy_files,
             )  # fmt: skip
     finally:
         for ckpt in plan.checkpoints:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,27 @@ from wa_cli.io.guard import WA_MARK, Reads
 from wa_cli.io.safetensors_header import build_header
 
 INDEX_NAME = "model.safetensors.index.json"
+DEFAULT_SHARD_NAME = "model"
+"""Shards are ``<name>-00001-of-00002.safetensors`` with ``<name>.safetensors.index.json``:
+``model`` for transformers, ``diffusion_pytorch_model`` for diffusers (``--shard-name``)."""
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_shard_name(name: str) -> str:
+    """A shard base name: letters, digits, ``_``, ``-``, ``.``, not a path, not hidden."""
+    if not isinstance(name, str) or not _SHARD_NAME.match(name) or name.endswith(".safetensors"):
+        raise WaError(
+            f"shard_name must be a plain file name stem such as 'model' or "
+            f"'diffusion_pytorch_model', got {name!r}",
+            ExitCode.USAGE,
+            params=("shard_name",),
+        )
+    return name
+
+
+def index_name(shard_name: str = DEFAULT_SHARD_NAME) -> str:
+    """``model.safetensors.index.json`` for the shard base name ``model``."""
+    return f"{shard_name}.safetensors.index.json"
 
 
 @dataclass(frozen=True)
@@ -111,6 +134,8 @@ def write_safetensors(
     force: bool = False,
     max_shard_size: int | None = None,
     reads: Reads = (),
+    shard_name: str = DEFAULT_SHARD_NAME,
+    copy_files: Sequence[Path] = (),
 ) -> list[Path]:
     """Stream ``chunks`` into a safetensors file (or a folder of shards) atomically.
 
@@ -125,6 +150,10 @@ def write_safetensors(
         force: replace an existing destination.
         max_shard_size: bytes per shard; ``None`` writes one file.
         reads: files the caller reads (the guard refuses to write over them).
+        shard_name: the shards' base name (``model``: ``model-00001-of-00002.safetensors`` and
+            ``model.safetensors.index.json``; ``diffusion_pytorch_model`` for diffusers).
+        copy_files: files copied into the output folder beside the shards, inside the same
+            atomic replacement (``--copy-config``: ``config.json``, tokenizer files).
 
     Returns:
         The files written (final paths).
@@ -136,6 +165,12 @@ def write_safetensors(
     """
     destination = Path(destination)
     check_output_name(destination, sharded=max_shard_size is not None)
+    check_shard_name(shard_name)
+    if copy_files and max_shard_size is None:
+        raise WaError(
+            "copying config files needs a folder output: add --max-shard-size (e.g. 5GB)",
+            ExitCode.USAGE,
+        )
     groups = _shard_groups(tensors, max_shard_size) if max_shard_size else [tensors]
     try:
         sharded = max_shard_size is not None
@@ -145,13 +180,15 @@ def write_safetensors(
             else:
                 tmp.mkdir()
                 total = len(groups)
-                names = [
-                    tmp / f"model-{i + 1:05d}-of-{total:05d}.safetensors" for i in range(total)
-                ]
+                names = [tmp / shard_file_name(i, total, shard_name) for i in range(total)]
             _write_groups(names, groups, chunks, metadata)
             if max_shard_size is not None:
-                _write_index(tmp / INDEX_NAME, names, groups, metadata)
-                names.append(tmp / INDEX_NAME)
+                index = tmp / index_name(shard_name)
+                _write_index(index, names, groups, metadata)
+                names.append(index)
+                for f in copy_files:
+                    shutil.copy2(f, tmp / f.name)
+                    names.append(tmp / f.name)
     except OSError as e:
         raise WaError(f"cannot write '{destination}': {e.strerror or e}", ExitCode.OUTPUT) from e
     if max_shard_size is None:
@@ -287,9 +324,9 @@ def shard_layout(
     return _shard_groups(tensors, max_shard_size) if max_shard_size else [tensors]
 
 
-def shard_file_name(index: int, total: int) -> str:
+def shard_file_name(index: int, total: int, shard_name: str = DEFAULT_SHARD_NAME) -> str:
     """The name of shard ``index`` (from 0) of ``total``, as ``write_safetensors`` names it."""
-    return f"model-{index + 1:05d}-of-{total:05d}.safetensors"
+    return f"{shard_name}-{index + 1:05d}-of-{total:05d}.safetensors"
 
 
 def write_files(

@@ -117,6 +117,8 @@ def average_to_file(
     max_shard_size: int | str | None = None,
     progress: Callable[[int, int], None] | None = None,
     command: str | None = None,
+    shard_name: str | None = None,
+    copy_files: Sequence[str | os.PathLike[str]] = (),
 ) -> RunReport:
     """Average checkpoints into a safetensors file (or shards), streaming and atomically.
 
@@ -132,8 +134,9 @@ def average_to_file(
         keys=keys, non_float=non_float, dtype=dtype, precision=precision, device=device
     )
     out = WriteOptions.checked(
-        force=force, max_shard_size=max_shard_size, progress=progress, command=command
-    )
+        force=force, max_shard_size=max_shard_size, progress=progress, command=command,
+        shard_name=shard_name, copy_files=copy_files,
+    )  # fmt: skip
     ckpts = open_inputs(inputs)
     w = validate_weights(weights, len(ckpts))
     plan = build_plan(ckpts, keys=opts.keys, non_float=opts.non_float, dtype=opts.dtype)
@@ -151,5 +154,7 @@ def average_to_file(
         device=opts.device,
         force=out.force,
         max_shard_size=out.max_shard_size,
+        shard_name=out.shard_name,
+        copy_files=out.copy_files,
         progress=out.progress,
     )

@@ -209,6 +209,8 @@ def ema_to_file(
     max_shard_size: int | str | None = None,
     progress: Callable[[int, int], None] | None = None,
     command: str | None = None,
+    shard_name: str | None = None,
+    copy_files: Sequence[str | os.PathLike[str]] = (),
 ) -> RunReport:
     """EMA of checkpoints (in the order given) into a safetensors file, streaming and atomically.
 
@@ -230,8 +232,9 @@ def ema_to_file(
         keys=keys, non_float=non_float, dtype=dtype, precision=precision, device=device
     )
     out = WriteOptions.checked(
-        force=force, max_shard_size=max_shard_size, progress=progress, command=command
-    )
+        force=force, max_shard_size=max_shard_size, progress=progress, command=command,
+        shard_name=shard_name, copy_files=copy_files,
+    )  # fmt: skip
     decays = decay_options(decay, decay_per_step, half_life, alpha)
     plan, steps_used, coefficients, weights = _prepare(inputs, steps, decays, opts)
     params: dict[str, Any] = {**decays, "alpha": alpha, "steps": steps_used, **opts.params()}
@@ -250,5 +253,7 @@ def ema_to_file(
         device=opts.device,
         force=out.force,
         max_shard_size=out.max_shard_size,
+        shard_name=out.shard_name,
+        copy_files=out.copy_files,
         progress=out.progress,
     )
