@@ -78,9 +78,8 @@ ShardName = Annotated[
     str | None,
     typer.Option(
         "--shard-name",
-        help="Base name of the shards and index with --max-shard-size: model (transformers) or "
-        "diffusion_pytorch_model (diffusers). Default: the first input's own (e.g. "
-        "diffusion_pytorch_model*.safetensors), else model.",
+        metavar="NAME",
+        help="Shard base name: model|diffusion_pytorch_model (default: input's).",
         show_default=False,
     ),
 ]
@@ -88,9 +87,7 @@ CopyConfig = Annotated[
     bool,
     typer.Option(
         "--copy-config",
-        help="With --max-shard-size: copy config.json and the other non-weight files "
-        "(tokenizer, generation_config...) of the newest input's folder, not optimizer, "
-        "scheduler, rng or trainer state, so that from_pretrained(DIR) loads the output.",
+        help="Copy the newest input's config/tokenizer files beside the shards.",
     ),
 ]
 PickleKey = Annotated[
