@@ -85,15 +85,8 @@ def test_layers_point_down():
             assert layer(target) <= layer(module), (module, "imports", target)
 
 
-# Known and still open (issue 9): the CUDA reducer subclasses combine.Reducer and combine
-# imports it lazily; composition would remove this edge. Listed so that no new cycle can hide.
-KNOWN_CYCLE_EDGES = {("wa_cli.engine.combine", "wa_cli.engine.cuda")}
-
-
 def test_no_import_cycle():
     graph = _top_level_only(_imports())
-    for a, b in KNOWN_CYCLE_EDGES:
-        graph[a].discard(b)
     state: dict[str, int] = {}
     path: list[str] = []
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.helpers import save_sharded
-from wa_cli.engine import combine
+from wa_cli.engine import reducers
 from wa_cli.io.checkpoint import Checkpoint
 from wa_cli.methods.average import average_to_file
 
@@ -51,7 +51,7 @@ def write_inputs(tmp_path) -> list:
 )
 def test_spans_and_the_per_key_path_write_the_same_bytes(tmp_path, monkeypatch, weights):
     paths = write_inputs(tmp_path)
-    monkeypatch.setattr(combine, "DEFAULT_CHUNK_ELEMENTS", 1000)  # spans of up to 1000 elements
+    monkeypatch.setattr(reducers, "DEFAULT_CHUNK_ELEMENTS", 1000)  # spans of up to 1000 elements
     reads = {"span": 0, "key": 0}
     original_span, original_into = Checkpoint.read_span, Checkpoint.read_into
 
@@ -70,7 +70,7 @@ def test_spans_and_the_per_key_path_write_the_same_bytes(tmp_path, monkeypatch, 
     # A pickle's storages never lie back to back: with it in the sum, every key is read alone.
     assert (reads["span"] > 0) == (weights[-1] == 0)
     spans_read = reads["span"]
-    monkeypatch.setattr(combine, "coalesce", lambda tasks, plan, limit: tasks)
+    monkeypatch.setattr(reducers, "coalesce", lambda tasks, plan, limit: tasks)
     average_to_file(paths, tmp_path / "keys.safetensors", **kwargs)
     assert reads["span"] == spans_read  # the second run read key by key
     a = (tmp_path / "spans.safetensors").read_bytes()

@@ -8,8 +8,8 @@ from safetensors.torch import load_file, save_file
 from torch.optim.swa_utils import AveragedModel
 
 from tests.helpers import TOLERANCE, make_trajectory, tiny_cnn
-from wa_cli.engine.combine import linear_combination
 from wa_cli.engine.plan import build_plan
+from wa_cli.engine.reducers import linear_combination
 from wa_cli.engine.run import assemble
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.reader import open_checkpoint

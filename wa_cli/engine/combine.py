@@ -19,10 +19,8 @@ background thread reads the next chunks from disk while the current one is summe
 from __future__ import annotations
 
 import math
-import os
-import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,6 @@ from pathlib import Path
 import torch
 
 from wa_cli.engine.plan import KeyPlan, Plan
-from wa_cli.engine.precision import Precision, accumulator_dtype
 from wa_cli.engine.rounding import (
     SIXTEEN_BIT,
     input_shift,
@@ -210,68 +207,6 @@ def planned_read_bytes(plan: Plan, weights: WeightsFn) -> int:
     return sum(t.read_bytes for t in tasks)
 
 
-def linear_combination(
-    plan: Plan,
-    weights: WeightsFn,
-    *,
-    precision: Precision = "auto",
-    device: torch.device | None = None,
-    chunk_elements: int | None = None,
-    progress: ProgressFn | None = None,
-    stats: CombineStats | None = None,
-) -> Generator[tuple[str, torch.Tensor], None, None]:
-    """Yield ``(key, chunk)`` for every key of ``plan``: ``Σ w_i θ_i / Σ w_i`` over its sources.
-
-    ``weights(entry)`` gives one non-negative weight per source of ``entry`` (aligned with
-    ``entry.sources``); a zero weight skips reading that input. Non-float keys are copied from
-    ``entry.copy_from``. Chunks are flat CPU tensors of the output dtype, valid only until the
-    next one is requested (the buffers are reused): pass them to a writer, or copy them.
-
-    Example:
-        >>> chunks = linear_combination(plan, lambda e: [1.0] * len(e.sources))  # doctest: +SKIP
-        >>> write_safetensors("a.safetensors", plan.output_tensors(), chunks, {})  # doctest: +SKIP
-    """
-    stats = stats if stats is not None else CombineStats()
-    device = device or torch.device("cpu")
-    start = time.perf_counter()
-    if chunk_elements is None:
-        # Launches and syncs per chunk cost more on a GPU: larger chunks there.
-        chunk_elements = GPU_CHUNK_ELEMENTS if device.type == "cuda" else DEFAULT_CHUNK_ELEMENTS
-    tasks = coalesce(schedule(plan, weights, chunk_elements), plan, chunk_elements)
-    threads = torch.get_num_threads()
-    reducer: Reducer | None = None
-    try:
-        if device.type == "cuda":
-            from wa_cli.engine.cuda import CudaReducer
-
-            reducer = CudaReducer(plan, tasks, chunk_elements, device)
-        else:
-            reducer = Reducer(plan, tasks, chunk_elements)
-            # Leave a core to the prefetch thread: OpenMP workers spin while they wait, and on
-            # two cores a second one contending with the reader made runs ~7x slower (measured).
-            torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 2) - 1)))
-        stats.combined = sum(1 for k in plan.keys if k.interpolate)
-        stats.copied = len(plan.keys) - stats.combined
-        for task in tasks:
-            entry = task.entry
-            if entry.interpolate:
-                acc_dtype = accumulator_dtype(entry.dtype, precision, entry.out_dtype)
-                out = reducer.combine(task, acc_dtype, stats)
-            else:
-                out = reducer.copy_input(task, entry.copy_from)
-            read = task.read_bytes
-            stats.bytes_read += read
-            stats.bytes_written += out.numel() * out.element_size()
-            if progress:
-                progress(read)
-            yield from task.pieces(out)
-    finally:
-        if reducer is not None:
-            reducer.close()
-        torch.set_num_threads(threads)
-        stats.seconds = time.perf_counter() - start
-
-
 def widest_input(tasks: list[ChunkTask]) -> int:
     """The largest element size any input chunk has (staging buffers are sized for it)."""
     return max((t.entry.dtype_of(s).itemsize for t in tasks for s, _ in t.inputs), default=1)
@@ -330,17 +265,26 @@ class Prefetcher:
 class Reducer:
     """CPU reduction with buffers allocated once per run and reused for every key and chunk."""
 
-    def __init__(self, plan: Plan, tasks: list[ChunkTask], chunk_elements: int):
+    def __init__(
+        self,
+        plan: Plan,
+        tasks: list[ChunkTask],
+        chunk_elements: int,
+        *,
+        device: torch.device | None = None,
+        pin_memory: bool = False,
+    ):
+        # Everything device-specific comes in as arguments: __init__ calls no method a device
+        # reducer overrides, so one built on top (engine.cuda) sets up after this returns.
+        self.device = device or torch.device("cpu")
         widest = widest_input(tasks)
-        self.prefetcher = self.make_prefetcher(plan, tasks, chunk_elements * widest)
+        self.prefetcher = Prefetcher(plan, tasks, chunk_elements * widest, pin_memory=pin_memory)
         # Accumulator, conversion and output buffers, sized for float64 (the widest accumulator).
         self.work = {name: self.empty(chunk_elements * 8) for name in ("acc", "tmp", "out")}
 
-    def make_prefetcher(self, plan: Plan, tasks: list[ChunkTask], nbytes: int) -> Prefetcher:
-        return Prefetcher(plan, tasks, nbytes)
-
     def empty(self, nbytes: int) -> torch.Tensor:
-        return torch.empty(nbytes, dtype=torch.uint8)
+        """A byte buffer on the compute device."""
+        return torch.empty(nbytes, dtype=torch.uint8, device=self.device)
 
     def work_buffer(self, name: str, count: int, dtype: torch.dtype) -> torch.Tensor:
         return self.work[name][: count * dtype.itemsize].view(dtype)

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import torch
 
-from wa_cli.engine.combine import ChunkTask, CombineStats, Prefetcher, Reducer, widest_input
+from wa_cli.engine.combine import ChunkTask, CombineStats, Reducer, widest_input
 from wa_cli.engine.plan import Plan
 
 
 class CudaReducer(Reducer):
+    """The CPU reducer's arithmetic on a GPU: device buffers, pinned prefetch, two streams."""
+
     def __init__(
         self, plan: Plan, tasks: list[ChunkTask], chunk_elements: int, device: torch.device
     ):
-        self.device = device
+        super().__init__(plan, tasks, chunk_elements, device=device, pin_memory=True)
         self.copy_stream = torch.cuda.Stream(device)
         self.compute_stream = torch.cuda.current_stream(device)
-        super().__init__(plan, tasks, chunk_elements)
         widest = widest_input(tasks)
         self.staged = [self.empty(chunk_elements * widest) for _ in range(2)]
         self.copied = [torch.cuda.Event() for _ in range(2)]
@@ -33,12 +34,6 @@ class CudaReducer(Reducer):
         self.slot = 0
         self.pending_copy: torch.cuda.Event | None = None
         self.host_out = torch.empty(chunk_elements * 8, dtype=torch.uint8, pin_memory=True)
-
-    def make_prefetcher(self, plan: Plan, tasks: list[ChunkTask], nbytes: int) -> Prefetcher:
-        return Prefetcher(plan, tasks, nbytes, pin_memory=True)
-
-    def empty(self, nbytes: int) -> torch.Tensor:
-        return torch.empty(nbytes, dtype=torch.uint8, device=self.device)
 
     def _host_chunk(self, task: ChunkTask, source: int) -> torch.Tensor:
         # Asking the prefetcher for a chunk lets it refill the pinned buffer it gave out last:

@@ -35,9 +35,10 @@ from typing import Any
 import torch
 
 from wa_cli.engine import distributed, plan_digest
-from wa_cli.engine.combine import CombineStats, WeightsFn, linear_combination, schedule
+from wa_cli.engine.combine import CombineStats, WeightsFn, schedule
 from wa_cli.engine.plan import Plan
 from wa_cli.engine.precision import Precision
+from wa_cli.engine.reducers import linear_combination
 from wa_cli.engine.report import (
     BN_HINT,
     RunReport,

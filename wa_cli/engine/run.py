@@ -20,11 +20,11 @@ from wa_cli.engine.combine import (
     CombineStats,
     ProgressFn,
     WeightsFn,
-    linear_combination,
     planned_read_bytes,
 )
 from wa_cli.engine.plan import Plan
 from wa_cli.engine.precision import Precision
+from wa_cli.engine.reducers import linear_combination
 from wa_cli.engine.report import (
     BN_HINT,
     RunReport,

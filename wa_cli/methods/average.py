@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from wa_cli.engine.combine import WeightsFn, linear_combination
+from wa_cli.engine.combine import WeightsFn
 from wa_cli.engine.options import ReduceOptions, WriteOptions
 from wa_cli.engine.plan import KeyPlan, KeysMode, NonFloatPolicy, build_plan
 from wa_cli.engine.precision import Precision
 from wa_cli.engine.provenance import provenance
+from wa_cli.engine.reducers import linear_combination
 from wa_cli.engine.rounding import normalized_weights
 from wa_cli.engine.run import RunReport, assemble, combine_to_file
 from wa_cli.errors import WaError

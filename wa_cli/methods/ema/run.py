@@ -178,8 +178,8 @@ def ema(
         >>> paths = ["ckpt_100.safetensors", "ckpt_200.safetensors"]
         >>> state = dict(ema(paths, decay=0.9))  # doctest: +SKIP
     """
-    from wa_cli.engine.combine import linear_combination
     from wa_cli.engine.options import ReduceOptions
+    from wa_cli.engine.reducers import linear_combination
     from wa_cli.engine.run import assemble
 
     opts = ReduceOptions.checked(

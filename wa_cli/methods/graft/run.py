@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from wa_cli.engine.combine import CombineStats, linear_combination
+from wa_cli.engine.combine import CombineStats
 from wa_cli.engine.options import ReduceOptions
 from wa_cli.engine.plan import build_plan
 from wa_cli.engine.precision import Precision
+from wa_cli.engine.reducers import linear_combination
 from wa_cli.engine.run import RunReport, assemble
 from wa_cli.methods.graft.alpha import Rule
 from wa_cli.methods.graft.files import graft_to_files, pair_weights, plan_graft
