@@ -10,6 +10,7 @@ from safetensors import safe_open
 from torch import nn
 
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.io import writer
 from wa_cli.train import trajectory
 from wa_cli.train.trajectory import TrajectoryWriter, checkpoint_metadata
 
@@ -94,14 +95,34 @@ def test_tied_weights_are_saved(tmp_path: Path) -> None:
 def test_a_failure_mid_write_leaves_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"partial")
-        raise OSError("disk full")
+    real = writer._as_bytes
+    calls = []
 
-    monkeypatch.setattr(trajectory, "save_file", broken)
-    with pytest.raises(OSError):
+    def fails_on_the_second_key(chunk: torch.Tensor) -> memoryview:
+        calls.append(1)
+        if len(calls) == 2:  # the header and the first tensor are already in the file
+            raise OSError(28, "No space left on device")
+        return real(chunk)
+
+    monkeypatch.setattr(writer, "_as_bytes", fails_on_the_second_key)
+    with pytest.raises(WaError, match="No space left") as e:
         TrajectoryWriter(tmp_path, unit="step").save(conv_bn(), step=3)
+    assert e.value.code == ExitCode.OUTPUT
+    assert len(calls) == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tied_and_strided_views_are_written_without_a_clone(tmp_path: Path) -> None:
+    # save_file refuses both of these (shared storage; a non-contiguous view): the streaming
+    # writer copies each key's bytes as it writes them, and the tensors are left untouched.
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    state = {"w": base, "w_tied": base, "w_t": base.t(), "row": base[1]}
+    path = trajectory.save_checkpoint(tmp_path / "tied.safetensors", state, {"format": "pt"})
+    with safe_open(str(path), framework="pt") as f:
+        for key, value in state.items():
+            assert torch.equal(f.get_tensor(key), value), key
+        assert f.metadata() == {"format": "pt"}
+    assert state["w_tied"] is base and state["w_t"].data_ptr() == base.data_ptr()
 
 
 def test_bad_arguments(tmp_path: Path) -> None:

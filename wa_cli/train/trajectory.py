@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import save_file
 
 from wa_cli.errors import ExitCode, WaError
-from wa_cli.io.atomic import atomic_destination
+from wa_cli.io.writer import write_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +63,14 @@ def save_checkpoint(
 ) -> Path:
     """Write a model (or a state dict) to one safetensors file, atomically.
 
-    Tensors are detached and moved to the CPU; tensors that share storage (tied weights) are
-    cloned, since safetensors refuses shared storage.
+    Tensors are detached and streamed by ``wa``'s own writer (``io.writer``) one key at a time,
+    so tensors that share storage (tied weights) need no clone: each key gets its own bytes.
 
     Example:
         >>> save_checkpoint("ckpt_0.safetensors", model, {"format": "pt"})  # doctest: +SKIP
     """
     sd = state.state_dict() if isinstance(state, torch.nn.Module) else state
     tensors: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
     for key, value in sd.items():
         if not isinstance(value, torch.Tensor):
             raise WaError(
@@ -80,15 +78,9 @@ def save_checkpoint(
                 "(save only tensors; put scalars in metrics)",
                 ExitCode.USAGE,
             )
-        t = value.detach().to("cpu").contiguous()
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in seen:
-            t = t.clone()  # tied weights: safetensors refuses tensors that share storage
-        seen.add(ptr)
-        tensors[key] = t
+        tensors[key] = value.detach()  # the writer moves each to the CPU as it streams it
     path = Path(path)
-    with atomic_destination(path, force=force) as tmp:
-        save_file(tensors, str(tmp), metadata=dict(metadata or {}))
+    write_state_dict(tensors, path, dict(metadata or {}), force=force)
     return path
 
 
