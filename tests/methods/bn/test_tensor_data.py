@@ -116,6 +116,34 @@ def test_bad_batch_size(tmp_path, size) -> None:
         tensor_file_batches(tmp_path / "data.safetensors", batch_size=size)
 
 
+def test_safetensors_batches_are_one_positional_read_each(tmp_path, monkeypatch) -> None:
+    from safetensors import safe_open
+
+    from wa_cli.io.checkpoint import PositionalFile
+
+    data = torch.randn(10, 2, 3, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    path = tmp_path / "data.safetensors"
+    save_file({"labels": torch.arange(10), "inputs": data}, path)
+    reads = []
+    real = PositionalFile.read
+
+    def counted(self, out, position, key):
+        reads.append((key, out.numel()))
+        return real(self, out, position, key)
+
+    monkeypatch.setattr(PositionalFile, "read", counted)
+    batches = tensor_file_batches(path, batch_size=4)
+    parts = list(batches)
+    with safe_open(str(path), framework="pt") as f:  # the library's own slicing, the oracle
+        sliced = f.get_slice("inputs")
+        expected = [sliced[0:4], sliced[4:8], sliced[8:10]]
+    assert len(parts) == 3
+    for got, want in zip(parts, expected, strict=True):
+        assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+    row = 2 * 3 * 2  # bytes per row of bfloat16 (2, 3)
+    assert reads == [("inputs", 4 * row), ("inputs", 4 * row), ("inputs", 2 * row)]
+
+
 def test_file_errors(tmp_path) -> None:
     with pytest.raises(WaError, match=r"data file '.*none\.safetensors' does not exist"):
         tensor_file_batches(tmp_path / "none.safetensors", batch_size=2)

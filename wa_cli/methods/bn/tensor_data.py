@@ -3,8 +3,9 @@
 SWA's BN update (Izmailov et al. 2018, arXiv 1803.05407) needs only the inputs of some training
 batches. When those sit in one tensor (``.safetensors``, ``.pt``/``.pth``, ``.npy``, ``.npz``),
 ``wa bn-recalibrate --data inputs.safetensors`` can read them directly. Reading is lazy: a
-safetensors file is sliced per batch and arrays are memory-mapped, so a large file never has to
-fit in memory at once.
+safetensors file is read one batch of rows at a time (one positional read through ``io.reader``),
+pickles are loaded by ``io.pickles`` (memory-mapped) and arrays are memory-mapped, so a large file
+never has to fit in memory at once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from wa_cli.io.formats import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, checkpoint_su
 from wa_cli.io.guard import note_read
 from wa_cli.io.hostile import require_regular
 from wa_cli.io.pickles import check_tensor, load_pickle
+from wa_cli.io.reader import SafetensorsFile
 from wa_cli.methods.bn.usercode import describe_exception
 
 logger = logging.getLogger(__name__)
@@ -209,18 +211,24 @@ def data_suffix(path: Path) -> str:
 def _open_safetensors(
     path: Path, input_key: str | None
 ) -> tuple[str, tuple[int, ...], Callable[[], _Slicer]]:
-    from safetensors import safe_open
+    # wa's own reader: the header checked as strictly as for checkpoints, and each batch one
+    # positional read of its rows (no memory map, so a pass does not grow resident memory).
+    try:
+        f = SafetensorsFile(path)
+    except WaError as e:
+        why = str(e).removeprefix(f"'{path}' is ").removeprefix(f"'{path}': ")
+        raise WaError(f"cannot read data file '{path}': {why}", e.code) from e
+    key = _pick(path, f.keys(), input_key)
+    info = f.info(key)
+    shape = tuple(info.shape)
+    row_bytes = info.nbytes // shape[0] if shape and shape[0] else 0
 
-    with safe_open(str(path), framework="pt") as f:
-        key = _pick(path, list(f.keys()), input_key)
-        shape = tuple(f.get_slice(key).get_shape())
+    def read_rows(start: int, stop: int) -> torch.Tensor:
+        buf = torch.empty((stop - start) * row_bytes, dtype=torch.uint8)
+        f.read_into(key, buf, start * row_bytes)
+        return buf.view(info.dtype).reshape((stop - start, *shape[1:]))
 
-    def open_slicer() -> _Slicer:
-        # One open file per pass, read one batch at a time.
-        tensor = safe_open(str(path), framework="pt").get_slice(key)
-        return lambda start, stop: tensor[start:stop]
-
-    return key, shape, open_slicer
+    return key, shape, lambda: read_rows
 
 
 def _open_pickle(
