@@ -32,6 +32,12 @@ class WaError(Exception):
         self.params = tuple(params)
 
 
+def describe_exception(error: BaseException) -> str:
+    """``'ValueError: bad input'`` on one line (user messages may span several)."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def listing(items: list[str], limit: int = 5) -> str:
     """``'a', 'b', 'c'`` for short lists, ``'a', ..., 'e' and 3 more`` past ``limit``."""
     shown = ", ".join(repr(i) for i in items[:limit])

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
@@ -115,7 +113,7 @@ def bn_recalibrate_command(
         --data net.py:loader -o swa_bn.safetensors
     """
     from wa_cli.cli.inputs import read_options
-    from wa_cli.cli.render import warn
+    from wa_cli.cli.render import progress_bar, warn
     from wa_cli.io.reader import open_checkpoint
     from wa_cli.io.writer import parse_size
     from wa_cli.methods.bn.checkpoint import recalibrate_checkpoint, resolve_data, resolve_model
@@ -157,7 +155,7 @@ def bn_recalibrate_command(
             drop_last=source.drop_last is True,
             dropped_rows=source.dropped,
         )
-    with _batch_progress(quiet) as progress:
+    with progress_bar("re-estimating BN", quiet, unit="batches") as progress:
         report = recalibrate_checkpoint(
             ckpt,
             output,
@@ -201,35 +199,6 @@ def _json_kwargs(text: str | None, option: str) -> dict[str, Any] | None:
             ExitCode.USAGE,
         )
     return value
-
-
-@contextlib.contextmanager
-def _batch_progress(quiet: bool) -> Iterator[Callable[[int, int | None], None] | None]:
-    """A bar over batches on stderr, only on a terminal and not with -q."""
-    if quiet or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from wa_cli.cli.render import stderr
-
-    columns = (
-        TextColumn("[bold]re-estimating BN"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=stderr, transient=True) as bar:
-        task = bar.add_task("batches", total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def _percent(value: float | None) -> str:

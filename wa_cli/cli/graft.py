@@ -77,7 +77,7 @@ def graft_command(
       wa graft run_a/last.safetensors run_b/last.safetensors -o g.safetensors
     """
     from wa_cli.cli.inputs import open_inputs
-    from wa_cli.cli.render import byte_progress, emit_run_report, hint, print_json, warn
+    from wa_cli.cli.render import emit_run_report, hint, print_json, progress_bar, warn
     from wa_cli.engine.precision import parse_user_dtype
     from wa_cli.errors import WaError
     from wa_cli.methods.graft.files import graft_to_files, output_paths, plan_graft
@@ -106,7 +106,7 @@ def graft_command(
         else:
             _print_alpha_table(plan)
         return
-    with byte_progress("grafting", quiet) as progress:
+    with progress_bar("grafting", quiet) as progress:
         plan, reports = graft_to_files(
             plan, output, precision=precision, device=device, force=force, progress=progress
         )

@@ -6,14 +6,16 @@ import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -37,28 +39,33 @@ def hint(message: str, quiet: bool) -> None:
 
 
 @contextlib.contextmanager
-def byte_progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A bytes + throughput bar on stderr, only on a terminal and not with -q.
+def progress_bar(
+    label: str, quiet: bool, *, unit: Literal["bytes", "batches"] = "bytes"
+) -> Iterator[Callable[[int, int | None], None] | None]:
+    """The one progress bar on stderr, only on a terminal and not with -q (else yields None).
 
-    Yields a ``progress(advance, total)`` callback for the library, or None.
+    ``unit="bytes"`` shows bytes and throughput and the callback is ``progress(advance, total)``
+    (bytes just read); ``unit="batches"`` shows done/total and it is ``progress(done, total)``.
     """
     if quiet or not sys.stderr.isatty():
         yield None
         return
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
+    middle = (
+        (DownloadColumn(), TransferSpeedColumn())
+        if unit == "bytes"
+        else (MofNCompleteColumn(), TimeElapsedColumn())
     )
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), *middle, TimeRemainingColumn())
     with Progress(*columns, console=stderr, transient=True) as bar:
         task = bar.add_task(label, total=None)
 
-        def advance(n: int, total: int) -> None:
-            bar.update(task, advance=n, total=total)
+        def update(n: int, total: int | None) -> None:
+            if unit == "bytes":
+                bar.update(task, advance=n, total=total)
+            else:
+                bar.update(task, completed=n, total=total)
 
-        yield advance
+        yield update
 
 
 def human_bytes(n: float) -> str:

@@ -24,7 +24,7 @@ from wa_cli.cli.inputs import (
     select_inputs,
     selection_report,
 )
-from wa_cli.cli.render import byte_progress, emit_run_report
+from wa_cli.cli.render import emit_run_report, progress_bar
 
 if TYPE_CHECKING:
     from wa_cli.engine.report import RunReport
@@ -95,7 +95,7 @@ def run_reduction(
         emit_selection(report, json)
         return
     destination = require_output(output, command)
-    with byte_progress(command, quiet) as progress:
+    with progress_bar(command, quiet) as progress:
         result = write(weighed.items, destination, progress)
     attach_selection(result, report)
     if weighed.note:

@@ -17,8 +17,9 @@ from safetensors.torch import load_file, save_file
 from tests.helpers import TOLERANCE, cnn_state, make_trajectory
 from tests.oracles import np_entropy, spec_alpha
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.io.names import distinct_names
 from wa_cli.io.reader import open_checkpoint
-from wa_cli.methods.graft.files import distinct_names, graft_to_files, output_paths, plan_graft
+from wa_cli.methods.graft.files import graft_to_files, output_paths, plan_graft
 
 # tiny_cnn keys: 0 = Conv2d, 1 = BatchNorm2d, 4 = Linear.
 MODULE_OF = {"0": "0.weight", "1": "1.weight", "4": "4.weight"}

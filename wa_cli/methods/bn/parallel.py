@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from wa_cli.engine import distributed
-from wa_cli.errors import ExitCode, WaError
+from wa_cli.errors import ExitCode, WaError, describe_exception
 from wa_cli.methods.bn.recalibrate import (
     BNLayerChange,
     BNReport,
@@ -36,7 +36,6 @@ from wa_cli.methods.bn.recalibrate import (
     norm_layers,
     recalibrate_bn,
 )
-from wa_cli.methods.bn.usercode import describe_exception
 
 _END = object()
 

@@ -31,8 +31,7 @@ from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.parameter import is_lazy
 
-from wa_cli.errors import ExitCode, WaError, listing
-from wa_cli.methods.bn.usercode import describe_exception
+from wa_cli.errors import ExitCode, WaError, describe_exception, listing
 from wa_cli.params import choice
 
 logger = logging.getLogger(__name__)

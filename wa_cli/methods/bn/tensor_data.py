@@ -19,13 +19,12 @@ from typing import Any
 
 import torch
 
-from wa_cli.errors import ExitCode, WaError, listing
+from wa_cli.errors import ExitCode, WaError, describe_exception, listing
 from wa_cli.io.formats import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, checkpoint_suffix
 from wa_cli.io.guard import note_read
 from wa_cli.io.hostile import require_regular
 from wa_cli.io.pickles import check_tensor, load_pickle
 from wa_cli.io.reader import SafetensorsFile
-from wa_cli.methods.bn.usercode import describe_exception
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from wa_cli.errors import ExitCode, WaError, listing
+from wa_cli.errors import ExitCode, WaError, describe_exception, listing
 from wa_cli.io.guard import note_read
 
 if TYPE_CHECKING:
@@ -32,12 +32,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _FORMS = "'package.module:name' or 'path/to/file.py:name'"
-
-
-def describe_exception(error: BaseException) -> str:
-    """``'ValueError: bad input'`` on one line (user messages may span several)."""
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def resolve_callable(spec: str, *, what: str) -> Callable[..., Any]:

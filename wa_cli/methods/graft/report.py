@@ -26,6 +26,7 @@ from wa_cli.engine.plan import KeysMode, build_plan
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.atomic import atomic_destination
 from wa_cli.io.dtypes import dtype_name
+from wa_cli.io.names import distinct_names
 from wa_cli.methods.graft.alpha import (
     check_graft_params,
     graft_alpha,
@@ -39,7 +40,6 @@ from wa_cli.methods.graft.entropy import (
     check_threshold,
     checkpoint_measure,
 )
-from wa_cli.methods.graft.files import distinct_names
 from wa_cli.methods.inputs import Inputs, open_inputs
 from wa_cli.params import choice
 
