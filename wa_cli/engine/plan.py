@@ -106,42 +106,71 @@ def build_plan(
     dtype_problems: list[str] = []
     for key in order:
         sources = tuple(i for i, c in enumerate(ckpts) if key in c)
-        first = ckpts[sources[0]].info(key)
-        for i in sources[1:]:
-            info = ckpts[i].info(key)
-            if info.shape != first.shape:
-                shape_problems.append(
-                    f"{key!r}: {tuple(info.shape)} in {names[i]} vs {tuple(first.shape)} in "
-                    f"{names[sources[0]]}"
-                )
-                break
-            if info.dtype != first.dtype and not (
-                dtype is not None and info.dtype.is_floating_point and first.dtype.is_floating_point
-            ):
-                dtype_problems.append(
-                    f"{key!r}: {dtype_name(info.dtype)} in {names[i]} vs "
-                    f"{dtype_name(first.dtype)} in {names[sources[0]]}"
-                )
-                break
-        interpolate = is_interpolable(first.dtype)
-        source_dtypes = tuple(ckpts[i].info(key).dtype for i in sources)
-        widest = (
-            max(source_dtypes, key=lambda d: (d.itemsize, torch.finfo(d).max))
-            if (interpolate)
-            else first.dtype
-        )
-        plan.keys.append(
-            KeyPlan(
-                key=key,
-                dtype=widest,
-                source_dtypes=source_dtypes,
-                shape=tuple(first.shape),
-                out_dtype=(dtype or widest) if interpolate else first.dtype,
-                sources=sources,
-                interpolate=interpolate,
-                copy_from=sources[0] if non_float == "first" else sources[-1],
+        shape_problem, dtype_problem = _mismatch(key, ckpts, sources, names, dtype)
+        shape_problems += [shape_problem] if shape_problem else []
+        dtype_problems += [dtype_problem] if dtype_problem else []
+        plan.keys.append(_key_plan(key, ckpts, sources, dtype, non_float))
+    _raise_mismatches(shape_problems, dtype_problems)
+    plan.notes.extend(_policy_notes(plan, names, keys, non_float))
+    return plan
+
+
+def _mismatch(
+    key: str,
+    ckpts: list[Checkpoint],
+    sources: tuple[int, ...],
+    names: list[str],
+    dtype: torch.dtype | None,
+) -> tuple[str | None, str | None]:
+    """The first input whose shape, or dtype, differs from the first holder's, as
+    (shape problem, dtype problem); floating dtypes may differ when an output dtype is given."""
+    first = ckpts[sources[0]].info(key)
+    for i in sources[1:]:
+        info = ckpts[i].info(key)
+        if info.shape != first.shape:
+            return (
+                f"{key!r}: {tuple(info.shape)} in {names[i]} vs {tuple(first.shape)} in "
+                f"{names[sources[0]]}"
+            ), None
+        if info.dtype != first.dtype and not (
+            dtype is not None and info.dtype.is_floating_point and first.dtype.is_floating_point
+        ):
+            return None, (
+                f"{key!r}: {dtype_name(info.dtype)} in {names[i]} vs "
+                f"{dtype_name(first.dtype)} in {names[sources[0]]}"
             )
-        )
+    return None, None
+
+
+def _key_plan(
+    key: str,
+    ckpts: list[Checkpoint],
+    sources: tuple[int, ...],
+    dtype: torch.dtype | None,
+    non_float: NonFloatPolicy,
+) -> KeyPlan:
+    """Interpolate a floating key in the widest of its inputs' dtypes; copy any other."""
+    first = ckpts[sources[0]].info(key)
+    interpolate = is_interpolable(first.dtype)
+    source_dtypes = tuple(ckpts[i].info(key).dtype for i in sources)
+    widest = (
+        max(source_dtypes, key=lambda d: (d.itemsize, torch.finfo(d).max))
+        if interpolate
+        else first.dtype
+    )
+    return KeyPlan(
+        key=key,
+        dtype=widest,
+        source_dtypes=source_dtypes,
+        shape=tuple(first.shape),
+        out_dtype=(dtype or widest) if interpolate else first.dtype,
+        sources=sources,
+        interpolate=interpolate,
+        copy_from=sources[0] if non_float == "first" else sources[-1],
+    )
+
+
+def _raise_mismatches(shape_problems: list[str], dtype_problems: list[str]) -> None:
     if shape_problems:
         raise WaError(
             _problem_message("shape mismatch", shape_problems) + f" ({ARCHITECTURE_HINT})",
@@ -153,36 +182,44 @@ def build_plan(
             + " (pass --dtype to combine floating tensors of different dtypes)",
             ExitCode.INCOMPATIBLE,
         )
+
+
+def _policy_notes(
+    plan: Plan, names: list[str], keys: KeysMode, non_float: NonFloatPolicy
+) -> list[str]:
+    """The report's lines for what the policies did (copies, entries left out, key sets)."""
+    ckpts = plan.checkpoints
+    notes: list[str] = []
     copied = [k.key for k in plan.keys if not k.interpolate]
     if copied:
         if non_float == "error":
             _require_equal_non_float(plan, names)
         else:
-            plan.notes.append(
+            notes.append(
                 f"copied {len(copied)} non-float tensor(s) from the {non_float} input "
                 f"({listing(copied, 3)})"
             )
     for c in ckpts:
         if c.skipped:
-            plan.notes.append(
+            notes.append(
                 f"left out {len(c.skipped)} entr(ies) of {c.name} that are not tensors "
                 f"({listing(c.skipped, 3)})"
             )
-    plan.notes.extend(_input_notes(ckpts))
+    notes.extend(_input_notes(ckpts))
     if keys == "intersection":
         dropped = dropped_keys(plan)
         if dropped:
-            plan.notes.append(
+            notes.append(
                 f"left out {len(dropped)} key(s) not held by every input ({listing(dropped, 3)})"
             )
     if keys == "union":
         partial = [k.key for k in plan.keys if len(k.sources) < len(ckpts)]
         if partial:
-            plan.notes.append(
+            notes.append(
                 f"{len(partial)} key(s) held by only some inputs were combined over the inputs "
                 f"that hold them ({listing(partial, 3)})"
             )
-    return plan
+    return notes
 
 
 def _input_notes(ckpts: list[Checkpoint]) -> list[str]:
