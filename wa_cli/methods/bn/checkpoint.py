@@ -252,13 +252,7 @@ def recalibrate_checkpoint(
         check_output_is_not_input(output, [ckpt])
         check_output_name(output, sharded=shard_size is not None)
         target = resolve_device(device)
-        net = _as_module(
-            call_factory(model, what="model factory") if not isinstance(model, nn.Module) else model
-        )
-        if fit_prefix:
-            _fit_prefix(ckpt, net)
-        keys = ckpt.keys()  # the output keeps the input's keys, in the input's order
-        load_state_dict_strict(net, {key: ckpt.tensor(key) for key in keys})
+        net, keys = _load_model(ckpt, model, fit_prefix)
         layers = norm_layers(net, include_instancenorm)
         recorded = {
             "weighting": weighting,
@@ -267,13 +261,8 @@ def recalibrate_checkpoint(
             **(params or {}),
         }
         if not layers:
-            report = BNCheckpointReport(
-                str(ckpt.path),
-                None,
-                str(target),
-                recalibrate_bn(net, (), weighting=weighting),
-                params=recorded,
-            )
+            bn = recalibrate_bn(net, (), weighting=weighting)
+            report = BNCheckpointReport(str(ckpt.path), None, str(target), bn, params=recorded)
             if not force:
                 logger.info("%s; nothing written", NO_BN_NOTE)
                 return report
@@ -282,46 +271,103 @@ def recalibrate_checkpoint(
             check_destination(
                 output, force, folder=max_shard_size is not None, reads=ckpt.read_paths()
             )
-            net.to(target)
-            batches = data() if callable(data) and not hasattr(data, "__iter__") else data
-            batches = _in_model_dtype(batches, net)
-            total = _total(batches, max_batches)
-            bn = _recalibrate()(
+            report = _estimate(
+                ckpt,
                 net,
-                batches,
-                device=target,
-                weighting=weighting,
-                max_batches=max_batches,
-                forward=forward,
-                include_instancenorm=include_instancenorm,
-                progress=None if progress is None else lambda done: progress(done, total),
+                data,
+                target,
+                recorded,
+                dict(
+                    weighting=weighting,
+                    max_batches=max_batches,
+                    forward=forward,
+                    include_instancenorm=include_instancenorm,
+                ),
+                progress,
             )
-            report = BNCheckpointReport(str(ckpt.path), None, str(target), bn, params=recorded)
-            note = batches.note if isinstance(batches, TensorFileBatches) else None
-            # Only when the pass reached the end of the file, where the rows were left out.
-            if note and bn.batches == len(batches):
-                report.notes.append(note)
         report.notes[:0] = ckpt.notes  # the prefix removed, first
-        new = _new_statistics(net, layers, ckpt)
-        report.replaced = list(new)
-        report.non_finite = _non_finite(new)
-        if report.non_finite:
-            report.warnings.append(_non_finite_warning(report.non_finite))
-        recorded.update(batches=report.bn.batches, samples=report.bn.samples)
-        written = _write_once(
-            lambda: write_safetensors(
-                output,
-                [OutputTensor(key, ckpt.info(key).dtype, ckpt.info(key).shape) for key in keys],
-                _tensors(ckpt, keys, new),
-                _metadata(ckpt, recorded, command),
-                force=force,
-                max_shard_size=shard_size,
-            )
+        output_path = _write_output(
+            report, net, layers, ckpt, keys, recorded, output, command, force, shard_size
         )
-        report.output = str(written[0].parent if shard_size else written[0])
+        report.output = str(output_path)
         return report
     finally:
         ckpt.close()
+
+
+def _load_model(
+    ckpt: Checkpoint, model: ModelSource, fit_prefix: bool
+) -> tuple[nn.Module, list[str]]:
+    """The model with the checkpoint loaded strictly, and the keys (in the input's order)."""
+    net = _as_module(
+        call_factory(model, what="model factory") if not isinstance(model, nn.Module) else model
+    )
+    if fit_prefix:
+        _fit_prefix(ckpt, net)
+    keys = ckpt.keys()  # the output keeps the input's keys, in the input's order
+    load_state_dict_strict(net, {key: ckpt.tensor(key) for key in keys})
+    return net, keys
+
+
+def _estimate(
+    ckpt: Checkpoint,
+    net: nn.Module,
+    data: DataSource,
+    target: torch.device,
+    recorded: dict[str, Any],
+    options: dict[str, Any],
+    progress: Callable[[int, int | None], None] | None,
+) -> BNCheckpointReport:
+    """The forward passes on ``target``: a report of the statistics, with the data file's note."""
+    net.to(target)
+    batches = data() if callable(data) and not hasattr(data, "__iter__") else data
+    batches = _in_model_dtype(batches, net)
+    total = _total(batches, options["max_batches"])
+    bn = _recalibrate()(
+        net,
+        batches,
+        device=target,
+        progress=None if progress is None else lambda done: progress(done, total),
+        **options,
+    )
+    report = BNCheckpointReport(str(ckpt.path), None, str(target), bn, params=recorded)
+    note = batches.note if isinstance(batches, TensorFileBatches) else None
+    # Only when the pass reached the end of the file, where the rows were left out.
+    if note and bn.batches == len(batches):
+        report.notes.append(note)
+    return report
+
+
+def _write_output(
+    report: BNCheckpointReport,
+    net: nn.Module,
+    layers: Mapping[_NormBase, str],
+    ckpt: Checkpoint,
+    keys: list[str],
+    recorded: dict[str, Any],
+    output: Path,
+    command: str | None,
+    force: bool,
+    shard_size: int | None,
+) -> Path:
+    """Put the new statistics in the report and write every key once; the file or shard folder."""
+    new = _new_statistics(net, layers, ckpt)
+    report.replaced = list(new)
+    report.non_finite = _non_finite(new)
+    if report.non_finite:
+        report.warnings.append(_non_finite_warning(report.non_finite))
+    recorded.update(batches=report.bn.batches, samples=report.bn.samples)
+    written = _write_once(
+        lambda: write_safetensors(
+            output,
+            [OutputTensor(key, ckpt.info(key).dtype, ckpt.info(key).shape) for key in keys],
+            _tensors(ckpt, keys, new),
+            _metadata(ckpt, recorded, command),
+            force=force,
+            max_shard_size=shard_size,
+        )
+    )
+    return written[0].parent if shard_size else written[0]
 
 
 def _fit_prefix(ckpt: Checkpoint, net: nn.Module) -> None:
