@@ -117,7 +117,6 @@ def bn_recalibrate_command(
     from wa_cli.io.reader import open_checkpoint
     from wa_cli.io.writer import parse_size
     from wa_cli.methods.bn.checkpoint import recalibrate_checkpoint, resolve_data, resolve_model
-    from wa_cli.methods.bn.tensor_data import TensorFileBatches
     from wa_cli.methods.bn.usercode import resolve_callable
 
     build = resolve_model(model, _json_kwargs(model_kwargs, "--model-kwargs"))
@@ -140,21 +139,7 @@ def bn_recalibrate_command(
         allow_global=allow_global,
     )
     ckpt = open_checkpoint(checkpoint, options=options)
-    # Everything that shapes the statistics: the batch size changes every batch's mean and var.
-    specs: dict[str, Any] = {
-        "model": model,
-        "model_kwargs": model_kwargs,
-        "data": data,
-        "data_kwargs": data_kwargs,
-        "forward": forward,
-    }
-    if isinstance(source, TensorFileBatches):  # the values used, defaults and the key found too
-        specs.update(
-            batch_size=source.batch_size,
-            input_key=source.key,
-            drop_last=source.drop_last is True,
-            dropped_rows=source.dropped,
-        )
+    specs = _recorded_specs(source, model, model_kwargs, data, data_kwargs, forward)
     with progress_bar("re-estimating BN", quiet, unit="batches") as progress:
         report = recalibrate_checkpoint(
             ckpt,
@@ -169,7 +154,7 @@ def bn_recalibrate_command(
             force=force,
             max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
             progress=progress,
-            params={k: v for k, v in specs.items() if v is not None},
+            params=specs,
             fit_prefix=fit_prefix,
         )
     for message in report.warnings:
@@ -178,6 +163,36 @@ def bn_recalibrate_command(
         sys.stdout.write(json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n")
     else:
         _print_summary(report)
+
+
+def _recorded_specs(
+    source: object,
+    model: str,
+    model_kwargs: str | None,
+    data: str,
+    data_kwargs: str | None,
+    forward: str | None,
+) -> dict[str, Any]:
+    """What the output's metadata records: everything that shapes the statistics (the batch
+    size changes every batch's mean and var); for a tensor file, the values used, defaults and
+    the key found too."""
+    from wa_cli.methods.bn.tensor_data import TensorFileBatches
+
+    specs: dict[str, Any] = {
+        "model": model,
+        "model_kwargs": model_kwargs,
+        "data": data,
+        "data_kwargs": data_kwargs,
+        "forward": forward,
+    }
+    if isinstance(source, TensorFileBatches):
+        specs.update(
+            batch_size=source.batch_size,
+            input_key=source.key,
+            drop_last=source.drop_last is True,
+            dropped_rows=source.dropped,
+        )
+    return {k: v for k, v in specs.items() if v is not None}
 
 
 def _json_kwargs(text: str | None, option: str) -> dict[str, Any] | None:
