@@ -65,6 +65,26 @@ def test_copy_config_needs_a_folder_output(tmp_path, capsys):
     assert_one_line_error(r, 2, "--copy-config", "--max-shard-size")
 
 
+def test_a_copy_config_folder_is_replaced_with_force_but_not_with_a_stranger_file(tmp_path, capsys):
+    out = tmp_path / "out"
+    for s in (1, 2):
+        trainer_checkpoint(out / f"checkpoint-{s}", s)
+    avg = tmp_path / "avg"
+    args = ["average", out, "-o", avg, "--copy-config", "--max-shard-size", "5GB"]
+    assert run_wa(args, capsys).code == 0
+    index = json.loads((avg / "model.safetensors.index.json").read_text())
+    assert sorted(json.loads(index["metadata"]["wa_companions"])) == sorted(CONFIG_FILES)
+    first = {p.name: p.read_bytes() for p in avg.iterdir()}
+    r = run_wa([*args, "--force"], capsys)  # the folder wa wrote, config files included
+    assert r.code == 0, r.stderr
+    assert {p.name for p in avg.iterdir()} == set(first)
+    (avg / "notes.txt").write_text("mine")  # a file wa did not copy: the folder is the user's
+    r = run_wa([*args, "--force"], capsys)
+    assert_one_line_error(r, 5, "notes.txt")
+    assert (avg / "notes.txt").read_text() == "mine"
+    assert (avg / "config.json").read_bytes() == first["config.json"]
+
+
 def test_diffusers_names_are_detected_and_can_be_chosen(tmp_path, capsys):
     for i, name in enumerate(("unet_a", "unet_b")):
         (tmp_path / name).mkdir()

@@ -31,6 +31,8 @@ from wa_cli.errors import ExitCode, WaError, listing
 SHARD_SUFFIX = ".safetensors"
 INDEX_SUFFIX = ".index.json"
 WA_MARK = "wa_version"
+# The index entry listing the files wa copied beside its shards (``--copy-config``), as JSON.
+COMPANIONS_KEY = "wa_companions"
 _MAX_INDEX_BYTES = 64 << 20
 
 
@@ -199,26 +201,35 @@ def _kind(mode: int) -> str:
 
 
 def _check_wa_folder(dest: Path) -> None:
-    """A folder is replaced only if it holds just a shard folder wa wrote (or nothing)."""
+    """A folder is replaced only if it holds just a shard folder wa wrote (or nothing).
+
+    Besides shards and indexes, the files a wa index lists as copied beside its shards
+    (``--copy-config``: config.json, tokenizer files) may be there.
+    """
     try:
         children = list(os.scandir(dest))
     except OSError as e:
         raise WaError(
             f"cannot replace output folder '{dest}': {e.strerror or e}", ExitCode.OUTPUT
         ) from e
+    marks = [_wa_index_metadata(Path(c.path)) for c in children]
+    wa_indexes = [m for m in marks if m is not None]
+    companions = {name for m in wa_indexes for name in _companions(m)}
     others = sorted(
         c.name
         for c in children
-        if not (c.is_file(follow_symlinks=False) and c.name.endswith((SHARD_SUFFIX, INDEX_SUFFIX)))
+        if not c.is_file(follow_symlinks=False)
+        or not (c.name.endswith((SHARD_SUFFIX, INDEX_SUFFIX)) or c.name in companions)
     )
     if others:
         raise WaError(
             f"output folder '{dest}' holds other files than shards ({listing(others)}); wa "
             "replaces a folder only if it holds just the *.safetensors and *.index.json files "
-            "wa wrote, even with --force (pick a new or empty folder)",
+            "wa wrote (and the config files it copied), even with --force (pick a new or empty "
+            "folder)",
             ExitCode.OUTPUT,
         )
-    if children and not any(_is_wa_index(Path(c.path)) for c in children):
+    if children and not wa_indexes:
         raise WaError(
             f"output folder '{dest}' holds shards that wa did not write (its index has no "
             f"'{WA_MARK}'); wa replaces only its own shard folders, even with --force "
@@ -227,13 +238,26 @@ def _check_wa_folder(dest: Path) -> None:
         )
 
 
-def _is_wa_index(path: Path) -> bool:
+def _wa_index_metadata(path: Path) -> dict[str, object] | None:
+    """The metadata of an index wa wrote (it carries ``WA_MARK``), else None."""
     if not path.name.endswith(INDEX_SUFFIX):
-        return False
+        return None
     try:
         if path.stat().st_size > _MAX_INDEX_BYTES:
-            return False
+            return None
         meta = json.loads(path.read_bytes()).get("metadata")
     except (OSError, ValueError, AttributeError, RecursionError):
-        return False
-    return isinstance(meta, dict) and WA_MARK in meta
+        return None
+    return meta if isinstance(meta, dict) and WA_MARK in meta else None
+
+
+def _companions(meta: dict[str, object]) -> list[str]:
+    """The plain file names an index lists under ``COMPANIONS_KEY`` (nothing with a slash)."""
+    raw = meta.get(COMPANIONS_KEY)
+    try:
+        names = json.loads(raw) if isinstance(raw, str) else []
+    except (ValueError, RecursionError):
+        return []
+    if not isinstance(names, list):
+        return []
+    return [n for n in names if isinstance(n, str) and n and "/" not in n and n not in (".", "..")]

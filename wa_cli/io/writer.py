@@ -24,7 +24,7 @@ import torch
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.atomic import atomic_destination
 from wa_cli.io.formats import checkpoint_suffix, is_pickle_name, strip_checkpoint_suffix
-from wa_cli.io.guard import WA_MARK, Reads
+from wa_cli.io.guard import COMPANIONS_KEY, WA_MARK, Reads
 from wa_cli.io.safetensors_header import build_header
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -184,7 +184,12 @@ def write_safetensors(
             _write_groups(names, groups, chunks, metadata)
             if max_shard_size is not None:
                 index = tmp / index_name(shard_name)
-                _write_index(index, names, groups, metadata)
+                # The index names the files copied beside the shards, so that a later --force
+                # can tell this folder (shards + config) from someone else's.
+                companions = {COMPANIONS_KEY: json.dumps([f.name for f in copy_files])}
+                _write_index(
+                    index, names, groups, {**metadata, **companions} if copy_files else metadata
+                )
                 names.append(index)
                 for f in copy_files:
                     shutil.copy2(f, tmp / f.name)
