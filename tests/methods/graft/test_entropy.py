@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from wa_cli.errors import ExitCode, WaError
@@ -290,6 +290,8 @@ def test_paper_rule_alpha_matches_the_reference_on_random_conv_pairs() -> None:
 
 
 @settings(max_examples=60, deadline=None)
+@example(values=[0.0, 2.665269679145802e-42], bins=2, half_open=False)  # a subnormal range
+@example(values=[-1e-45, 1e-45, 0.0], bins=10, half_open=True)
 @given(
     st.lists(st.floats(-1e6, 1e6, allow_nan=False, width=32), min_size=1, max_size=60),
     st.integers(2, 12),

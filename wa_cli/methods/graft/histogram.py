@@ -234,7 +234,9 @@ def threshold_counts(
 def _estimate(x: torch.Tensor, r: Range, bins: int, m: int) -> torch.Tensor:
     """floor((x - lo) · B / (hi - lo)) in x's dtype, clamped to [0, m]: off by at most a few."""
     t = (x - r.lo).mul_(bins / (r.hi - r.lo))
-    return t.clamp_(0, m).to(torch.int64)
+    # A subnormal range makes the scale overflow x's dtype (0 · inf = nan): any start in [0, m]
+    # is fine, since the caller's correction rounds move each element to its exact bin.
+    return t.nan_to_num_(nan=0.0).clamp_(0, m).to(torch.int64)
 
 
 def reference_threshold_counts(
