@@ -138,6 +138,36 @@ def select_trajectory(
         >>> picked = select_trajectory(entries, every=2, last=5)  # doctest: +SKIP
         >>> best = select_trajectory(entries, top_k=3, metric="val_loss")  # doctest: +SKIP
     """
+    _check_selection(last, every, from_step, to_step, top_k, metric, mode, metrics)
+    direction = resolve_mode(metric, mode) if top_k is not None else mode
+    kept = list(entries)
+    if not kept:
+        raise WaError("no checkpoints to select from", ExitCode.USAGE)
+
+    if from_step is not None or to_step is not None:
+        kept = _step_range(kept, from_step, to_step)
+    if every is not None:
+        kept = kept[::every]
+    if last is not None:
+        kept = kept[-last:]
+    if metric is not None or metrics is not None:
+        kept = _read_values(kept, metric, metrics)
+    if top_k is not None:
+        kept = _best(kept, top_k, direction)
+    return kept
+
+
+def _check_selection(
+    last: int | None,
+    every: int | None,
+    from_step: int | None,
+    to_step: int | None,
+    top_k: int | None,
+    metric: str | None,
+    mode: Mode | None,
+    metrics: Mapping[str, float] | None,
+) -> None:
+    """Refuse a bad N/K/k, mode or step range, and ``top_k`` without a metric."""
     if mode is not None and mode not in ("min", "max"):
         raise WaError(f"--mode must be 'min' or 'max', got {mode!r}", ExitCode.USAGE)
     _positive("--last", last)
@@ -156,58 +186,53 @@ def select_trajectory(
             "or --metrics FILE (and --mode min|max when its name does not say which is better)",
             ExitCode.USAGE,
         )
-    direction = resolve_mode(metric, mode) if top_k is not None else mode
-    kept = list(entries)
+
+
+def _step_range(kept: list[Entry[C]], from_step: int | None, to_step: int | None) -> list[Entry[C]]:
+    """The entries with steps in ``[from_step, to_step]``; every entry must have a step."""
+    stepless = [e.name for e in kept if e.step is None]
+    if stepless:
+        raise WaError(
+            f"--from-step/--to-step need step numbers, but {listing(stepless)} have none "
+            "(no step recorded inside and no number in the file or folder name); "
+            "select with --last or --every instead",
+            ExitCode.USAGE,
+        )
+    lo = from_step if from_step is not None else -math.inf
+    hi = to_step if to_step is not None else math.inf
+    steps = [e.step for e in kept]
+    kept = [e for e in kept if lo <= e.step <= hi]  # type: ignore[operator]  # steps checked
     if not kept:
-        raise WaError("no checkpoints to select from", ExitCode.USAGE)
-
-    if from_step is not None or to_step is not None:
-        stepless = [e.name for e in kept if e.step is None]
-        if stepless:
-            raise WaError(
-                f"--from-step/--to-step need step numbers, but {listing(stepless)} have none "
-                "(no step recorded inside and no number in the file or folder name); "
-                "select with --last or --every instead",
-                ExitCode.USAGE,
-            )
-        lo = from_step if from_step is not None else -math.inf
-        hi = to_step if to_step is not None else math.inf
-        steps = [e.step for e in kept]
-        kept = [e for e in kept if lo <= e.step <= hi]  # type: ignore[operator]  # steps checked
-        if not kept:
-            flags = " ".join(
-                f"{flag} {v}"
-                for flag, v in (("--from-step", from_step), ("--to-step", to_step))
-                if v is not None
-            )
-            raise WaError(
-                f"{flags} keeps no checkpoint: the {len(steps)} checkpoints have steps "
-                f"{min(steps)} to {max(steps)}",  # type: ignore[type-var]  # no None step here
-                ExitCode.USAGE,
-            )
-    if every is not None:
-        kept = kept[::every]
-    if last is not None:
-        kept = kept[-last:]
-    if metric is not None or metrics is not None:
-        kept = _read_values(kept, metric, metrics)
-    if top_k is not None:
-        if top_k > len(kept):
-            logger.info("--top-k %d: only %d checkpoints; keeping all", top_k, len(kept))
-        sign = 1.0 if direction == "min" else -1.0
-
-        values = [math.nan if e.value is None else e.value for e in kept]
-
-        def rank(i: int) -> tuple[bool, float, int]:
-            # NaN (a diverged run) ranks last in both modes; ties go to the earlier checkpoint.
-            v = values[i]
-            return (math.isnan(v), 0.0 if math.isnan(v) else sign * v, i)
-
-        best = sorted(sorted(range(len(kept)), key=rank)[:top_k])
-        if any(math.isnan(values[i]) for i in best):
-            logger.warning("--top-k keeps checkpoints whose metric is NaN")
-        kept = [kept[i] for i in best]
+        flags = " ".join(
+            f"{flag} {v}"
+            for flag, v in (("--from-step", from_step), ("--to-step", to_step))
+            if v is not None
+        )
+        raise WaError(
+            f"{flags} keeps no checkpoint: the {len(steps)} checkpoints have steps "
+            f"{min(steps)} to {max(steps)}",  # type: ignore[type-var]  # no None step here
+            ExitCode.USAGE,
+        )
     return kept
+
+
+def _best(kept: list[Entry[C]], top_k: int, direction: Mode | None) -> list[Entry[C]]:
+    """The ``top_k`` best entries by value (NaN last, ties to the earlier), in trajectory order."""
+    if top_k > len(kept):
+        logger.info("--top-k %d: only %d checkpoints; keeping all", top_k, len(kept))
+    sign = 1.0 if direction == "min" else -1.0
+
+    values = [math.nan if e.value is None else e.value for e in kept]
+
+    def rank(i: int) -> tuple[bool, float, int]:
+        # NaN (a diverged run) ranks last in both modes; ties go to the earlier checkpoint.
+        v = values[i]
+        return (math.isnan(v), 0.0 if math.isnan(v) else sign * v, i)
+
+    best = sorted(sorted(range(len(kept)), key=rank)[:top_k])
+    if any(math.isnan(values[i]) for i in best):
+        logger.warning("--top-k keeps checkpoints whose metric is NaN")
+    return [kept[i] for i in best]
 
 
 class SelectionRow(TypedDict):

@@ -15,6 +15,7 @@ import io
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,11 +23,12 @@ from typing import Any, Literal
 import torch
 
 from wa_cli.engine.device import resolve_device
-from wa_cli.engine.plan import KeysMode, build_plan
+from wa_cli.engine.plan import KeysMode, Plan, build_plan
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.atomic import atomic_destination
 from wa_cli.io.dtypes import dtype_name
 from wa_cli.io.names import distinct_names
+from wa_cli.io.reader import Checkpoint
 from wa_cli.methods.graft.alpha import (
     check_graft_params,
     graft_alpha,
@@ -223,45 +225,12 @@ def entropy_report(
         # Checks key sets and shapes from headers; entropy does not care about dtypes, so floating
         # inputs of different dtypes are allowed (a target dtype lifts the dtype check).
         plan = build_plan(ckpts, keys=keys, dtype=torch.float64)
-        floating = [k.key for k in plan.keys if k.interpolate]
-        if by == "module":
-            # The same choice `wa graft --rule module` makes: a module is measured on its weight.
-            source = plan_alphas([k.key for k in plan.keys], floating, rule="module").source
-            chosen = {module_of(key): src for key, src in source.items() if src is not None}
-            named = [(mod or key, key) for mod, key in chosen.items()]
-        else:
-            named = [(k, k) for k in floating]
-        if regex is not None:
-            named = [(n, k) for n, k in named if regex.search(n)]
-        info = {k.key: k for k in plan.keys}
+        named = _named_keys(plan, by, regex)
         pairs = ring_pairs_to_write(len(ckpts)) if len(ckpts) >= 2 else []
-        scale = 1.0 if base is None else math.log(base)
-        rows = []
-        for name, key in named:
-            entry = info[key]
-            nats: list[float | None] = []
-            invalid: list[int | None] = []
-            for i, ck in enumerate(ckpts):
-                if i not in entry.sources:
-                    nats.append(None)
-                    invalid.append(None)
-                    continue
-                # Streamed: memory is bounded by a chunk, whatever the tensor's size.
-                m = checkpoint_measure(ck, key, bins=bins, l1_norms=True, device=dev)
-                nats.append(m.entropy)
-                invalid.append(
-                    None if m.l1_norms is None else int((m.l1_norms < l1_threshold).sum())
-                )
-            alpha = [_alpha(nats[r], nats[d], a, c) for r, d in pairs]
-            rows.append(
-                EntropyRow(
-                    name=name, key=key, shape=entry.shape,
-                    dtype=dtype_name(entry.dtype), numel=entry.numel,
-                    entropy=[None if h is None else h / scale + 0.0 for h in nats],
-                    invalid_filters=invalid,
-                    filters=entry.shape[0] if len(entry.shape) >= 2 else None, alpha=alpha,
-                )
-            )  # fmt: skip
+        rows = _measure_rows(
+            ckpts, plan, named, pairs, bins=bins, base=base, l1_threshold=l1_threshold,
+            a=a, c=c, dev=dev,
+        )  # fmt: skip
     finally:
         for ck in ckpts:
             ck.close()
@@ -274,6 +243,64 @@ def entropy_report(
         paths=[str(ck.path) for ck in ckpts],
         by=by, bins=bins, base=base, l1_threshold=l1_threshold, a=a, c=c, pairs=pairs, rows=rows,
     )  # fmt: skip
+
+
+def _named_keys(plan: Plan, by: By, regex: re.Pattern[str] | None) -> list[tuple[str, str]]:
+    """(row name, measured key) pairs: every floating tensor, or each module's chosen tensor."""
+    floating = [k.key for k in plan.keys if k.interpolate]
+    if by == "module":
+        # The same choice `wa graft --rule module` makes: a module is measured on its weight.
+        source = plan_alphas([k.key for k in plan.keys], floating, rule="module").source
+        chosen = {module_of(key): src for key, src in source.items() if src is not None}
+        named = [(mod or key, key) for mod, key in chosen.items()]
+    else:
+        named = [(k, k) for k in floating]
+    if regex is not None:
+        named = [(n, k) for n, k in named if regex.search(n)]
+    return named
+
+
+def _measure_rows(
+    ckpts: Sequence[Checkpoint],
+    plan: Plan,
+    named: list[tuple[str, str]],
+    pairs: list[tuple[int, int]],
+    *,
+    bins: int,
+    base: float | None,
+    l1_threshold: float,
+    a: float,
+    c: float,
+    dev: torch.device,
+) -> list[EntropyRow]:
+    """One row per (name, key): its entropy and invalid filters per checkpoint, alpha per pair."""
+    info = {k.key: k for k in plan.keys}
+    scale = 1.0 if base is None else math.log(base)
+    rows = []
+    for name, key in named:
+        entry = info[key]
+        nats: list[float | None] = []
+        invalid: list[int | None] = []
+        for i, ck in enumerate(ckpts):
+            if i not in entry.sources:
+                nats.append(None)
+                invalid.append(None)
+                continue
+            # Streamed: memory is bounded by a chunk, whatever the tensor's size.
+            m = checkpoint_measure(ck, key, bins=bins, l1_norms=True, device=dev)
+            nats.append(m.entropy)
+            invalid.append(None if m.l1_norms is None else int((m.l1_norms < l1_threshold).sum()))
+        alpha = [_alpha(nats[r], nats[d], a, c) for r, d in pairs]
+        rows.append(
+            EntropyRow(
+                name=name, key=key, shape=entry.shape,
+                dtype=dtype_name(entry.dtype), numel=entry.numel,
+                entropy=[None if h is None else h / scale + 0.0 for h in nats],
+                invalid_filters=invalid,
+                filters=entry.shape[0] if len(entry.shape) >= 2 else None, alpha=alpha,
+            )
+        )  # fmt: skip
+    return rows
 
 
 def _alpha(h_u: float | None, h_v: float | None, a: float, c: float) -> float | None:
