@@ -75,6 +75,8 @@ def test_reduce_payload_is_refused_and_never_runs(tmp_path, capsys):
         capsys,
     )
     assert_one_line_error(result, 2, "not a class")
+    # The library names the parameter; the CLI shows the flag the user typed.
+    assert "wa: error: --allow-global 'os.system' is a " in result.stderr
     assert not marker.exists()
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from wa_cli.cli.flags import as_flags
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.select import (
     Entry,
@@ -324,9 +326,12 @@ def test_non_integer_step_metadata_is_bad_input() -> None:
 
 
 def test_unknown_order_is_a_usage_error() -> None:
-    with pytest.raises(WaError, match="--order must be one of") as e:
+    with pytest.raises(WaError, match="^order must be one of") as e:
         order_trajectory(fakes(["a.pt"]), "time")  # type: ignore[arg-type]
     assert e.value.code == ExitCode.USAGE
+    assert as_flags(e.value.message, e.value.params) == (
+        "--order must be one of auto, step, name, given, got 'time'"
+    )
 
 
 # ---------------------------------------------------------------------------- selection
@@ -486,23 +491,42 @@ def test_selection_rows_carry_name_step_value_weight() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "message", "cli_message"),
     [
-        ({"last": 0}, "--last must be a positive integer, got 0"),
-        ({"every": -2}, "--every must be a positive integer, got -2"),
-        ({"top_k": 0, "metric": "val_loss"}, "--top-k must be a positive integer, got 0"),
-        ({"last": True}, "--last must be a positive integer"),
-        ({"mode": "best"}, "--mode must be 'min' or 'max', got 'best'"),
-        ({"top_k": 2}, "--top-k needs a metric"),
-        ({"from_step": 500, "to_step": 100}, "--from-step 500 is after --to-step 100"),
-        ({"from_step": 1000}, "--from-step 1000 keeps no checkpoint: .* steps 0 to 900"),
-        ({"from_step": 310, "to_step": 390}, "--from-step 310 --to-step 390 keeps no checkpoint"),
+        ({"last": 0}, "last must be a positive integer, got 0", None),
+        ({"every": -2}, "every must be a positive integer, got -2", None),
+        ({"top_k": 0, "metric": "val_loss"}, "top_k must be a positive integer, got 0", None),
+        ({"last": True}, "last must be a positive integer", None),
+        ({"mode": "best"}, "mode must be 'min' or 'max', got 'best'", None),
+        ({"from_step": 1.5}, "from_step must be an integer step, got 1.5", None),
+        ({"top_k": 2}, "--top-k needs a metric", "--top-k needs a metric"),
+        (
+            {"from_step": 500, "to_step": 100},
+            "from_step=500 is after to_step=100",
+            "--from-step 500 is after --to-step 100",
+        ),
+        (
+            {"from_step": 1000},
+            "from_step=1000 keeps no checkpoint: .* steps 0 to 900",
+            "--from-step 1000 keeps no checkpoint: .* steps 0 to 900",
+        ),
+        (
+            {"from_step": 310, "to_step": 390},
+            "from_step=310 to_step=390 keeps no checkpoint",
+            "--from-step 310 --to-step 390 keeps no checkpoint",
+        ),
     ],
 )
-def test_selection_usage_errors(kwargs: dict[str, object], message: str) -> None:
-    with pytest.raises(WaError, match=message) as e:
+def test_selection_usage_errors(
+    kwargs: dict[str, object], message: str, cli_message: str | None
+) -> None:
+    # The library names its parameters; the CLI shows the flags (the text it printed before).
+    with pytest.raises(WaError) as e:
         select_trajectory(with_metric_metadata(), **kwargs)  # type: ignore[arg-type]
     assert e.value.code == ExitCode.USAGE
+    assert re.match(message, e.value.message)
+    expected = cli_message or "--" + message.replace("_", "-")
+    assert re.match(expected, as_flags(e.value.message, e.value.params))
 
 
 def test_empty_trajectory_is_a_usage_error() -> None:

@@ -112,12 +112,18 @@ def parse_strip(value: bool | str | Sequence[str] | None) -> tuple[str, ...] | s
     if AUTO in prefixes:
         if len(prefixes) > 1:
             raise WaError(
-                "--strip-prefix auto cannot be combined with named prefixes", ExitCode.USAGE
+                "strip_prefix=auto cannot be combined with named prefixes",
+                ExitCode.USAGE,
+                params=("strip_prefix",),
             )
         return AUTO
     for p in prefixes:
         if not p:
-            raise WaError("--strip-prefix needs a non-empty prefix (or auto)", ExitCode.USAGE)
+            raise WaError(
+                "strip_prefix needs a non-empty prefix (or auto)",
+                ExitCode.USAGE,
+                params=("strip_prefix",),
+            )
     return prefixes
 
 

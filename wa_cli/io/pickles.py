@@ -56,8 +56,9 @@ def resolve_global(name: str) -> type:
     module_name, _, attr = name.rpartition(".")
     if not module_name or not attr:
         raise WaError(
-            f"--allow-global {name!r}: expected MODULE.NAME (e.g. omegaconf.dictconfig.DictConfig)",
+            f"allow_global={name!r}: expected MODULE.NAME (e.g. omegaconf.dictconfig.DictConfig)",
             ExitCode.USAGE,
+            params=("allow_global",),
         )
     try:
         obj: Any = importlib.import_module(module_name)
@@ -67,9 +68,10 @@ def resolve_global(name: str) -> type:
         raise WaError(f"--allow-global {name!r}: cannot import it ({e})", ExitCode.USAGE) from e
     if not isinstance(obj, type):
         raise WaError(
-            f"--allow-global {name!r} is a {type(obj).__name__}, not a class: wa admits only "
+            f"allow_global={name!r} is a {type(obj).__name__}, not a class: wa admits only "
             "classes, since a pickle could call a function with any arguments",
             ExitCode.USAGE,
+            params=("allow_global",),
         )
     return obj
 

@@ -69,7 +69,9 @@ def resolve_mode(metric: str | None, mode: str | None) -> Mode:
         'max'
     """
     if mode is not None and mode not in ("min", "max"):
-        raise WaError(f"--mode must be 'min' or 'max', got {mode!r}", ExitCode.USAGE)
+        raise WaError(
+            f"mode must be 'min' or 'max', got {mode!r}", ExitCode.USAGE, params=("mode",)
+        )
     named = mode_from_name(metric) if metric else None
     if mode is None:
         if named is None:

@@ -233,7 +233,11 @@ def order_trajectory(
         [('ckpt_2.safetensors', 2, 'name'), ('ckpt_10.safetensors', 10, 'name')]
     """
     if order not in _ORDERS:
-        raise WaError(f"--order must be one of {', '.join(_ORDERS)}, got {order!r}", ExitCode.USAGE)
+        raise WaError(
+            f"order must be one of {', '.join(_ORDERS)}, got {order!r}",
+            ExitCode.USAGE,
+            params=("order",),
+        )
     if not items:
         return []
     if order == "step":

@@ -23,11 +23,13 @@ from wa_cli.select.order import C, Entry, checkpoint_stem
 logger = logging.getLogger(__name__)
 
 
-def _positive(flag: str, value: int | None) -> None:
+def _positive(param: str, value: int | None) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise WaError(f"{flag} must be a positive integer, got {value!r}", ExitCode.USAGE)
+        raise WaError(
+            f"{param} must be a positive integer, got {value!r}", ExitCode.USAGE, params=(param,)
+        )
 
 
 def _read_values(
@@ -169,16 +171,22 @@ def _check_selection(
 ) -> None:
     """Refuse a bad N/K/k, mode or step range, and ``top_k`` without a metric."""
     if mode is not None and mode not in ("min", "max"):
-        raise WaError(f"--mode must be 'min' or 'max', got {mode!r}", ExitCode.USAGE)
-    _positive("--last", last)
-    _positive("--every", every)
-    _positive("--top-k", top_k)
-    for flag, value in (("--from-step", from_step), ("--to-step", to_step)):
+        raise WaError(
+            f"mode must be 'min' or 'max', got {mode!r}", ExitCode.USAGE, params=("mode",)
+        )
+    _positive("last", last)
+    _positive("every", every)
+    _positive("top_k", top_k)
+    for param, value in (("from_step", from_step), ("to_step", to_step)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise WaError(f"{flag} must be an integer step, got {value!r}", ExitCode.USAGE)
+            raise WaError(
+                f"{param} must be an integer step, got {value!r}", ExitCode.USAGE, params=(param,)
+            )
     if from_step is not None and to_step is not None and from_step > to_step:
         raise WaError(
-            f"--from-step {from_step} is after --to-step {to_step} (swap them)", ExitCode.USAGE
+            f"from_step={from_step} is after to_step={to_step} (swap them)",
+            ExitCode.USAGE,
+            params=("from_step", "to_step"),
         )
     if top_k is not None and metric is None and metrics is None:
         raise WaError(
@@ -203,15 +211,16 @@ def _step_range(kept: list[Entry[C]], from_step: int | None, to_step: int | None
     steps = [e.step for e in kept]
     kept = [e for e in kept if lo <= e.step <= hi]  # type: ignore[operator]  # steps checked
     if not kept:
-        flags = " ".join(
-            f"{flag} {v}"
-            for flag, v in (("--from-step", from_step), ("--to-step", to_step))
+        given = " ".join(
+            f"{param}={v}"
+            for param, v in (("from_step", from_step), ("to_step", to_step))
             if v is not None
         )
         raise WaError(
-            f"{flags} keeps no checkpoint: the {len(steps)} checkpoints have steps "
+            f"{given} keeps no checkpoint: the {len(steps)} checkpoints have steps "
             f"{min(steps)} to {max(steps)}",  # type: ignore[type-var]  # no None step here
             ExitCode.USAGE,
+            params=("from_step", "to_step"),
         )
     return kept
 
