@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.helpers import assert_one_line_error, cnn_state, run_wa
+from tests.real_trainer import trainer_run
 
 CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
 TRAINING_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin")
@@ -114,29 +115,7 @@ def test_diffusers_names_are_detected_and_can_be_chosen(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def hf_trainer_run(tmp_path_factory):
     """A real HF Trainer run: 8 steps, a checkpoint every 2 (4 checkpoint-N/ folders)."""
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("accelerate")
-    root = tmp_path_factory.mktemp("hf")
-
-    class Tokens(torch.utils.data.Dataset):
-        def __len__(self):
-            return 8
-
-        def __getitem__(self, i):
-            ids = torch.randint(0, 20, (8,), generator=torch.Generator().manual_seed(i))
-            return {"input_ids": ids, "labels": ids}
-
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=20, n_positions=8,
-                                     bos_token_id=0, eos_token_id=0)  # fmt: skip
-    args = transformers.TrainingArguments(
-        str(root / "out"), max_steps=8, save_steps=2, per_device_train_batch_size=4,
-        report_to=[], use_cpu=True, disable_tqdm=True, logging_steps=2,
-    )  # fmt: skip
-    trainer = transformers.Trainer(model=transformers.GPT2LMHeadModel(config), args=args,
-                                   train_dataset=Tokens())  # fmt: skip
-    trainer.train()
-    return root / "out"
+    return trainer_run(tmp_path_factory.mktemp("hf"), 8)
 
 
 def test_real_trainer_average_loads_with_from_pretrained(hf_trainer_run, tmp_path, capsys):

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.helpers import assert_one_line_error, cnn_state, run_wa, save_sharded
+from tests.real_trainer import trainer_run
 from wa_cli.io.reader import open_checkpoint
 from wa_cli.select import expand_inputs
 
@@ -128,29 +129,7 @@ def test_fsdp_dcp_subfolder_is_the_model(tmp_path):
 @pytest.fixture(scope="module")
 def hf_run(tmp_path_factory):
     """A real HF Trainer run: 6 steps, a checkpoint every 2, evaluation logged at each."""
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("accelerate")
-    root = tmp_path_factory.mktemp("hf")
-
-    class Tokens(torch.utils.data.Dataset):
-        def __len__(self):
-            return 8
-
-        def __getitem__(self, i):
-            ids = torch.randint(0, 20, (8,), generator=torch.Generator().manual_seed(i))
-            return {"input_ids": ids, "labels": ids}
-
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=20, n_positions=8,
-                                     bos_token_id=0, eos_token_id=0)  # fmt: skip
-    args = transformers.TrainingArguments(
-        str(root / "out"), max_steps=6, save_steps=2, per_device_train_batch_size=4,
-        report_to=[], use_cpu=True, eval_strategy="steps", eval_steps=2, disable_tqdm=True,
-    )  # fmt: skip
-    trainer = transformers.Trainer(model=transformers.GPT2LMHeadModel(config), args=args,
-                                   train_dataset=Tokens(), eval_dataset=Tokens())  # fmt: skip
-    trainer.train()
-    return root / "out"
+    return trainer_run(tmp_path_factory.mktemp("hf"), 6, evaluate=True)
 
 
 def test_real_trainer_run_folders(hf_run, tmp_path, capsys):
