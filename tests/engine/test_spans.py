@@ -111,3 +111,25 @@ def test_spans_cover_many_small_keys_with_few_reads(tmp_path, monkeypatch):
     for key, value in out.items():
         exact = (ins[0][key].double() + ins[1][key].double()) / 2
         assert torch.equal(value, exact.bfloat16())
+
+
+def test_a_span_written_across_output_shards_matches_the_per_key_path(tmp_path, monkeypatch):
+    """A span is sent to the writer as one chunk; shard boundaries fall inside it."""
+    g = torch.Generator().manual_seed(1)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"s{i}.safetensors"
+        save_file({f"t.{k:03d}": torch.randn(100, generator=g) for k in range(60)}, p)
+        paths.append(p)
+    average_to_file(paths, tmp_path / "spans", max_shard_size=7000)  # 400-byte keys, 17 a shard
+    monkeypatch.setattr(reducers, "coalesce", lambda tasks, plan, limit: tasks)
+    average_to_file(paths, tmp_path / "keys", max_shard_size=7000)
+    shards = sorted(p.name for p in (tmp_path / "spans").iterdir())
+    assert len(shards) == 5 and shards == sorted(p.name for p in (tmp_path / "keys").iterdir())
+    for name in shards:
+        assert (tmp_path / "spans" / name).read_bytes() == (tmp_path / "keys" / name).read_bytes()
+    ins = [load_file(p) for p in paths]
+    for name in shards[:-1]:  # the index aside, every shard holds the float64 mean
+        for key, value in load_file(tmp_path / "spans" / name).items():
+            exact = sum(s[key].double() for s in ins) / 3
+            assert torch.equal(value, exact.float()), key

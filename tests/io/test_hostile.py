@@ -121,6 +121,31 @@ def test_real_files_still_read(tmp_path):
     }
 
 
+def test_a_header_listed_out_of_data_order_reads_like_the_library(tmp_path):
+    """The format lets the JSON list tensors in any order; the offsets are then checked sorted.
+    Oracle: the safetensors library's own reads of the same file."""
+    f = tmp_path / "shuffled.safetensors"
+    header = {
+        "c": {"dtype": "F32", "shape": [1], "data_offsets": [16, 20]},
+        "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "z": {"dtype": "F32", "shape": [0], "data_offsets": [8, 8]},
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]},
+    }
+    _st(f, header, struct.pack("<5f", 1, 2, 3, 4, 5))
+    assert not _library_refuses(f)
+    infos = read_header(f).tensors
+    with safe_open(str(f), framework="pt") as lib:
+        for key in lib.keys():
+            t = lib.get_tensor(key)
+            assert (infos[key].dtype, infos[key].shape) == (t.dtype, tuple(t.shape))
+    assert infos["c"].offset - infos["a"].offset == 16
+    # And out of order with an overlap is still refused, naming the tensors.
+    header["c"]["data_offsets"] = [12, 16]
+    _st(f, header, struct.pack("<4f", 1, 2, 3, 4))
+    with pytest.raises(WaError, match="'c' overlaps 'b'"):
+        read_header(f)
+
+
 def _fifo(path):
     os.mkfifo(path)
     return path

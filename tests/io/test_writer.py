@@ -172,3 +172,38 @@ def test_single_file_output_with_a_pickle_suffix_is_refused(tmp_path, suffix):
 def test_single_file_output_with_another_suffix_is_written(tmp_path, name):
     write_state_dict({"a": torch.ones(2)}, tmp_path / name)
     assert torch.equal(load_file(tmp_path / name)["a"], torch.ones(2))
+
+
+def _specs(state):
+    return [OutputTensor(k, v.dtype, tuple(v.shape)) for k, v in state.items()]
+
+
+@pytest.mark.parametrize("max_shard_size", [None, 2500], ids=["one file", "shards"])
+def test_a_chunk_may_run_on_into_the_next_tensors(tmp_path, max_shard_size):
+    """The engine sends a span of small keys as one chunk named by its first key; the bytes are
+    laid out as the per-key chunks would be, across shard boundaries too (oracle: save_file's
+    layout read back by the library)."""
+    state = {f"w{i}": torch.arange(250, dtype=torch.float32) + i for i in range(5)}
+    state["e"] = torch.empty(0, 3)
+    state["w5"] = torch.randn(10)
+    flat = torch.cat([v.reshape(-1) for v in state.values()])
+    # One span over w0..w2 (3000 bytes: past the first shard's end), then w3..w5 key by key.
+    chunks = [("w0", flat[:750]), ("w3", state["w3"]), ("w4", state["w4"]), ("w5", state["w5"])]
+    out = tmp_path / "o"
+    write_safetensors(out, _specs(state), chunks, {}, max_shard_size=max_shard_size)
+    files = [out] if max_shard_size is None else sorted(out.glob("*.safetensors"))
+    loaded = {k: v for f in files for k, v in load_file(f).items()}
+    assert set(loaded) == set(state)
+    for k, v in state.items():
+        assert torch.equal(loaded[k], v), k
+
+
+def test_a_span_past_the_last_tensor_or_named_wrongly_is_a_bug(tmp_path):
+    state = {"a": torch.ones(4), "b": torch.ones(4)}
+    too_long = [("a", torch.ones(9))]
+    with pytest.raises(RuntimeError, match="after the last tensor"):
+        write_safetensors(tmp_path / "o.safetensors", _specs(state), too_long, {})
+    misnamed = [("b", torch.ones(8))]
+    with pytest.raises(RuntimeError, match="expected data for 'a', got 'b'"):
+        write_safetensors(tmp_path / "o.safetensors", _specs(state), misnamed, {})
+    assert list(tmp_path.iterdir()) == []

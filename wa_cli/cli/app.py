@@ -6,6 +6,7 @@ Command modules import torch and the library lazily, inside the command function
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -23,6 +24,7 @@ from wa_cli.cli.flags import as_flags
 from wa_cli.engine import distributed
 from wa_cli.engine.provenance import set_cli_command
 from wa_cli.errors import ExitCode, WaError, printable
+from wa_cli.gc_pause import paused_gc
 from wa_cli.io import guard
 
 app = typer.Typer(
@@ -156,6 +158,16 @@ def main(argv: list[str] | None = None) -> None:
         logger.setLevel(previous_level)
 
 
+def _runs_user_code(args: list[str]) -> bool:
+    """``bn-recalibrate`` runs the user's model and data loader; every other command, wa alone.
+
+    For the others no cyclic garbage is collected while the command builds its per-key records
+    (:mod:`wa_cli.gc_pause`). User code keeps the collector: its garbage needs it.
+    """
+    command = next((a for a in args if not a.startswith("-")), None)
+    return command == "bn-recalibrate"
+
+
 def _run(args: list[str], debug: bool) -> None:
     from wa_cli.io import atomic
 
@@ -179,7 +191,8 @@ def _run(args: list[str], debug: bool) -> None:
     try:
         if distributed.launched():  # torchrun: join the other ranks (see README, Many machines)
             distributed.start(args)
-        code = command.main(args=args, prog_name="wa", standalone_mode=False)
+        with contextlib.nullcontext() if _runs_user_code(args) else paused_gc():
+            code = command.main(args=args, prog_name="wa", standalone_mode=False)
         distributed.finish()
     except WaError as e:
         if debug:

@@ -107,25 +107,29 @@ def schedule(plan: Plan, weights: WeightsFn, chunk_elements: int) -> list[ChunkT
     seen: dict[tuple[tuple[int, ...], tuple[float, ...]], tuple[Inputs, float]] = {}
     for entry in plan.keys:
         if entry.interpolate:
-            raw = tuple(float(x) for x in weights(entry))
-            if len(raw) != len(entry.sources):
-                raise ValueError(f"{len(raw)} weights for {len(entry.sources)} sources")
+            given = (entry.sources, tuple(weights(entry)))
             # Keys share weights (often all of them): work each distinct set out once.
-            found = seen.get((entry.sources, raw))
+            found = seen.get(given)
             if found is None:
+                raw = tuple(float(x) for x in given[1])
+                if len(raw) != len(entry.sources):
+                    raise ValueError(f"{len(raw)} weights for {len(entry.sources)} sources")
                 # Extreme weights (1e308, 5e-324) are rescaled by a power of two: same ratios.
                 w = scale_weights(raw)
                 total = math.fsum(w)
                 if not total > 0:
                     raise ValueError(f"weights for {entry.key!r} sum to {total}")
                 inputs = tuple((s, x) for s, x in zip(entry.sources, w) if x != 0)
-                found = seen[(entry.sources, raw)] = (inputs, total)
+                found = seen[given] = (inputs, total)
             inputs, total = found
         else:
             inputs, total = ((entry.copy_from, 1.0),), 1.0
-        for start in range(0, entry.numel, chunk_elements):
-            count = min(chunk_elements, entry.numel - start)
-            tasks.append(ChunkTask(entry, start, count, inputs, total))
+        numel = entry.numel
+        if 0 < numel <= chunk_elements:  # most keys: one chunk
+            tasks.append(ChunkTask(entry, 0, numel, inputs, total))
+            continue
+        for start in range(0, numel, chunk_elements):
+            tasks.append(ChunkTask(entry, start, min(chunk_elements, numel - start), inputs, total))
     return tasks
 
 
@@ -142,7 +146,8 @@ def coalesce(tasks: list[ChunkTask], plan: Plan, limit: int) -> list[ChunkTask]:
     out: list[ChunkTask] = []
     run: list[ChunkTask] = []
     size = 0
-    where = _Locations(plan)
+    arithmetic: tuple[object, ...] | None = None  # what the last task of the run computes
+    ends: list[tuple[Path, int]] | None = None  # where its bytes end, per input
 
     def flush() -> None:
         if len(run) > 1:
@@ -153,52 +158,34 @@ def coalesce(tasks: list[ChunkTask], plan: Plan, limit: int) -> list[ChunkTask]:
             out.extend(run)
         run.clear()
 
+    locate = [c.location for c in plan.checkpoints]
     for task in tasks:
-        whole = task.entry.interpolate and task.start == 0 and task.count == task.entry.numel
-        if whole and run and size + task.count <= limit and _follows(plan, run[-1], task, where):
+        entry = task.entry
+        whole = entry.interpolate and task.start == 0 and task.count == entry.numel
+        # (file, offset) of the key in each input read; a pickle's storages have none.
+        found = [locate[s](entry.key) for s, _ in task.inputs] if whole else [None]
+        starts = [w for w in found if w is not None]
+        if task.count >= limit or len(starts) < len(found):  # a large key, a copy, a pickle
+            flush()
+            out.append(task)
+            arithmetic = ends = None
+            continue
+        same = (task.inputs, task.total, entry.dtype, entry.out_dtype, entry.source_dtypes)
+        if run and same == arithmetic and starts == ends and size + task.count <= limit:
             run.append(task)
             size += task.count
-            continue
-        flush()
-        if whole and task.count < limit:
+        else:
+            flush()
             run.append(task)
             size = task.count
+        arithmetic = same
+        if entry.source_dtypes:
+            ends = [(f, at + task.nbytes(s)) for (f, at), (s, _) in zip(starts, task.inputs)]
         else:
-            out.append(task)
+            nbytes = task.count * entry.dtype.itemsize
+            ends = [(f, at + nbytes) for f, at in starts]
     flush()
     return out
-
-
-def _follows(plan: Plan, prev: ChunkTask, task: ChunkTask, where: _Locations) -> bool:
-    """Whether ``task``'s key continues ``prev``'s span: same arithmetic, next bytes everywhere."""
-    a, b = prev.entry, task.entry
-    if prev.inputs != task.inputs or prev.total != task.total:
-        return False
-    if a.dtype != b.dtype or a.out_dtype != b.out_dtype:
-        return False
-    if a.sources != b.sources or a.source_dtypes != b.source_dtypes:
-        return False
-    for source, _ in task.inputs:
-        here, there = where.of(source, a.key), where.of(source, b.key)
-        if here is None or there is None:
-            return False
-        if there != (here[0], here[1] + prev.nbytes(source)):
-            return False
-    return True
-
-
-class _Locations:
-    """Each (input, key)'s place in its file, asked once (a key is looked at twice)."""
-
-    def __init__(self, plan: Plan):
-        self.checkpoints = plan.checkpoints
-        self.cache: dict[tuple[int, str], tuple[Path, int] | None] = {}
-
-    def of(self, source: int, key: str) -> tuple[Path, int] | None:
-        k = (source, key)
-        if k not in self.cache:
-            self.cache[k] = self.checkpoints[source].location(key)
-        return self.cache[k]
 
 
 def planned_read_bytes(plan: Plan, weights: WeightsFn) -> int:

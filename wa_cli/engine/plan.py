@@ -20,6 +20,7 @@ from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.io.dtypes import dtype_name
 from wa_cli.io.keys import wrapper_hint
 from wa_cli.io.reader import Checkpoint
+from wa_cli.io.safetensors_header import TensorInfo
 from wa_cli.io.writer import OutputTensor
 
 KeysMode = Literal["strict", "intersection", "union"]
@@ -40,7 +41,8 @@ class KeyPlan:
     sources: tuple[int, ...]  # indices of the inputs that hold the key, in input order
     interpolate: bool
     copy_from: int  # the input a non-interpolated key is copied from
-    source_dtypes: tuple[torch.dtype, ...] = ()  # per source; differ only with an explicit --dtype
+    # Per source, only when they differ (an explicit --dtype); empty: every source has ``dtype``.
+    source_dtypes: tuple[torch.dtype, ...] = ()
 
     def dtype_of(self, source: int) -> torch.dtype:
         """The dtype the key has in input ``source`` (its bytes are read as this)."""
@@ -53,9 +55,11 @@ class KeyPlan:
         # cached_property writes the instance dict directly, which a frozen dataclass allows.
         return dict(zip(self.sources, self.source_dtypes, strict=True))
 
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
+    # Worked out once: the schedule asks for it several times per key, 20,000 keys a run.
+    numel: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "numel", math.prod(self.shape))  # frozen: set it this once
 
 
 @dataclass
@@ -104,12 +108,14 @@ def build_plan(
     plan = Plan(ckpts, [])
     shape_problems: list[str] = []
     dtype_problems: list[str] = []
+    every = tuple(range(len(ckpts)))
     for key in order:
-        sources = tuple(i for i, c in enumerate(ckpts) if key in c)
-        shape_problem, dtype_problem = _mismatch(key, ckpts, sources, names, dtype)
+        held = every if keys == "strict" else tuple(i for i, c in enumerate(ckpts) if key in c)
+        infos = [ckpts[i].info(key) for i in held]
+        shape_problem, dtype_problem = _mismatch(key, infos, held, names, dtype)
         shape_problems += [shape_problem] if shape_problem else []
         dtype_problems += [dtype_problem] if dtype_problem else []
-        plan.keys.append(_key_plan(key, ckpts, sources, dtype, non_float))
+        plan.keys.append(_key_plan(key, infos, held, dtype, non_float))
     _raise_mismatches(shape_problems, dtype_problems)
     plan.notes.extend(_policy_notes(plan, names, keys, non_float))
     return plan
@@ -117,16 +123,15 @@ def build_plan(
 
 def _mismatch(
     key: str,
-    ckpts: list[Checkpoint],
+    infos: list[TensorInfo],
     sources: tuple[int, ...],
     names: list[str],
     dtype: torch.dtype | None,
 ) -> tuple[str | None, str | None]:
     """The first input whose shape, or dtype, differs from the first holder's, as
     (shape problem, dtype problem); floating dtypes may differ when an output dtype is given."""
-    first = ckpts[sources[0]].info(key)
-    for i in sources[1:]:
-        info = ckpts[i].info(key)
+    first = infos[0]
+    for i, info in zip(sources[1:], infos[1:]):
         if info.shape != first.shape:
             return (
                 f"{key!r}: {tuple(info.shape)} in {names[i]} vs {tuple(first.shape)} in "
@@ -144,20 +149,20 @@ def _mismatch(
 
 def _key_plan(
     key: str,
-    ckpts: list[Checkpoint],
+    infos: list[TensorInfo],
     sources: tuple[int, ...],
     dtype: torch.dtype | None,
     non_float: NonFloatPolicy,
 ) -> KeyPlan:
     """Interpolate a floating key in the widest of its inputs' dtypes; copy any other."""
-    first = ckpts[sources[0]].info(key)
+    first = infos[0]
     interpolate = is_interpolable(first.dtype)
-    source_dtypes = tuple(ckpts[i].info(key).dtype for i in sources)
-    widest = (
-        max(source_dtypes, key=lambda d: (d.itemsize, torch.finfo(d).max))
-        if interpolate
-        else first.dtype
-    )
+    widest = first.dtype
+    source_dtypes: tuple[torch.dtype, ...] = ()
+    if any(info.dtype is not widest for info in infos):  # only with an explicit --dtype
+        source_dtypes = tuple(info.dtype for info in infos)
+        if interpolate:
+            widest = max(source_dtypes, key=lambda d: (d.itemsize, torch.finfo(d).max))
     return KeyPlan(
         key=key,
         dtype=widest,

@@ -92,8 +92,9 @@ def combine_to_file(
         total = planned_read_bytes(plan, weights)
         advance = lambda n: progress(n, total)  # noqa: E731
     chunks = linear_combination(
-        plan, weights, precision=precision, device=device, progress=advance, stats=stats
-    )
+        plan, weights,
+        precision=precision, device=device, progress=advance, stats=stats, whole_spans=True,
+    )  # fmt: skip
     try:
         # closing(): on a write error the engine's reader thread stops before files close.
         with contextlib.closing(chunks):

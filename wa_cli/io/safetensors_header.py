@@ -7,18 +7,18 @@ the header) plus an optional ``"__metadata__"`` of string pairs, then the tensor
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.gc_pause import paused_gc
 from wa_cli.io.dtypes import SAFETENSORS_DTYPES, from_safetensors_name, safetensors_name
 from wa_cli.io.hostile import JsonLimitError, json_reason, parse_json, require_regular
 
@@ -29,9 +29,12 @@ _INT64 = 2**63 - 1
 _FIELDS = (b'"dtype"', b'"shape"', b'"data_offsets"')
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """What a header says about one tensor: enough to plan, check and write without its data."""
+class TensorInfo(NamedTuple):
+    """What a header says about one tensor: enough to plan, check and write without its data.
+
+    A named tuple rather than a dataclass: a header of 20,000 tensors makes 20,000 of them, and
+    a tuple is built in half the time.
+    """
 
     dtype: torch.dtype
     shape: tuple[int, ...]
@@ -79,9 +82,7 @@ def read_header(path: Path) -> Header:
             raw = f.read(n)
     except OSError as e:
         raise WaError(f"cannot read '{path}': {e.strerror or e}", ExitCode.BAD_INPUT) from e
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with paused_gc():
         parsed = _parse(raw, corrupt)
         metadata = parsed.pop("__metadata__", None) or {}
         if not isinstance(metadata, dict) or not all(
@@ -89,9 +90,7 @@ def read_header(path: Path) -> Header:
         ):
             raise corrupt("__metadata__ must map strings to strings")
         tensors = _tensors(parsed, 8 + n, size - 8 - n, corrupt)
-    finally:
-        if paused:
-            gc.enable()
+        del parsed  # freed here, inside the pause: 20,000 dicts
     return Header(tensors, dict(metadata))
 
 
@@ -123,7 +122,9 @@ def _tensors(
     parsed: dict[str, Any], data_start: int, data_size: int, corrupt: Callable[[str], WaError]
 ) -> dict[str, TensorInfo]:
     tensors: dict[str, TensorInfo] = {}
-    spans: list[tuple[int, int, str]] = []
+    itemsize = {name: dtype.itemsize for name, dtype in SAFETENSORS_DTYPES.items()}
+    in_order = True  # byte ranges in the header's own order, each starting where the last ended
+    expected = 0
     for key, entry in parsed.items():
         try:
             name, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
@@ -140,7 +141,6 @@ def _tensors(
             if type(d) is not int or not 0 <= d <= _INT64:
                 raise corrupt(f"tensor {key!r} has shape {_short(shape)} (dims: 0 to 2^63-1)")
             numel *= d
-        nbytes = numel * dtype.itemsize
         if type(begin) is not int or type(end) is not int or not 0 <= begin <= end:
             raise corrupt(f"tensor {key!r} has data_offsets {_short(offsets)}")
         if end > data_size:
@@ -148,26 +148,38 @@ def _tensors(
                 f"tensor {key!r} ends at byte {data_start + end} but the file has "
                 f"{data_start + data_size} bytes (the file is truncated)"
             )
-        if end - begin != nbytes:
+        if end - begin != numel * itemsize[name]:
             raise corrupt(
                 f"tensor {key!r} spans {end - begin} bytes but {name} {_short(shape)} "
-                f"needs {nbytes}"
+                f"needs {numel * itemsize[name]}"
             )
-        spans.append((begin, end, key))
-        tensors[key] = TensorInfo(dtype, tuple(shape), data_start + begin)
-    spans.sort()
-    expected, previous = 0, None
-    for begin, end, key in spans:
         if begin != expected:
-            what = "overlaps" if begin < expected else "leaves a gap after"
-            raise corrupt(f"tensor {key!r} {what} {previous!r} (offsets must be contiguous)")
-        expected, previous = end, key
+            in_order = False
+        expected = end
+        tensors[key] = TensorInfo(dtype, tuple(shape), data_start + begin)
+    if not in_order:
+        expected = _check_contiguous(tensors, data_start, corrupt)
     if expected != data_size:
         raise corrupt(
             f"the tensors cover {expected} bytes but {data_size} follow the header (truncated, or "
             "extra bytes)"
         )
     return tensors
+
+
+def _check_contiguous(
+    tensors: dict[str, TensorInfo], data_start: int, corrupt: Callable[[str], WaError]
+) -> int:
+    """Where the byte ranges end, sorted by offset, once they leave no gap and overlap none
+    (headers whose order is not the data's order, which the format allows)."""
+    spans = sorted((info.offset - data_start, info.nbytes, key) for key, info in tensors.items())
+    expected, previous = 0, None
+    for begin, nbytes, key in spans:
+        if begin != expected:
+            what = "overlaps" if begin < expected else "leaves a gap after"
+            raise corrupt(f"tensor {key!r} {what} {previous!r} (offsets must be contiguous)")
+        expected, previous = begin + nbytes, key
+    return expected
 
 
 def _short(value: object) -> str:

@@ -9,13 +9,14 @@ the output is a folder of Hugging Face style shards plus ``model.safetensors.ind
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,7 +146,8 @@ def write_safetensors(
             so, even with ``force``, is a folder holding anything but shards and indexes.
         tensors: every output tensor, in the order their chunks will arrive.
         chunks: ``(key, tensor)`` pairs; a key's chunks arrive consecutively and, flattened and
-            concatenated, make its tensor (a whole tensor is one chunk).
+            concatenated, make its tensor (a whole tensor is one chunk). A chunk may also run on
+            into the tensors after ``key`` (a span of small tensors in one buffer).
         metadata: string metadata for the header (and the index, when sharded).
         force: replace an existing destination.
         max_shard_size: bytes per shard; ``None`` writes one file.
@@ -211,30 +213,55 @@ def _write_groups(
     stream = ((key, chunk) for key, chunk in chunks if chunk.numel())
     # A test hook: seconds to sleep per chunk, so a test can signal a run mid-write.
     delay = float(os.environ.get("WA_TEST_WRITE_DELAY", "0") or 0)
+    spill = memoryview(b"")  # bytes of the last chunk past the end of the file it began in
     for path, group in zip(paths, groups):
         sink = _FileSink(path, group, metadata)
         try:
-            for spec, size in zip(group, sink.sizes):
-                remaining = size
-                while remaining:
-                    key, chunk = next(stream, ("", None))
-                    if chunk is None or key != spec.key:
-                        raise RuntimeError(f"writer expected data for {spec.key!r}, got {key!r}")
-                    data = _as_bytes(chunk)
-                    if len(data) > remaining:
-                        raise RuntimeError(f"writer got too many bytes for {key!r}")
-                    sink.file.write(data)
-                    remaining -= len(data)
-                    if delay:
-                        sink.file.flush()
-                        time.sleep(delay)
+            spill = _write_group(sink, group, stream, spill, delay)
         except BaseException:
             sink.file.close()
             raise
         sink.close()
     extra = next(stream, None)
-    if extra is not None:
-        raise RuntimeError(f"writer got data for {extra[0]!r} after the last tensor")
+    if spill or extra is not None:
+        key = extra[0] if extra is not None else groups[-1][-1].key
+        raise RuntimeError(f"writer got data for {key!r} after the last tensor")
+
+
+def _write_group(
+    sink: _FileSink,
+    group: list[OutputTensor],
+    stream: Iterator[tuple[str, torch.Tensor]],
+    spill: memoryview,
+    delay: float,
+) -> memoryview:
+    """Write one file's tensor bytes from ``stream``; returns the bytes left over for the next.
+
+    A chunk names the tensor its first byte belongs to and may run on past that tensor's end into
+    the tensors after it: the engine sends a span of small keys, stored back to back in the
+    output as in the inputs, as one chunk (one write instead of one per key).
+    """
+    ends = list(itertools.accumulate(sink.sizes))
+    total = ends[-1] if ends else 0
+    written, current = 0, 0  # bytes written; index of the tensor holding the next byte
+    while written < total:
+        while ends[current] <= written:  # skip finished (and zero-sized) tensors
+            current += 1
+        if spill:
+            data, spill = spill, memoryview(b"")
+        else:
+            key, chunk = next(stream, ("", None))
+            if chunk is None or key != group[current].key:
+                raise RuntimeError(f"writer expected data for {group[current].key!r}, got {key!r}")
+            data = _as_bytes(chunk)
+        n = min(len(data), total - written)
+        sink.file.write(data if n == len(data) else data[:n])
+        spill = data[n:]
+        written += n
+        if delay:
+            sink.file.flush()
+            time.sleep(delay)
+    return spill
 
 
 def _nbytes(t: OutputTensor) -> int:

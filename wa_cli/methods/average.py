@@ -22,6 +22,7 @@ from wa_cli.engine.reducers import linear_combination
 from wa_cli.engine.rounding import normalized_weights
 from wa_cli.engine.run import RunReport, assemble, combine_to_file
 from wa_cli.errors import WaError
+from wa_cli.gc_pause import paused_gc
 from wa_cli.methods.inputs import Inputs, PathOrCheckpoint, open_inputs
 from wa_cli.params import bad
 from wa_cli.select.order import step_metadata
@@ -66,6 +67,7 @@ def source_weights(weights: list[float]) -> WeightsFn:
     return for_entry
 
 
+@paused_gc()  # per-key records in bulk: see wa_cli.gc_pause
 def average(
     inputs: Inputs,
     *,
@@ -104,6 +106,7 @@ def average(
     return assemble(plan, chunks)
 
 
+@paused_gc()  # per-key records in bulk: see wa_cli.gc_pause
 def average_to_file(
     inputs: Inputs,
     output: str | os.PathLike[str],

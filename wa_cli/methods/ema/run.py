@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.gc_pause import paused_gc
 from wa_cli.methods.ema.coefficients import ema_coefficients, lookahead_decay
 
 if TYPE_CHECKING:
@@ -136,6 +137,7 @@ def _prepare(
     return plan, steps, coefficients, ema_weights(steps, decay=d, decay_per_step=dps, half_life=hl)
 
 
+@paused_gc()  # per-key records in bulk: see wa_cli.gc_pause
 def ema(
     inputs: Inputs,
     *,
@@ -191,6 +193,7 @@ def ema(
     return assemble(plan, chunks)
 
 
+@paused_gc()  # per-key records in bulk: see wa_cli.gc_pause
 def ema_to_file(
     inputs: Inputs,
     output: str | os.PathLike[str],

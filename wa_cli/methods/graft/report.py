@@ -25,6 +25,7 @@ import torch
 from wa_cli.engine.device import resolve_device
 from wa_cli.engine.plan import KeysMode, Plan, build_plan
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.gc_pause import paused_gc
 from wa_cli.io.atomic import atomic_destination
 from wa_cli.io.dtypes import dtype_name
 from wa_cli.io.names import distinct_names
@@ -167,6 +168,7 @@ def compile_filter(pattern: str | None) -> re.Pattern[str] | None:
         ) from None
 
 
+@paused_gc()  # per-key records in bulk: see wa_cli.gc_pause
 def entropy_report(
     inputs: Inputs,
     *,

@@ -19,12 +19,14 @@ from wa_cli.engine.plan import build_plan
 from wa_cli.engine.precision import Precision
 from wa_cli.engine.reducers import linear_combination
 from wa_cli.engine.run import RunReport, assemble
+from wa_cli.gc_pause import paused_gc
 from wa_cli.methods.graft.alpha import Rule
 from wa_cli.methods.graft.files import graft_to_files, pair_weights, plan_graft
 from wa_cli.methods.inputs import Inputs
 from wa_cli.params import bad, integer
 
 
+@paused_gc()  # per-key records in bulk: see wa_cli.gc_pause
 def graft(
     inputs: Inputs,
     *,
@@ -81,6 +83,7 @@ def graft(
     return assemble(pair, chunks)
 
 
+@paused_gc()  # per-key records in bulk: see wa_cli.gc_pause
 def graft_to_file(
     inputs: Inputs,
     output: str | os.PathLike[str],
