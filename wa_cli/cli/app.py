@@ -162,7 +162,9 @@ def _runs_user_code(args: list[str]) -> bool:
     """``bn-recalibrate`` runs the user's model and data loader; every other command, wa alone.
 
     For the others no cyclic garbage is collected while the command builds its per-key records
-    (:mod:`wa_cli.gc_pause`). User code keeps the collector: its garbage needs it.
+    (:mod:`wa_cli.gc_pause`), and the process ends without the interpreter's teardown
+    (:func:`signals.skip_teardown`). User code keeps both: its garbage needs the collector, and
+    its data loader's worker processes are ended by the teardown.
     """
     command = next((a for a in args if not a.startswith("-")), None)
     return command == "bn-recalibrate"
@@ -191,7 +193,9 @@ def _run(args: list[str], debug: bool) -> None:
     try:
         if distributed.launched():  # torchrun: join the other ranks (see README, Many machines)
             distributed.start(args)
-        with contextlib.nullcontext() if _runs_user_code(args) else paused_gc():
+        user_code = _runs_user_code(args)
+        signals.skip_teardown(not user_code)
+        with contextlib.nullcontext() if user_code else paused_gc():
             code = command.main(args=args, prog_name="wa", standalone_mode=False)
         distributed.finish()
     except WaError as e:
