@@ -207,3 +207,36 @@ def test_a_span_past_the_last_tensor_or_named_wrongly_is_a_bug(tmp_path):
     with pytest.raises(RuntimeError, match="expected data for 'a', got 'b'"):
         write_safetensors(tmp_path / "o.safetensors", _specs(state), misnamed, {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_header_is_json_dumps_byte_for_byte():
+    """Oracle: the header as json.dumps writes the same entries (names escaped the same way)."""
+    import math
+    import struct
+
+    from wa_cli.io.dtypes import safetensors_name
+    from wa_cli.io.safetensors_header import build_header
+
+    specs = [
+        ('caf\u00e9."quoted"\\name', torch.float32, (2, 3)),
+        ("scalar", torch.bfloat16, ()),
+        ("empty", torch.int64, (0, 4)),
+        ("again", torch.float32, (2, 3)),  # a (dtype, shape) seen before
+        ("\u4e2d\u6587", torch.float16, (5,)),
+    ]
+    metadata = {"format": "pt", "note": "\u00fcber"}
+    header, sizes = build_header(specs, metadata)
+    entries: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for key, dtype, shape in specs:
+        nbytes = math.prod(shape) * dtype.itemsize
+        entries[key] = {
+            "dtype": safetensors_name(dtype), "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
+        }  # fmt: skip
+        offset += nbytes
+    (n,) = struct.unpack("<Q", header[:8])
+    assert header[8 : 8 + n].rstrip(b" ") == json.dumps(entries, separators=(",", ":")).encode()
+    assert (8 + n) % 8 == 0 and sizes == [24, 2, 0, 24, 10]
+    with pytest.raises(ValueError, match="appears twice"):
+        build_header([("a", torch.float32, (1,)), ("a", torch.float32, (1,))], {})

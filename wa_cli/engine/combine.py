@@ -162,8 +162,10 @@ def coalesce(tasks: list[ChunkTask], plan: Plan, limit: int) -> list[ChunkTask]:
     for task in tasks:
         entry = task.entry
         whole = entry.interpolate and task.start == 0 and task.count == entry.numel
-        # (file, offset) of the key in each input read; a pickle's storages have none.
-        found = [locate[s](entry.key) for s, _ in task.inputs] if whole else [None]
+        # (file, offset) of the key in each input read; a pickle's storages have none. Inputs
+        # of one layout are contiguous where the first is: it alone is looked at.
+        read = task.inputs[:1] if plan.same_layout else task.inputs
+        found = [locate[s](entry.key) for s, _ in read] if whole else [None]
         starts = [w for w in found if w is not None]
         if task.count >= limit or len(starts) < len(found):  # a large key, a copy, a pickle
             flush()
@@ -180,7 +182,7 @@ def coalesce(tasks: list[ChunkTask], plan: Plan, limit: int) -> list[ChunkTask]:
             size = task.count
         arithmetic = same
         if entry.source_dtypes:
-            ends = [(f, at + task.nbytes(s)) for (f, at), (s, _) in zip(starts, task.inputs)]
+            ends = [(f, at + task.nbytes(s)) for (f, at), (s, _) in zip(starts, read)]
         else:
             nbytes = task.count * entry.dtype.itemsize
             ends = [(f, at + nbytes) for f, at in starts]

@@ -67,6 +67,8 @@ class Plan:
     checkpoints: list[Checkpoint]
     keys: list[KeyPlan]
     notes: list[str] = field(default_factory=list)  # policy actions the report shows
+    # Every input holds the same keys, dtypes, shapes and relative offsets (Checkpoint.layout).
+    same_layout: bool = False
 
     def output_tensors(self) -> list[OutputTensor]:
         return [OutputTensor(k.key, k.out_dtype, k.shape) for k in self.keys]
@@ -104,21 +106,50 @@ def build_plan(
         if not c.keys():
             raise WaError(f"'{c.path}' holds no tensors", ExitCode.BAD_INPUT)
     names = _display_names(ckpts)
+    plan = Plan(ckpts, [], same_layout=_same_layout(ckpts))
+    every = tuple(range(len(ckpts)))
+    if plan.same_layout:
+        # Alike layouts hold alike keys, dtypes and shapes (every key set mode is the same): the
+        # first input's records stand for all of them, in sorted order as for any safetensors.
+        first = ckpts[0]
+        plan.keys = [
+            _key_plan(key, [first.info(key)], every, dtype, non_float)
+            for key in sorted(first.keys())
+        ]
+    else:
+        plan.keys = _checked_keys(ckpts, keys, names, dtype, non_float, key_mismatch_hint)
+    plan.notes.extend(_policy_notes(plan, names, keys, non_float))
+    return plan
+
+
+def _checked_keys(
+    ckpts: list[Checkpoint],
+    keys: KeysMode,
+    names: list[str],
+    dtype: torch.dtype | None,
+    non_float: NonFloatPolicy,
+    key_mismatch_hint: str,
+) -> list[KeyPlan]:
+    """Each key's plan, after comparing its shape and dtype in every input that holds it."""
     order = _key_order(ckpts, keys, names, key_mismatch_hint)
-    plan = Plan(ckpts, [])
     shape_problems: list[str] = []
     dtype_problems: list[str] = []
     every = tuple(range(len(ckpts)))
+    planned = []
     for key in order:
         held = every if keys == "strict" else tuple(i for i, c in enumerate(ckpts) if key in c)
         infos = [ckpts[i].info(key) for i in held]
         shape_problem, dtype_problem = _mismatch(key, infos, held, names, dtype)
         shape_problems += [shape_problem] if shape_problem else []
         dtype_problems += [dtype_problem] if dtype_problem else []
-        plan.keys.append(_key_plan(key, infos, held, dtype, non_float))
+        planned.append(_key_plan(key, infos, held, dtype, non_float))
     _raise_mismatches(shape_problems, dtype_problems)
-    plan.notes.extend(_policy_notes(plan, names, keys, non_float))
-    return plan
+    return planned
+
+
+def _same_layout(ckpts: list[Checkpoint]) -> bool:
+    first = ckpts[0].layout
+    return first is not None and all(c.layout == first for c in ckpts[1:])
 
 
 def _mismatch(

@@ -34,6 +34,9 @@ class Checkpoint:
         chosen_file_note: for a run folder, which file was taken ("model.safetensors of
             checkpoint-6/"), else ``None``.
         notes: one-line remarks for the report (a prefix stripped, entries left out).
+        layout: a token equal for checkpoints that hold the same keys with the same dtypes,
+            shapes and relative offsets, each in one file (safetensors files whose headers list
+            their tensors alike, after the same renames and filters); None when not known.
     """
 
     path: Path
@@ -42,6 +45,7 @@ class Checkpoint:
     key_order_known: bool = False
     skipped: list[str] = []
     chosen_file_note: str | None = None
+    layout: object | None = None
     notes: list[str]
     extra_files: list[Path]
 
@@ -116,9 +120,13 @@ class Checkpoint:
     def keep_keys(self, keep: set[str]) -> None:
         """Leave out every key not in ``keep`` (``--include``/``--exclude``)."""
         self._tensors = {k: v for k, v in self._tensors.items() if k in keep}
+        if self.layout is not None:  # alike layouts kept alike by the same filter
+            self.layout = (self.layout, "keep", frozenset(keep))
 
     def _rename(self, renamed: dict[str, str]) -> None:
         self._tensors = {renamed[k]: v for k, v in self._tensors.items()}
+        if self.layout is not None:
+            self.layout = (self.layout, "rename", tuple(renamed.items()))
 
     def close(self) -> None:
         """Release open files; reading again reopens them."""

@@ -25,7 +25,7 @@ from wa_cli.io.hostile import require_regular
 from wa_cli.io.index import INDEX_SUFFIX, find_index, read_weight_map
 from wa_cli.io.keys import AUTO, NO_FILTER, WRAPPER_PREFIXES, KeyFilter, parse_strip, shared_prefix
 from wa_cli.io.run_folders import RunFolder, recognise, trainer_record
-from wa_cli.io.safetensors_header import TensorInfo, read_header
+from wa_cli.io.safetensors_header import LayoutMemo, TensorInfo, read_header
 
 __all__ = [
     "Checkpoint",
@@ -43,9 +43,10 @@ MAX_OPEN_SHARDS = 4
 class SafetensorsFile(Checkpoint):
     """A single ``.safetensors`` file, read with positional reads."""
 
-    def __init__(self, path: Path):
-        header = read_header(path)
+    def __init__(self, path: Path, memo: LayoutMemo | None = None):
+        header = read_header(path, memo)
         super().__init__(path, header.tensors, header.metadata)
+        self.layout = header.layout
         self._file = PositionalFile(path)
 
     def read_into(self, key: str, out: torch.Tensor, byte_offset: int = 0) -> None:
@@ -67,7 +68,7 @@ class SafetensorsFile(Checkpoint):
 class ShardedCheckpoint(Checkpoint):
     """A Hugging Face style sharded checkpoint: an index JSON naming the shard of every tensor."""
 
-    def __init__(self, index_path: Path, display_path: Path):
+    def __init__(self, index_path: Path, display_path: Path, memo: LayoutMemo | None = None):
         weight_map = read_weight_map(index_path)
         self._shards: dict[str, SafetensorsFile] = {}
         for shard_name in dict.fromkeys(weight_map.values()):
@@ -77,7 +78,7 @@ class ShardedCheckpoint(Checkpoint):
                     f"shard '{shard_path}' named by '{index_path}' does not exist",
                     ExitCode.BAD_INPUT,
                 )
-            self._shards[shard_name] = SafetensorsFile(shard_path)
+            self._shards[shard_name] = SafetensorsFile(shard_path, memo)
         self._shard_of: dict[str, SafetensorsFile] = {}
         self._open: OrderedDict[Path, SafetensorsFile] = OrderedDict()
         tensors: dict[str, TensorInfo] = {}
@@ -162,28 +163,30 @@ class ReadOptions:
         return KeyFilter(tuple(self.include), tuple(self.exclude))
 
 
-def _open_one(p: Path, options: ReadOptions, keys: KeyFilter) -> Checkpoint:
+def _open_one(
+    p: Path, options: ReadOptions, keys: KeyFilter, memo: LayoutMemo | None = None
+) -> Checkpoint:
     if not p.exists():
         raise WaError(f"input '{p}' does not exist", ExitCode.BAD_INPUT)
     if p.is_dir():
         run = recognise(p)
         if run is not None:
-            return _open_run_folder(run, options, keys)
+            return _open_run_folder(run, options, keys, memo)
         index = find_index(p)
         if index is None:
             raise WaError(
                 f"folder '{p}' is not a sharded checkpoint (no *{INDEX_SUFFIX})", ExitCode.BAD_INPUT
             )
-        return ShardedCheckpoint(index, p)
+        return ShardedCheckpoint(index, p, memo)
     require_regular(p, "input")  # FIFOs and devices: refused before any read
     if p.name.endswith(".index.json"):
-        return ShardedCheckpoint(p, p)
+        return ShardedCheckpoint(p, p, memo)
     if is_pickle_name(p):
         from wa_cli.io.pickle_checkpoint import PickleCheckpoint
 
         return PickleCheckpoint(p, options.key, allow_globals=options.allow_globals, keys=keys)
     if is_safetensors_name(p):
-        return SafetensorsFile(p)
+        return SafetensorsFile(p, memo)
     raise WaError(
         f"'{p}' is not a checkpoint wa can read (expected .safetensors, a sharded folder or "
         f"its .index.json, or {', '.join(PICKLE_SUFFIXES)})",
@@ -191,14 +194,16 @@ def _open_one(p: Path, options: ReadOptions, keys: KeyFilter) -> Checkpoint:
     )
 
 
-def _open_run_folder(run: RunFolder, options: ReadOptions, keys: KeyFilter) -> Checkpoint:
+def _open_run_folder(
+    run: RunFolder, options: ReadOptions, keys: KeyFilter, memo: LayoutMemo | None
+) -> Checkpoint:
     """The run folder's model file, named after the folder, with the library's record."""
     if run.kind == "dcp" or run.model.is_dir():
         from wa_cli.io.dcp import DcpCheckpoint
 
         ckpt: Checkpoint = DcpCheckpoint(run.model, keys)
     else:
-        ckpt = _open_one(run.model, options, keys)
+        ckpt = _open_one(run.model, options, keys, memo)
     inner = ckpt.files
     ckpt.path, ckpt.name = run.folder, run.folder.name
     ckpt.extra_files = [f for f in inner if f != run.folder]
@@ -264,9 +269,10 @@ def open_checkpoints(
     strip = parse_strip(options.strip_prefixes)
     keys = options.key_filter if (options.include or options.exclude) else NO_FILTER
     opened: list[Checkpoint] = []
+    memo = LayoutMemo()  # a run's headers list their tensors alike: each layout checked once
     try:
         for p in paths:
-            ckpt = _open_one(Path(p), options, keys)
+            ckpt = _open_one(Path(p), options, keys, memo)
             opened.append(ckpt)
             note_reads(ckpt.read_paths())  # the output guard never writes over them
             _filter_keys(ckpt, keys)
