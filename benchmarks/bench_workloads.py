@@ -83,12 +83,26 @@ class Workload:
     variants: tuple[str, ...]
 
 
+# Every workload also runs its floor without the interpreter's teardown ("...-no-teardown"):
+# wa skips that teardown, so this is the floor for a tool that does as wa does.
 WORKLOADS = {
-    "many-small": Workload("many-small", "many_small", 4, ".safetensors", ("floor", "naive", "wa")),
-    "graft": Workload("graft", "transformer", 2, ".safetensors", ("floor", "wa-graft")),
-    "entropy": Workload("entropy", "transformer", 1, ".safetensors", ("read", "wa-entropy")),
-    "ema": Workload("ema", "mixed128", 8, ".safetensors", ("floor", "wa", "wa-ema")),
-    "pt": Workload("pt", "mixed256", 4, ".pt", ("floor", "naive-pt", "wa")),
+    "many-small": Workload(
+        "many-small",
+        "many_small",
+        4,
+        ".safetensors",
+        ("floor", "floor-no-teardown", "naive", "wa"),
+    ),
+    "graft": Workload(
+        "graft", "transformer", 2, ".safetensors", ("floor", "floor-no-teardown", "wa-graft")
+    ),
+    "entropy": Workload(
+        "entropy", "transformer", 1, ".safetensors", ("read", "read-no-teardown", "wa-entropy")
+    ),
+    "ema": Workload(
+        "ema", "mixed128", 8, ".safetensors", ("floor", "floor-no-teardown", "wa", "wa-ema")
+    ),
+    "pt": Workload("pt", "mixed256", 4, ".pt", ("floor", "floor-no-teardown", "naive-pt", "wa")),
 }
 SPECS = {
     "many_small": many_small_specs,
@@ -137,10 +151,14 @@ def output_bytes(inputs: list[Path]) -> int:
 def command(variant: str, inputs: list[Path], out: Path) -> list[str]:
     py, ins = sys.executable, [str(p) for p in inputs]
     wa = [py, "-m", "wa_cli"]
+    floor = [py, str(BENCH_DIR / "_floor.py")]
+    if variant.endswith("-no-teardown"):
+        floor.append("--no-teardown")
+        variant = variant.removesuffix("-no-teardown")
     if variant == "floor":
-        return [py, str(BENCH_DIR / "_floor.py"), str(out), str(output_bytes(inputs)), *ins]
+        return [*floor, str(out), str(output_bytes(inputs)), *ins]
     if variant == "read":
-        return [py, str(BENCH_DIR / "_floor.py"), str(out), "0", *ins]
+        return [*floor, str(out), "0", *ins]
     if variant == "naive":
         return [py, str(BENCH_DIR / "_naive.py"), str(out), *ins]
     if variant == "naive-pt":
@@ -170,7 +188,7 @@ def run_workload(work: Workload, data_dir: Path, repeats: int) -> dict:
             os.sync()
             record = measure(command(variant, inputs, out))
             runs[variant].append(record)
-            log(f"  round {r + 1}/{repeats} {variant:10s} {record['wall_s']:7.2f} s "
+            log(f"  round {r + 1}/{repeats} {variant:18s} {record['wall_s']:7.2f} s "
                 f"{record['peak_rss_mb']:7.0f} MB")  # fmt: skip
     summary = {
         v: {
@@ -192,14 +210,16 @@ def run_workload(work: Workload, data_dir: Path, repeats: int) -> dict:
 def render(result: dict) -> str:
     s = result["variants"]
     base = s[next(iter(s))]["median_s"]  # the first variant is the floor (or the one read)
+    strict = next((r["median_s"] for v, r in s.items() if v.endswith("-no-teardown")), base)
     lines = [
         f"{result['workload']}: {result['inputs']} x {result['input_mb_each']:.0f} MB",
-        f"  {'variant':10s} {'median s':>9s} {'x floor':>8s} {'CPU s':>7s} {'peak RSS MB':>12s}",
+        f"  {'variant':18s} {'median s':>9s} {'x floor':>8s} {'x no-teardown':>14s} "
+        f"{'CPU s':>7s} {'peak RSS MB':>12s}",
     ]
     for v, r in s.items():
         lines.append(
-            f"  {v:10s} {r['median_s']:9.2f} {r['median_s'] / base:8.2f} {r['cpu_s']:7.2f} "
-            f"{r['peak_rss_mb']:12.0f}"
+            f"  {v:18s} {r['median_s']:9.2f} {r['median_s'] / base:8.2f} "
+            f"{r['median_s'] / strict:14.2f} {r['cpu_s']:7.2f} {r['peak_rss_mb']:12.0f}"
         )
     if "wa-ema" in s and "wa" in s:
         lines.append(f"  wa-ema / wa: {s['wa-ema']['median_s'] / s['wa']['median_s']:.2f}x")
