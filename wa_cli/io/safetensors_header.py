@@ -74,16 +74,23 @@ class LayoutMemo:
         self.held = 0
         self.seen: dict[str, _Validated] = {}
 
-    def recall(self, entries: str | None, data_start: int, data_size: int) -> _Validated | None:
-        found = self.seen.get(entries) if entries is not None else None
-        if found is None or found.data_size != data_size:
-            return None
-        return found
-
-    def remember(self, entries: str | None, validated: _Validated) -> None:
+    def read(
+        self, raw: bytes, data_start: int, data_size: int, corrupt: Callable[[str], WaError]
+    ) -> Header:
+        """The header from ``raw``: recalled when its entries were seen, else validated and
+        remembered. Either way it carries a layout token shared by headers with those entries."""
+        split = _split_metadata(raw)
+        entries = split[1] if split else None
+        known = self.seen.get(entries) if entries is not None else None
+        if split and known and known.data_size == data_size:
+            metadata = _metadata(split[0], corrupt)
+            return Header(known.moved_to(data_start), metadata, layout=known)
+        header = _validated(raw, data_start, data_size, corrupt)
+        validated = _Validated(header.tensors, data_start, data_size)
         if entries is not None and self.held + len(entries) <= self.limit:
             self.seen[entries] = validated
             self.held += len(entries)
+        return Header(header.tensors, header.metadata, layout=validated)
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: it is the layout token
@@ -132,24 +139,21 @@ def read_header(path: Path, memo: LayoutMemo | None = None) -> Header:
             raw = f.read(n)
     except OSError as e:
         raise WaError(f"cannot read '{path}': {e.strerror or e}", ExitCode.BAD_INPUT) from e
-    data_start, data_size = 8 + n, size - 8 - n
     with paused_gc():
-        if memo is not None:
-            split = _split_metadata(raw)
-            entries = split[1] if split else None
-            known = memo.recall(entries, data_start, data_size)
-            if split and known:
-                metadata = _metadata(split[0], corrupt)
-                return Header(known.moved_to(data_start), metadata, layout=known)
-        parsed = _parse(raw, corrupt)
-        metadata = _metadata(parsed.pop("__metadata__", None) or {}, corrupt)
-        tensors = _tensors(parsed, data_start, data_size, corrupt)
-        del parsed  # freed here, inside the pause: 20,000 dicts
-    if memo is None:
-        return Header(tensors, metadata)
-    validated = _Validated(tensors, data_start, data_size)
-    memo.remember(entries, validated)
-    return Header(tensors, metadata, layout=validated)
+        if memo is None or n > memo.limit:  # a larger header is not remembered
+            return _validated(raw, 8 + n, size - 8 - n, corrupt)
+        return memo.read(raw, 8 + n, size - 8 - n, corrupt)
+
+
+def _validated(
+    raw: bytes, data_start: int, data_size: int, corrupt: Callable[[str], WaError]
+) -> Header:
+    """The header parsed and checked in full."""
+    parsed = _parse(raw, corrupt)
+    metadata = _metadata(parsed.pop("__metadata__", None) or {}, corrupt)
+    tensors = _tensors(parsed, data_start, data_size, corrupt)
+    del parsed  # freed here, inside the caller's pause: 20,000 dicts
+    return Header(tensors, metadata)
 
 
 def _split_metadata(raw: bytes) -> tuple[Any, str] | None:
