@@ -63,3 +63,24 @@ def test_fine_tunes_of_one_init_do_not_warn(tmp_path, capsys):
     assert not [w for w in plan.warnings if WARNING in w]
     r = run_wa(["graft", *paths, "--dry-run"], capsys)
     assert r.code == 0 and WARNING not in r.stderr, r.stderr
+
+
+def test_the_check_reads_a_bounded_sample_of_a_large_model(tmp_path, monkeypatch):
+    """At most MAX_LAYERS layers, evenly spread, and a prefix of each: a bounded cost however
+    large the model (with one layer per key looked up directly, not by a scan of the plan)."""
+    import wa_cli.methods.graft.relatedness as rel
+
+    gen = torch.Generator().manual_seed(0)
+    base = {f"l.{i:04d}.weight": torch.randn(8, 16, generator=gen) for i in range(600)}
+    tuned = {k: v + 0.01 * torch.randn(v.shape, generator=gen) for k, v in base.items()}
+    paths = save_pair(tmp_path, base, tuned)
+    monkeypatch.setattr(rel, "SAMPLE_ELEMENTS", 32)
+    plan = plan_graft(paths)
+    keys = weight_keys(plan.check)
+    assert len(keys) == rel.MAX_LAYERS
+    assert keys[0] == "l.0000.weight" and keys[-1] > "l.0590.weight"  # spread to the end
+    found = measure(plan.check, (0, 1), keys)
+    for key, cos in found.cosines.items():  # oracle: float64 cosine of each 32-element prefix
+        x, y = base[key].double().flatten()[:32], tuned[key].double().flatten()[:32]
+        assert abs(cos - float(x @ y / (x.norm() * y.norm()))) < 1e-12
+    assert not found.unrelated
