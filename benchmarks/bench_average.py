@@ -193,7 +193,7 @@ def drop_page_cache() -> None:
         ) from e
 
 
-def variant_command(variant: str, inputs: list[Path], out: Path) -> list[str]:
+def variant_command(variant: str, inputs: list[Path], out: Path, device: str = "cpu") -> list[str]:
     ins = [str(p) for p in inputs]
     if variant == "floor":
         return [
@@ -205,7 +205,8 @@ def variant_command(variant: str, inputs: list[Path], out: Path) -> list[str]:
         ]
     if variant == "naive":
         return [sys.executable, str(BENCH_DIR / "_naive.py"), str(out), *ins]
-    return [sys.executable, "-m", "wa_cli", "average", *ins, "-o", str(out), "--force", "-q"]
+    wa = [sys.executable, "-m", "wa_cli", "average", *ins, "-o", str(out), "--force", "-q"]
+    return [*wa, "--device", device] if device != "cpu" else wa
 
 
 def measure(cmd: list[str], threads: int | None = None) -> dict:
@@ -229,7 +230,12 @@ def measure(cmd: list[str], threads: int | None = None) -> dict:
 
 
 def run_rounds(
-    inputs: list[Path], out_dir: Path, repeats: int, cold: bool, threads: int | None
+    inputs: list[Path],
+    out_dir: Path,
+    repeats: int,
+    cold: bool,
+    threads: int | None,
+    device: str = "cpu",
 ) -> dict[str, list]:
     runs: dict[str, list] = {v: [] for v in VARIANTS}
     for r in range(repeats):
@@ -241,7 +247,7 @@ def run_rounds(
             os.sync()  # the previous run's unsynced writes must not land in this one's time
             if cold:
                 drop_page_cache()
-            record = measure(variant_command(variant, inputs, out), threads)
+            record = measure(variant_command(variant, inputs, out, device), threads)
             runs[variant].append(record)
             log(
                 f"round {r + 1}/{repeats} {variant:5s} {record['wall_s']:7.2f} s "
@@ -358,7 +364,7 @@ def render_table(result: dict) -> str:
     head = (
         f"{result['workload']}: {result['count']} x {result['input_mb_each']:.0f} MB "
         f"{result['dtype']}, {result['repeats']} rounds, {result['cache']} page cache, "
-        f"threads {result['threads']}"
+        f"threads {result['threads']}, wa on {result.get('device', 'cpu')}"
     )
     lines = [
         head,
@@ -374,10 +380,13 @@ def render_table(result: dict) -> str:
             f"{r['median_s'] / s['wa']['median_s']:6.2f} {r['cpu_s']:7.2f} {r['peak_rss_mb']:12.0f}"
         )
     p = s["floor"]["phases_s"]
+    read_gb = result.get("input_bytes", 0) / 1e9
     lines += [
         "",
         f"floor phases (median s): import torch {p['import_torch_s']:.2f}, read inputs "
         f"{p['read_s']:.2f}, write+fsync output {p['write_fsync_s']:.2f}",
+        f"rates: the host reads {read_gb / max(p['read_s'], 1e-9):.2f} GB/s (the floor's read "
+        f"phase); wa {read_gb / s['wa']['median_s']:.2f} GB/s of input over its whole run",
         f"naive / wa: {s['naive']['median_s'] / s['wa']['median_s']:.2f}x time, "
         f"{s['naive']['peak_rss_mb'] / s['wa']['peak_rss_mb']:.2f}x peak RSS",
     ]
@@ -417,6 +426,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="OMP/MKL threads for every variant (default: torch's own choice, one per core)",
     )
     p.add_argument("--cold", action="store_true", help="drop the page cache before each run")
+    p.add_argument("--device", default="cpu", help="wa's --device (cuda: the GPU path)")
     p.add_argument("--json", action="store_true", help="JSON on stdout (the table goes to stderr)")
     p.add_argument("--profile", action="store_true", help="also run wa once under cProfile")
     p.add_argument("--generate-only", action="store_true", help="build the cached inputs, stop")
@@ -446,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         log("inputs do not fit in the page cache: runs read from disk")
     else:
         log(f"warming the page cache: {input_bytes / MB:.0f} MB in {warm_cache(inputs):.1f} s")
-    runs = run_rounds(inputs, out_dir, args.repeats, args.cold, args.threads)
+    runs = run_rounds(inputs, out_dir, args.repeats, args.cold, args.threads, args.device)
     check = check_outputs(
         inputs, out_dir / "wa.safetensors", out_dir / "naive.safetensors", work.dtype
     )
@@ -458,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "cache": cache,
         "threads": args.threads or "default",
+        "device": args.device,
+        "input_bytes": input_bytes,
         "machine": machine_info(),
         "variants": summarize(runs),
         "check": check,

@@ -148,9 +148,10 @@ def output_bytes(inputs: list[Path]) -> int:
     return inputs[0].stat().st_size
 
 
-def command(variant: str, inputs: list[Path], out: Path) -> list[str]:
+def command(variant: str, inputs: list[Path], out: Path, device: str = "cpu") -> list[str]:
     py, ins = sys.executable, [str(p) for p in inputs]
     wa = [py, "-m", "wa_cli"]
+    on = ["--device", device] if device != "cpu" else []
     floor = [py, str(BENCH_DIR / "_floor.py")]
     if variant.endswith("-no-teardown"):
         floor.append("--no-teardown")
@@ -164,17 +165,17 @@ def command(variant: str, inputs: list[Path], out: Path) -> list[str]:
     if variant == "naive-pt":
         return [py, str(BENCH_DIR / "_naive_pt.py"), str(out), *ins]
     if variant == "wa":
-        return [*wa, "average", *ins, "-o", str(out), "--force", "-q"]
+        return [*wa, "average", *ins, "-o", str(out), "--force", "-q", *on]
     if variant == "wa-ema":
-        return [*wa, "ema", *ins, "--decay", "0.9", "-o", str(out), "--force", "-q"]
+        return [*wa, "ema", *ins, "--decay", "0.9", "-o", str(out), "--force", "-q", *on]
     if variant == "wa-graft":
-        return [*wa, "graft", *ins, "-o", str(out), "--force", "-q"]
+        return [*wa, "graft", *ins, "-o", str(out), "--force", "-q", *on]
     if variant == "wa-entropy":
         return [*wa, "inspect-entropy", *ins, "--json"]
     raise ValueError(variant)
 
 
-def run_workload(work: Workload, data_dir: Path, repeats: int) -> dict:
+def run_workload(work: Workload, data_dir: Path, repeats: int, device: str = "cpu") -> dict:
     inputs = ensure_inputs(data_dir, work)
     out_dir = data_dir / "out" / f"w-{work.name}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -186,7 +187,7 @@ def run_workload(work: Workload, data_dir: Path, repeats: int) -> dict:
             out = out_dir / f"{variant}.out"
             out.unlink(missing_ok=True)
             os.sync()
-            record = measure(command(variant, inputs, out))
+            record = measure(command(variant, inputs, out, device))
             runs[variant].append(record)
             log(f"  round {r + 1}/{repeats} {variant:18s} {record['wall_s']:7.2f} s "
                 f"{record['peak_rss_mb']:7.0f} MB")  # fmt: skip
@@ -234,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=Path(default_dir))
     p.add_argument("--generate-only", action="store_true")
     p.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    p.add_argument("--device", default="cpu", help="--device for wa average/ema/graft (cuda)")
     args = p.parse_args(argv)
     names = args.workload or list(WORKLOADS)
     if args.generate_only:
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = []
     for n in names:
-        result = run_workload(WORKLOADS[n], args.data_dir, args.repeats)
+        result = run_workload(WORKLOADS[n], args.data_dir, args.repeats, args.device)
         results.append(result)
         print(render(result), flush=True)
     if args.json:
