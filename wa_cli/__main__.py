@@ -18,6 +18,12 @@ def _load() -> Callable[[], None]:
 
 
 def main() -> None:
+    """Run ``wa`` with ``sys.argv`` and end the process (the console script's entry point).
+
+    It ends the process itself, with ``os._exit`` once the command is done (see
+    ``wa_cli.cli.signals.skip_teardown``); to run a command inside a Python program, call
+    ``wa_cli.cli.app.main(argv)`` (it raises ``SystemExit``) or the library functions.
+    """
     entry(_load)
 
 
