@@ -207,10 +207,7 @@ def threshold_counts(
     m = len(thresholds)
     total: torch.Tensor | None = None
     lookup: torch.Tensor | None = None
-    for chunk in chunks:
-        if chunk.numel() == 0:
-            continue
-        x = chunk.reshape(-1)
+    for x in _slices(chunks):
         if lookup is None or lookup.device != x.device:
             # lower[i] = T_i (T_0 = -inf), lower[i + 1] = T_{i+1} (T_{m+1} = +inf).
             lookup = torch.tensor(
@@ -229,6 +226,19 @@ def threshold_counts(
     if total is None:
         return [0] * bins
     return total[:bins].tolist()
+
+
+# Elements per pass of the bin correction: its int64 indices, gathered thresholds and masks take
+# about 30 bytes an element, so a 2^20-element chunk at once held 30 MB of temporaries (a
+# 500 MB float32 tensor peaked at 310 MB RSS; 255 MB in slices of 2^18).
+_SLICE = 1 << 18
+
+
+def _slices(chunks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    for chunk in chunks:
+        flat = chunk.reshape(-1)
+        for start in range(0, flat.numel(), _SLICE):
+            yield flat[start : start + _SLICE]
 
 
 def _estimate(x: torch.Tensor, r: Range, bins: int, m: int) -> torch.Tensor:
