@@ -68,3 +68,17 @@ def test_bn_recalibrate_runs_user_code_and_keeps_the_teardown(tmp_path):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "TEARDOWN" in r.stderr and out.is_file()
+
+
+def test_under_a_profiler_the_teardown_runs_and_the_profile_is_written(tmp_path):
+    """cProfile (and coverage) write their results during the teardown: it must run."""
+    paths = make_trajectory(tmp_path / "run", n=2).paths
+    prof = tmp_path / "wa.prof"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    profiled = [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "wa_cli"]
+    r = subprocess.run(
+        [*profiled, "average", *map(str, paths), "-o", str(tmp_path / "a.safetensors"), "-q"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert prof.stat().st_size > 0

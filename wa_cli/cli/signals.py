@@ -88,7 +88,9 @@ def skip_teardown(skip: bool = True) -> None:
     Freeing torch and a 20,000-key run object by object took 0.7 s of a 3 s ``wa average``
     (benchmarks/bench_workloads.py many-small); the command has closed, fsynced and renamed
     everything by then, so the process ends with ``os._exit`` after flushing stdout and stderr.
-    Only for the console script (``entry``), never for ``main()`` called in-process.
+    Only for the console script (``entry``), never for ``main()`` called in-process, and not
+    while a profiler or tracer runs (``python -m cProfile -m wa_cli``, coverage): they write
+    their results during the teardown.
     """
     _state["teardown"] = not skip
 
@@ -138,7 +140,8 @@ def entry(run: Callable[[], Callable[[], None]]) -> None:
             # Interrupted and reported: end now rather than wait for threads a signal may have
             # stranded (temporaries are already removed by the writer's cleanup).
             _end_now(e.code if isinstance(e.code, int) else 128 + _state["signum"])
-        if _state["teardown"]:
+        # A profiler or tracer (cProfile, coverage) writes its results in the teardown.
+        if _state["teardown"] or sys.getprofile() is not None or sys.gettrace() is not None:
             raise
         if e.code is None or isinstance(e.code, int):
             _end_now(e.code or 0)
