@@ -57,6 +57,7 @@ def average_command(
     """
     from wa_cli.cli.inputs import (
         Selection,
+        note_copies,
         output_layout,
         parse_weight_list,
         training_order_for_copies,
@@ -89,10 +90,7 @@ def average_command(
             precision=precision, device=device, force=force, max_shard_size=max_shard_size,
             progress=progress, shard_name=name, copy_files=copies,
         )  # fmt: skip
-        if copies:
-            folder = copies[0].parent
-            result.notes.append(f"copied {', '.join(f.name for f in copies)} from '{folder}'")
-        return result
+        return note_copies(result, copies)
 
     run_reduction(
         "average", inputs, output, sel,

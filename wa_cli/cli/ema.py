@@ -86,7 +86,7 @@ def ema_command(
     Example:
       wa ema 'runs/a/ckpt_*.safetensors' --half-life 500 -o ema.safetensors
     """
-    from wa_cli.cli.inputs import Selection, output_layout
+    from wa_cli.cli.inputs import Selection, note_copies, output_layout
     from wa_cli.cli.run import ReadFlags, Weighing, run_reduction
     from wa_cli.engine.precision import parse_user_dtype
     from wa_cli.methods.ema import decay_options, ema_coefficients, ema_to_file
@@ -120,10 +120,7 @@ def ema_command(
             precision=precision, device=device, force=force, max_shard_size=max_shard_size,
             progress=progress, shard_name=name, copy_files=copies,
         )  # fmt: skip
-        if copies:
-            folder = copies[0].parent
-            result.notes.append(f"copied {', '.join(f.name for f in copies)} from '{folder}'")
-        return result
+        return note_copies(result, copies)
 
     run_reduction(
         "ema", inputs, output, sel, ReadFlags(key, strip_prefix, include, exclude, allow_global),

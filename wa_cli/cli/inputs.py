@@ -12,6 +12,7 @@ from wa_cli.params import choice
 from wa_cli.select import expand_inputs
 
 if TYPE_CHECKING:  # the reader imports torch; `wa --help` must not
+    from wa_cli.engine.report import RunReport
     from wa_cli.io.reader import Checkpoint, ReadOptions
     from wa_cli.select import Entry
     from wa_cli.select.order import Order
@@ -211,6 +212,14 @@ def output_layout(
             "--copy-config: '%s' holds no config.json (from_pretrained needs one)", folder
         )
     return name, files
+
+
+def note_copies(result: RunReport, copies: Sequence[Path]) -> RunReport:
+    """The report, with one line naming the config files copied beside the shards (if any)."""
+    if copies:
+        folder = copies[0].parent
+        result.notes.append(f"copied {', '.join(f.name for f in copies)} from '{folder}'")
+    return result
 
 
 def dry_run_checks(

@@ -107,11 +107,10 @@ def build_plan(
             raise WaError(f"'{c.path}' holds no tensors", ExitCode.BAD_INPUT)
     names = _display_names(ckpts)
     plan = Plan(ckpts, [], same_layout=_same_layout(ckpts))
-    every = tuple(range(len(ckpts)))
     if plan.same_layout:
         # Alike layouts hold alike keys, dtypes and shapes (every key set mode is the same): the
         # first input's records stand for all of them, in sorted order as for any safetensors.
-        first = ckpts[0]
+        first, every = ckpts[0], tuple(range(len(ckpts)))
         plan.keys = [
             _key_plan(key, [first.info(key)], every, dtype, non_float)
             for key in sorted(first.keys())

@@ -22,8 +22,10 @@ from wa_cli.engine.combine import (
     WeightsFn,
     planned_read_bytes,
 )
+from wa_cli.engine.options import ReduceOptions, WriteOptions
 from wa_cli.engine.plan import Plan
 from wa_cli.engine.precision import Precision
+from wa_cli.engine.provenance import provenance
 from wa_cli.engine.reducers import linear_combination
 from wa_cli.engine.report import (
     BN_HINT,
@@ -34,6 +36,7 @@ from wa_cli.engine.report import (
 )
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.writer import write_safetensors
+from wa_cli.select.order import step_metadata
 
 __all__ = [
     "BN_HINT",
@@ -43,6 +46,7 @@ __all__ = [
     "check_output_is_not_input",
     "combine_to_file",
     "input_reads",
+    "reduce_to_file",
 ]
 
 
@@ -111,6 +115,38 @@ def combine_to_file(
         method=method, params=params, input_weights=input_weights, bn_hint=bn_hint,
         precision=precision,
     )  # fmt: skip
+
+
+def reduce_to_file(
+    plan: Plan,
+    weights: WeightsFn,
+    output: str | os.PathLike[str],
+    *,
+    method: str,
+    params: dict[str, Any],
+    input_weights: list[float],
+    opts: ReduceOptions,
+    out: WriteOptions,
+) -> RunReport:
+    """:func:`combine_to_file` for a method's checked options (``wa average``, ``wa ema``): the
+    metadata records the provenance and the inputs' step range."""
+    ckpts = plan.checkpoints
+    return combine_to_file(
+        plan,
+        weights,
+        output,
+        method=method,
+        metadata={**provenance(ckpts, method, params, out.command), **step_metadata(ckpts)},
+        params=params,
+        input_weights=input_weights,
+        precision=opts.precision,
+        device=opts.device,
+        force=out.force,
+        max_shard_size=out.max_shard_size,
+        shard_name=out.shard_name,
+        copy_files=out.copy_files,
+        progress=out.progress,
+    )
 
 
 def assemble(

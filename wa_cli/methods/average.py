@@ -17,15 +17,13 @@ from wa_cli.engine.combine import WeightsFn
 from wa_cli.engine.options import ReduceOptions, WriteOptions
 from wa_cli.engine.plan import KeyPlan, KeysMode, NonFloatPolicy, build_plan
 from wa_cli.engine.precision import Precision
-from wa_cli.engine.provenance import provenance
 from wa_cli.engine.reducers import linear_combination
 from wa_cli.engine.rounding import normalized_weights
-from wa_cli.engine.run import RunReport, assemble, combine_to_file
+from wa_cli.engine.run import RunReport, assemble, reduce_to_file
 from wa_cli.errors import WaError
 from wa_cli.gc_pause import paused_gc
 from wa_cli.methods.inputs import Inputs, PathOrCheckpoint, open_inputs
 from wa_cli.params import bad
-from wa_cli.select.order import step_metadata
 
 __all__ = ["PathOrCheckpoint", "average", "average_to_file", "source_weights", "validate_weights"]
 
@@ -146,19 +144,7 @@ def average_to_file(
     plan = build_plan(ckpts, keys=opts.keys, non_float=opts.non_float, dtype=opts.dtype)
     method = "mean" if len(set(w)) == 1 else "weighted_mean"
     params = {"weights": w, **opts.params()}
-    return combine_to_file(
-        plan,
-        source_weights(w),
-        output,
-        method=method,
-        metadata={**provenance(ckpts, method, params, out.command), **step_metadata(ckpts)},
-        params=params,
-        input_weights=normalized_weights(w),
-        precision=opts.precision,
-        device=opts.device,
-        force=out.force,
-        max_shard_size=out.max_shard_size,
-        shard_name=out.shard_name,
-        copy_files=out.copy_files,
-        progress=out.progress,
-    )
+    return reduce_to_file(
+        plan, source_weights(w), output,
+        method=method, params=params, input_weights=normalized_weights(w), opts=opts, out=out,
+    )  # fmt: skip

@@ -1,7 +1,7 @@
 """Running an EMA over checkpoints through the averaging engine (one pass, no running state).
 
 Part of :mod:`wa_cli.methods.ema`: the coefficients of :mod:`wa_cli.methods.ema.coefficients` become
-the per-key weights of :func:`wa_cli.engine.run.combine_to_file`, the engine ``wa average`` uses, so
+the per-key weights of :func:`wa_cli.engine.run.reduce_to_file`, the engine ``wa average`` uses, so
 precision, non-float policy, devices, progress, provenance and atomic output are the same.
 Lookahead (Zhang et al. 2019, arXiv 1907.08610) slow weights are the EMA with decay 1 − α.
 """
@@ -227,9 +227,7 @@ def ema_to_file(
         [0.03, 0.06, 0.13, 0.26, 0.52]
     """
     from wa_cli.engine.options import ReduceOptions, WriteOptions
-    from wa_cli.engine.provenance import provenance
-    from wa_cli.engine.run import combine_to_file
-    from wa_cli.select.order import step_metadata
+    from wa_cli.engine.run import reduce_to_file
 
     opts = ReduceOptions.checked(
         keys=keys, non_float=non_float, dtype=dtype, precision=precision, device=device
@@ -241,22 +239,7 @@ def ema_to_file(
     decays = decay_options(decay, decay_per_step, half_life, alpha)
     plan, steps_used, coefficients, weights = _prepare(inputs, steps, decays, opts)
     params: dict[str, Any] = {**decays, "alpha": alpha, "steps": steps_used, **opts.params()}
-    return combine_to_file(
-        plan,
-        weights,
-        output,
-        method="ema",
-        metadata={
-            **provenance(plan.checkpoints, "ema", params, out.command),
-            **step_metadata(plan.checkpoints),
-        },
-        params=params,
-        input_weights=coefficients,
-        precision=opts.precision,
-        device=opts.device,
-        force=out.force,
-        max_shard_size=out.max_shard_size,
-        shard_name=out.shard_name,
-        copy_files=out.copy_files,
-        progress=out.progress,
-    )
+    return reduce_to_file(
+        plan, weights, output,
+        method="ema", params=params, input_weights=coefficients, opts=opts, out=out,
+    )  # fmt: skip
