@@ -46,12 +46,7 @@ def graft_command(
             "--c", help="Steepness c > 0 (default: 500).", metavar="C", show_default=False
         ),
     ] = 500.0,
-    bins: Annotated[
-        int,
-        typer.Option(
-            "--bins", help="Histogram bins (default: 10).", metavar="B", show_default=False
-        ),
-    ] = 10,
+    bins: opt.Bins = 10,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the α table; write nothing.")
     ] = False,

@@ -34,12 +34,7 @@ def inspect_entropy_command(
             "--sort", help="order (default)|name|entropy.", metavar="SORT", show_default=False
         ),
     ] = "order",
-    bins: Annotated[
-        int,
-        typer.Option(
-            "--bins", help="Histogram bins (default: 10).", metavar="B", show_default=False
-        ),
-    ] = 10,
+    bins: opt.Bins = 10,
     base: Annotated[
         Literal["e", "2"],
         typer.Option(

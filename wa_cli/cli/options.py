@@ -135,6 +135,10 @@ AllowGlobal = Annotated[
         show_default=False,
     ),
 ]
+Bins = Annotated[
+    int,
+    typer.Option("--bins", help="Histogram bins (default: 10).", metavar="B", show_default=False),
+]
 Json = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
 Quiet = Annotated[
     bool, typer.Option("-q", "--quiet", help="No progress bar, hints or warning lines.")
