@@ -2,19 +2,12 @@
 
 A pickle can run any code while it loads (a ``__reduce__`` returning ``os.system``), so wa never
 calls ``torch.load(weights_only=False)``. torch's restricted unpickler admits tensors, dicts,
-lists and numbers; real checkpoints also carry a few harmless objects, which are admitted through
-torch's own allow-list (``torch.serialization.safe_globals``):
-
-* ``argparse.Namespace``: the ``args`` entry of every checkpoint timm's ``train.py`` and
-  fairseq (before its OmegaConf configs) write. Unpickling one only creates an empty namespace
-  and fills its ``__dict__``; calling the class with positional arguments, the only other thing
-  a pickle can do with it, raises ``TypeError``.
-
-Not admitted by default: OmegaConf's ``DictConfig`` (old fairseq and Hydra-based Lightning
-hyper-parameters; current fairseq stores ``cfg`` as a plain dict). Rebuilding one needs a dozen
-omegaconf internals (nodes, metadata, ``typing`` objects, ``builtins`` types) whose
-``__setstate__`` wa does not control, and its values can be interpolations that resolvers
-evaluate. ``--allow-global MODULE.NAME`` adds a class on purpose (README: its risk).
+lists and numbers; real checkpoints also carry a few harmless objects (timm's
+``argparse.Namespace``, numpy arrays and RNG states), which are admitted through torch's own
+allow-list (``torch.serialization.safe_globals``). :mod:`pickle_globals` sorts every other global
+into known data-only classes (admitted on request with ``--allow-global``; a refusal suggests
+exactly those), globals wa never admits (functions; modules that can run code or touch the
+system), and unknown classes.
 
 Checks a state dict needs before any tensor is materialized (:func:`check_tensor`): sparse,
 meta, and self-overlapping tensors (a 1.5 kB file can declare a stride-0 tensor of 2^30 elements,
@@ -23,31 +16,34 @@ whose ``contiguous()`` would allocate 4 GB) are refused per key, with the key na
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import importlib
 import pickle
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from wa_cli.errors import ExitCode, WaError
-
-SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
-"""Classes admitted in every pickle: data-only, see the module docstring."""
+from wa_cli.io.pickle_globals import (
+    KNOWN_DATA,
+    admitted_by_default,
+    import_global,
+    never_admitted,
+    qualified_name,
+)
 
 
 def resolve_global(name: str) -> type:
     """The class ``MODULE.NAME`` names, for ``--allow-global``.
 
-    Only classes are accepted: a function in the allow-list could be called by the pickle with
-    any arguments (``os.system``), which is exactly what ``weights_only`` exists to prevent.
+    Only classes are accepted, and never one from a module that can run code or touch the
+    system (:func:`~wa_cli.io.pickle_globals.never_admitted`): the unpickler calls an admitted
+    class with the pickle's arguments, so ``subprocess.Popen`` would run a command.
 
     Raises:
-        WaError: (USAGE) not ``MODULE.NAME``, not importable, or not a class.
+        WaError: (USAGE) not ``MODULE.NAME``, refused by rule, not importable, or not a class.
 
     Example:
         >>> resolve_global("collections.ChainMap").__name__
@@ -60,26 +56,46 @@ def resolve_global(name: str) -> type:
             ExitCode.USAGE,
             params=("allow_global",),
         )
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
-        raise WaError(f"--allow-global {name!r}: cannot import it ({e})", ExitCode.USAGE) from e
-    if not isinstance(obj, type):
+    reason = never_admitted(name)  # before importing: importing a module can run its code
+    if reason is None:
+        try:
+            obj: Any = import_global(name)
+        except (ImportError, AttributeError) as e:
+            raise WaError(
+                f"allow_global={name!r}: cannot import it ({e})",
+                ExitCode.USAGE,
+                params=("allow_global",),
+            ) from e
+        reason = never_admitted(name, obj)
+    if reason is not None:
         raise WaError(
-            f"allow_global={name!r} is a {type(obj).__name__}, not a class: wa admits only "
-            "classes, since a pickle could call a function with any arguments",
+            f"allow_global={name!r} is refused: {reason}; wa never admits it, since the pickle "
+            "would call it with its own arguments (re-save the checkpoint's state_dict instead)",
             ExitCode.USAGE,
             params=("allow_global",),
         )
-    return obj
+    return obj  # type: ignore[no-any-return]
 
 
-def allowed_globals(names: Iterable[str | type] = ()) -> list[type]:
-    """The default safe globals plus the user's (names or classes)."""
-    extra = [n if isinstance(n, type) else resolve_global(n) for n in names]
-    return [*SAFE_GLOBALS, *(c for c in extra if c not in SAFE_GLOBALS)]
+def allowed_globals(
+    names: Iterable[str | type] = (),
+) -> list[Callable[..., object] | tuple[Callable[..., object], str]]:
+    """The globals admitted by default plus the user's (names or classes), each checked."""
+    extra: list[type] = []
+    for n in names:
+        if isinstance(n, type):
+            reason = never_admitted(qualified_name(n), n)
+            if reason is not None:
+                raise WaError(
+                    f"allow_globals: {qualified_name(n)} is refused: {reason}",
+                    ExitCode.USAGE,
+                    params=("allow_globals",),
+                )
+            extra.append(n)
+        else:
+            extra.append(resolve_global(n))
+    default = admitted_by_default()
+    return [*default, *(c for c in extra if c not in default)]
 
 
 def load_pickle(
@@ -97,7 +113,8 @@ def load_pickle(
     (data files sliced batch by batch); legacy files, which cannot be mapped, load in memory.
 
     Raises:
-        WaError: (BAD_INPUT) a global outside the allow-list (named), or a file torch cannot load.
+        WaError: (BAD_INPUT) globals outside the allow-list (all named), or a file torch cannot
+            load.
     """
     classes = allowed_globals(allow_globals)
     try:
@@ -113,7 +130,8 @@ def load_pickle(
                             raise
                 return torch.load(path, map_location=map_location, weights_only=True)
             except pickle.UnpicklingError as e:
-                raise WaError(_refusal(path, e), ExitCode.BAD_INPUT) from e
+                admitted = {n if isinstance(n, str) else qualified_name(n) for n in allow_globals}
+                raise WaError(_refusal(path, e, admitted), ExitCode.BAD_INPUT) from e
     except WaError:
         raise
     except (RuntimeError, EOFError, OSError, ValueError, TypeError, KeyError) as e:
@@ -123,11 +141,14 @@ def load_pickle(
         ) from e
 
 
-def _refusal(path: Path, error: Exception) -> str:
-    """Name every global the file needs beyond the allow-list (called inside the context)."""
+def _refusal(path: Path, error: Exception, admitted: set[str]) -> str:
+    """One line naming every global the file needs beyond the allow-list, sorted by what wa
+    will do with it: the one ``--allow-global`` command for the known data-only classes, which
+    globals wa never admits, and which classes it does not know (called inside the context)."""
     names: list[str] = []
     with contextlib.suppress(Exception):  # legacy format: fall back to torch's message
         names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    names = [n for n in names if n not in admitted and n not in _default_names()]
     if not names:
         found = re.search(r"GLOBAL ([\w.]+)", str(error))
         names = [found.group(1)] if found else []
@@ -136,12 +157,31 @@ def _refusal(path: Path, error: Exception) -> str:
             f"'{path}' needs objects that are not tensors to load, and wa loads pickles only "
             "with weights_only=True (re-save its state_dict, or convert it to safetensors)"
         )
-    what = ", ".join(f"'{n}'" for n in names)
-    return (
-        f"'{path}' needs the global(s) {what} to load, which weights_only=True refuses: wa never "
-        "runs code from a pickle (re-save its state_dict; or, only for a data-only class you "
-        f"trust, pass --allow-global {names[0]})"
-    )
+    known = [n for n in names if n in KNOWN_DATA]
+    never = [n for n in names if n not in KNOWN_DATA and never_admitted(n) is not None]
+    unknown = [n for n in names if n not in known and n not in never]
+    parts = [
+        f"'{path}' needs the global(s) {_quoted(names)} to load, which weights_only=True refuses "
+        "(wa never runs code from a pickle)"
+    ]
+    if known:
+        flags = " ".join(f"--allow-global {n}" for n in known)
+        parts.append(f"{_quoted(known)} only hold data: admit them with {flags}")
+    if never:
+        parts.append(f"wa never admits {_quoted(never)} (code or system access)")
+    if unknown:
+        parts.append(f"{_quoted(unknown)} are not classes wa knows to hold only data")
+    if never or unknown:
+        parts.append("re-save the checkpoint's state_dict, or convert it to safetensors")
+    return "; ".join(parts)
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(f"'{n}'" for n in names)
+
+
+def _default_names() -> set[str]:
+    return {e[1] if isinstance(e, tuple) else qualified_name(e) for e in admitted_by_default()}
 
 
 def check_key(key: object, path: Path) -> str:
