@@ -3,7 +3,8 @@
 Lookahead (Zhang et al. 2019), Gradient Centralization (Yong et al. 2020), warmup schedules
 (Goyal et al. 2017; Ma & Yarats 2019) and SWA's schedule (Izmailov et al. 2018), a trajectory
 writer that saves ``ckpt_{step}.safetensors`` files for ``wa average`` / ``wa ema``, and SWAP's
-phase-3 average across ``torch.distributed`` processes (Gupta et al. 2020).
+phase-3 average across ``torch.distributed`` processes (Gupta et al. 2020), and power-function
+EMA snapshots for post-hoc EMA (Karras et al. 2024).
 """
 
 from wa_cli.train.centralization import (
@@ -12,6 +13,7 @@ from wa_cli.train.centralization import (
     enable_gradient_centralization,
 )
 from wa_cli.train.lookahead import Lookahead
+from wa_cli.train.power_ema import PowerEMA
 from wa_cli.train.swap import all_reduce_mean, average_across_processes
 from wa_cli.train.trajectory import TrajectoryWriter, checkpoint_metadata, save_checkpoint
 from wa_cli.train.warmup import (
@@ -24,6 +26,7 @@ from wa_cli.train.warmup import (
 
 __all__ = [
     "Lookahead",
+    "PowerEMA",
     "TrajectoryWriter",
     "all_reduce_mean",
     "applies_to",
