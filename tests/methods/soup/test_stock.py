@@ -1,0 +1,91 @@
+"""Model Stock against an independent float64 implementation of Jang et al.'s formula per tensor."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.helpers import cnn_state
+from wa_cli.errors import WaError
+from wa_cli.methods.soup.stock import model_stock_to_file
+
+
+def _oracle(base: dict, tuned: list[dict]) -> dict[str, np.ndarray]:
+    out = {}
+    n = len(tuned)
+    for key, b in base.items():
+        if not b.is_floating_point():
+            out[key] = tuned[-1][key].numpy()  # non-float: copied from the last input
+            continue
+        b64 = b.double().numpy().ravel()
+        offs = [t[key].double().numpy().ravel() - b64 for t in tuned]
+        cos = []
+        for x, y in itertools.combinations(offs, 2):
+            d = np.linalg.norm(x) * np.linalg.norm(y)
+            cos.append(float(x @ y) / d if d > 0 else 0.0)
+        c = min(max(sum(cos) / len(cos), 0.0), 1.0)
+        t = n * c / (1 + (n - 1) * c)
+        mean = sum(o + b64 for o in offs) / n
+        out[key] = (t * mean + (1 - t) * b64).reshape(b.shape)
+    return out
+
+
+def _finetunes(base: dict, n: int, shared: float) -> list[dict]:
+    g = torch.Generator().manual_seed(1)
+    direction = {
+        k: torch.randn(v.shape, generator=g) for k, v in base.items() if v.is_floating_point()
+    }
+    tuned = []
+    for _ in range(n):
+        state = {}
+        for k, v in base.items():
+            if v.is_floating_point():
+                own = torch.randn(v.shape, generator=g)
+                state[k] = v + 0.1 * (shared * direction[k] + own)
+            else:
+                state[k] = v + 1
+        tuned.append(state)
+    return tuned
+
+
+@pytest.mark.parametrize(("n", "shared"), [(2, 1.0), (3, 0.5), (4, 3.0)])
+def test_model_stock_equals_the_formula_per_tensor(tmp_path, n, shared):
+    base = cnn_state(0)
+    tuned = _finetunes(base, n, shared)
+    save_file(base, tmp_path / "base.safetensors")
+    paths = []
+    for i, s in enumerate(tuned):
+        paths.append(tmp_path / f"ft_{i}.safetensors")
+        save_file(s, paths[-1])
+    report = model_stock_to_file(tmp_path / "base.safetensors", paths, tmp_path / "o.safetensors")
+    got = load_file(tmp_path / "o.safetensors")
+    expected = _oracle(base, tuned)
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], torch.from_numpy(value).to(got[key].dtype))
+    assert 0 < report.params["mean_ratio"] < 1
+
+
+def test_opposed_finetunes_keep_the_base(tmp_path):
+    base = {"w": torch.zeros(4)}
+    save_file(base, tmp_path / "b.safetensors")
+    save_file({"w": torch.tensor([1.0, 0, 0, 0])}, tmp_path / "x.safetensors")
+    save_file({"w": torch.tensor([-1.0, 0, 0, 0])}, tmp_path / "y.safetensors")
+    out = tmp_path / "o.safetensors"
+    model_stock_to_file(
+        tmp_path / "b.safetensors", [tmp_path / "x.safetensors", tmp_path / "y.safetensors"], out
+    )
+    assert torch.equal(load_file(out)["w"], base["w"])
+
+
+def test_one_finetune_is_refused(tmp_path):
+    save_file({"w": torch.zeros(2)}, tmp_path / "b.safetensors")
+    save_file({"w": torch.ones(2)}, tmp_path / "x.safetensors")
+    with pytest.raises(WaError, match="at least 2 fine-tunes"):
+        model_stock_to_file(
+            tmp_path / "b.safetensors", tmp_path / "x.safetensors", tmp_path / "o.safetensors"
+        )

@@ -1,0 +1,164 @@
+"""The soup verbs end to end: resolve the user's model, evaluation and BN data, choose, write.
+
+:func:`greedy_soup_to_file` and :func:`sweep_to_file` choose in memory
+(:mod:`wa_cli.methods.soup.greedy`) and then write the chosen average with
+:func:`wa_cli.methods.average.average_to_file`, so the output is the engine's exact, streamed,
+atomic average with its provenance. :func:`wa_cli.methods.soup.stock.model_stock_to_file` needs no
+evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from torch import nn
+
+from wa_cli.engine.options import ReduceOptions, WriteOptions
+from wa_cli.engine.run import RunReport
+from wa_cli.errors import ExitCode, WaError
+from wa_cli.methods.average import average_to_file
+from wa_cli.methods.inputs import Inputs, open_inputs
+from wa_cli.methods.soup.evaluate import Evaluator, resolve_evaluator
+from wa_cli.methods.soup.greedy import (
+    GreedySoup,
+    Sweep,
+    greedy_soup,
+    interpolated,
+    parse_grid,
+    wise_ft_sweep,
+)
+from wa_cli.select.direction import Mode
+
+ModelSpec = str | nn.Module | Callable[[], nn.Module]
+DataSpec = str | Iterable[Any] | None
+
+
+def _model(spec: ModelSpec) -> nn.Module:
+    if isinstance(spec, nn.Module):
+        return spec
+    from wa_cli.methods.bn.checkpoint import resolve_model
+
+    build = resolve_model(spec) if isinstance(spec, str) else spec
+    model = build()
+    if not isinstance(model, nn.Module):
+        raise WaError(f"the model factory returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _bn_prepare(bn_data: DataSpec) -> Callable[[nn.Module], None] | None:
+    """Re-estimate BatchNorm statistics before each score (update_bn over ``bn_data``)."""
+    if bn_data is None:
+        return None
+    from wa_cli.methods.bn.checkpoint import resolve_data
+    from wa_cli.methods.bn.recalibrate import update_bn
+
+    source = resolve_data(bn_data) if isinstance(bn_data, str) else bn_data
+    batches = source() if callable(source) else source
+    if iter(batches) is batches:  # a generator would be empty for the second candidate
+        raise WaError(
+            "bn_data must be re-iterable (a DataLoader, a list of batches or a tensor file), "
+            "since every candidate is re-estimated",
+            ExitCode.USAGE,
+            params=("bn_data",),
+        )
+
+    def prepare(model: nn.Module) -> None:
+        update_bn(batches, model)
+
+    return prepare
+
+
+def _evaluator(
+    evaluate: Any, metric: str | None, mode: Mode | None, bn_data: DataSpec
+) -> Evaluator:
+    return resolve_evaluator(evaluate, metric=metric, mode=mode, prepare=_bn_prepare(bn_data))
+
+
+def _stored_scores(ckpts: Sequence[Any], metric: str | None) -> list[float] | None:
+    if metric is None or not all(metric in c.metadata for c in ckpts):
+        return None
+    try:
+        return [float(c.metadata[metric]) for c in ckpts]
+    except ValueError:
+        return None
+
+
+def greedy_soup_to_file(
+    inputs: Inputs,
+    output: str | os.PathLike[str],
+    *,
+    model: ModelSpec,
+    evaluate: str | Callable[[nn.Module], Any],
+    metric: str | None = None,
+    mode: Mode | None = None,
+    bn_data: DataSpec = None,
+    opts: ReduceOptions | None = None,
+    out: WriteOptions | None = None,
+) -> tuple[GreedySoup, RunReport]:
+    """Greedy soup of ``inputs`` scored by ``evaluate(model)``; the kept inputs' mean to ``output``.
+
+    When ``metric`` names a number every input stores (metadata), those are the inputs' own
+    scores (N − 1 evaluations instead of 2N − 1).
+
+    Example:
+        >>> soup, report = greedy_soup_to_file("ft/*.safetensors", "soup.safetensors",
+        ...     model="net.py:build", evaluate="net.py:val_acc")  # doctest: +SKIP
+    """
+    evaluator = _evaluator(evaluate, metric, mode, bn_data)
+    ckpts = open_inputs(inputs)
+    soup = greedy_soup(ckpts, _model(model), evaluator, stored_scores=_stored_scores(ckpts, metric))
+    report = _write([ckpts[i] for i in soup.kept], output, None, opts, out)
+    report.method = "greedy_soup"
+    report.params["greedy_soup"] = soup.to_json()
+    return soup, report
+
+
+def sweep_to_file(
+    inputs: Inputs,
+    output: str | os.PathLike[str],
+    *,
+    grid: str | Sequence[float],
+    model: ModelSpec,
+    evaluate: str | Callable[[nn.Module], Any],
+    metric: str | None = None,
+    mode: Mode | None = None,
+    bn_data: DataSpec = None,
+    opts: ReduceOptions | None = None,
+    out: WriteOptions | None = None,
+) -> tuple[Sweep, RunReport]:
+    """WiSE-FT: score (1 − α)·θ_0 + α·θ_1 over ``grid`` (``"0:1:0.1"``); write the best α.
+
+    Example:
+        >>> sweep, report = sweep_to_file(["zeroshot.safetensors", "ft.safetensors"],
+        ...     "wise.safetensors", grid="0:1:0.1", model="net.py:build",
+        ...     evaluate="net.py:val_acc")  # doctest: +SKIP
+    """
+    alphas = parse_grid(grid) if isinstance(grid, str) else [float(a) for a in grid]
+    if not alphas or any(not 0.0 <= a <= 1.0 for a in alphas):
+        raise WaError(f"sweep values must lie in [0, 1], got {alphas}", params=("sweep",))
+    evaluator = _evaluator(evaluate, metric, mode, bn_data)
+    ckpts = open_inputs(inputs)
+    sweep = wise_ft_sweep(ckpts, _model(model), evaluator, alphas, interpolated)
+    report = _write(ckpts, output, [1.0 - sweep.best, sweep.best], opts, out)
+    report.method = "wise_ft"
+    report.params["sweep"] = sweep.to_json()
+    return sweep, report
+
+
+def _write(
+    ckpts: Sequence[Any],
+    output: str | os.PathLike[str],
+    weights: list[float] | None,
+    opts: ReduceOptions | None,
+    out: WriteOptions | None,
+) -> RunReport:
+    o = opts or ReduceOptions.checked()
+    w = out or WriteOptions.checked()
+    return average_to_file(
+        list(ckpts), output, weights=weights,
+        keys=o.keys, non_float=o.non_float, dtype=o.dtype, precision=o.precision, device=o.device,
+        force=w.force, max_shard_size=w.max_shard_size, progress=w.progress, command=w.command,
+        shard_name=w.shard_name, copy_files=w.copy_files,
+    )  # fmt: skip
