@@ -1,0 +1,119 @@
+"""Post-hoc EMA over files: raw trajectories by quadrature, snapshots by reconstruction.
+
+Oracles: the closed-form weights are checked in test_power.py against numerical integration;
+here the output must equal Σ w_i θ_i computed in float64 from the files and rounded once, with
+w_i from an independent computation (numerical integration for the raw trajectory, a direct
+least-squares solve for the snapshots).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from wa_cli.errors import WaError
+from wa_cli.methods.ema.posthoc import posthoc_ema_to_file
+from wa_cli.methods.ema.power import Profile, gamma_of_sigma_rel, inner
+from wa_cli.train import PowerEMA
+
+integrate = pytest.importorskip("scipy.integrate")
+
+STEPS = [100, 250, 300, 600, 700, 1000]
+
+
+def _trajectory(tmp_path, steps, slope=None):
+    g = torch.Generator().manual_seed(0)
+    paths, states = [], []
+    a, b = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    for s in steps:
+        w = a + b * s if slope == "linear" else torch.randn(3, 4, generator=g) + s / 100
+        state = {"w": w.float(), "n": torch.tensor(s)}
+        paths.append(tmp_path / f"ckpt_{s}.safetensors")
+        save_file(state, paths[-1], metadata={"step": str(s)})
+        states.append(state)
+    return paths, states
+
+
+def _hat_weights(steps, t, gamma):
+    p = lambda x: (gamma + 1) / t * (x / t) ** gamma  # noqa: E731
+    out = []
+    for i in range(len(steps)):
+        e = np.eye(len(steps))[i]
+        h = lambda x, e=e: float(np.interp(x, steps, e))  # noqa: E731 (flat outside: extrapolation)
+        edges = [0, *steps]
+        out.append(sum(integrate.quad(lambda x, h=h: p(x) * h(x), lo, hi, epsabs=1e-14)[0]
+                       for lo, hi in zip(edges[:-1], edges[1:])))  # fmt: skip
+    return out
+
+
+def test_raw_trajectory_linear_quadrature_equals_the_weighted_sum(tmp_path):
+    paths, states = _trajectory(tmp_path, STEPS)
+    out = tmp_path / "o.safetensors"
+    report = posthoc_ema_to_file(paths, out, sigma_rel=0.1)
+    gamma = gamma_of_sigma_rel(0.1)
+    w = _hat_weights(STEPS, 1000, gamma)
+    np.testing.assert_allclose(report.input_weights, w, atol=1e-10)
+    expected = sum(wi * s["w"].double() for wi, s in zip(w, states)).float()
+    torch.testing.assert_close(load_file(out)["w"], expected, rtol=1e-6, atol=1e-6)
+    assert torch.equal(load_file(out)["n"], states[-1]["n"])  # non-float: copied from the last
+    assert report.params["extrapolated"] == pytest.approx((100 / 1000) ** (gamma + 1))
+
+
+def test_at_step_leaves_later_checkpoints_out_and_warns_on_extrapolation(tmp_path):
+    paths, _ = _trajectory(tmp_path, STEPS)
+    report = posthoc_ema_to_file(paths, tmp_path / "o.safetensors", sigma_rel=0.25, at_step=300)
+    assert len(report.input_weights) == 3
+    assert any("before the first checkpoint" in w for w in report.warnings)
+    with pytest.raises(WaError, match="not a saved step"):
+        posthoc_ema_to_file(paths, tmp_path / "p.safetensors", sigma_rel=0.1, at_step=301)
+
+
+def test_linear_quadrature_is_exact_for_a_linear_drift_from_step_zero(tmp_path):
+    steps = [0, 130, 170, 520, 1000]
+    paths, states = _trajectory(tmp_path, steps, slope="linear")
+    out = tmp_path / "o.safetensors"
+    posthoc_ema_to_file(paths, out, gamma=3.0)
+    a, b = states[0]["w"].double(), (states[-1]["w"].double() - states[0]["w"].double()) / 1000
+    exact = a + b * 1000 * 4 / 5  # ∫ p_T(τ)(a + bτ) dτ with (γ+1)/(γ+2) = 4/5
+    torch.testing.assert_close(load_file(out)["w"].double(), exact, rtol=1e-5, atol=1e-5)
+
+
+def test_snapshots_reconstruct_with_an_independent_solve(tmp_path):
+    model = nn.Linear(4, 3).double()
+    ema = PowerEMA(model, sigma_rels=(0.05, 0.10), directory=tmp_path / "snaps", every=50)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(300):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.1)
+        ema.update()
+        ema.maybe_save()
+    paths = sorted((tmp_path / "snaps").glob("*.safetensors"))
+    out = tmp_path / "o.safetensors"
+    report = posthoc_ema_to_file(paths, out, sigma_rel=0.07, at_step=250)
+    snaps = [(int(p.stem.rsplit("_", 1)[1]), float(p.stem.split("_")[1]), p) for p in paths]
+    used = sorted((s for s in snaps if s[0] <= 250), key=lambda s: s[0])
+    assert len(report.input_weights) == len(used) == 10  # snapshots after step 250 left out
+    profiles = [Profile(t, gamma_of_sigma_rel(sr)) for t, sr, _ in used]
+    target = Profile(250, gamma_of_sigma_rel(0.07))
+    gram = np.array([[inner(a, b) for b in profiles] for a in profiles])
+    x = np.linalg.lstsq(gram, [inner(a, target) for a in profiles], rcond=None)[0]
+    x /= x.sum()
+    expected = sum(xi * load_file(p)["weight"] for xi, (_, _, p) in zip(x, used))
+    torch.testing.assert_close(load_file(out)["weight"], expected, rtol=1e-9, atol=1e-9)
+    assert report.params["fit_error"] < 0.05
+
+
+def test_mixed_snapshots_and_raw_checkpoints_are_refused(tmp_path):
+    paths, _ = _trajectory(tmp_path, [10, 20])
+    save_file({"w": torch.zeros(3, 4), "n": torch.tensor(0)}, tmp_path / "s.safetensors",
+              metadata={"step": "30", "wa_ema_sigma_rel": "0.05"})  # fmt: skip
+    with pytest.raises(WaError, match="not an EMA snapshot"):
+        posthoc_ema_to_file([*paths, tmp_path / "s.safetensors"], tmp_path / "o.safetensors",
+                            sigma_rel=0.1)  # fmt: skip
+    assert math.isfinite(gamma_of_sigma_rel(0.1))
