@@ -117,3 +117,39 @@ def test_mixed_snapshots_and_raw_checkpoints_are_refused(tmp_path):
         posthoc_ema_to_file([*paths, tmp_path / "s.safetensors"], tmp_path / "o.safetensors",
                             sigma_rel=0.1)  # fmt: skip
     assert math.isfinite(gamma_of_sigma_rel(0.1))
+
+
+def test_ema_pytorch_posthoc_folder_is_read_with_its_sigma_rels(tmp_path):
+    """A folder written by ema-pytorch's own PostHocEMA ({index}.{step}.pt, float16 by default,
+    keys under ema_model. beside its initted/step counters)."""
+    ema_pytorch = pytest.importorskip("ema_pytorch")
+    net = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    folder = tmp_path / "posthoc"
+    emas = ema_pytorch.PostHocEMA(
+        net, sigma_rels=(0.05, 0.28), update_every=1, checkpoint_every_num_steps=10,
+        checkpoint_folder=str(folder),
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(2)
+    for _ in range(40):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn(p.shape, generator=g))
+        emas.update()
+    paths = sorted(folder.glob("*.pt"))
+    out = tmp_path / "o.safetensors"
+    report = posthoc_ema_to_file(paths, out, sigma_rel=0.15, snapshot_sigma_rels=[0.05, 0.28])
+    got = load_file(out)
+    assert set(got) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    files = [(int(p.name.split(".")[1]), [0.05, 0.28][int(p.name.split(".")[0])], p) for p in paths]
+    profiles = [Profile(t, gamma_of_sigma_rel(sr)) for t, sr, _ in files]
+    target = Profile(40, gamma_of_sigma_rel(0.15))
+    gram = np.array([[inner(a, b) for b in profiles] for a in profiles])
+    x = np.linalg.lstsq(gram, [inner(a, target) for a in profiles], rcond=None)[0]
+    x /= x.sum()
+    for key in got:
+        expected = sum(
+            xi * torch.load(p)[f"ema_model.{key}"].double() for xi, (_, _, p) in zip(x, files)
+        )
+        torch.testing.assert_close(got[key].double(), expected, rtol=2e-3, atol=2e-3)
+    assert got["0.weight"].dtype == torch.float16
+    assert report.params["posthoc"] == "reconstruction"

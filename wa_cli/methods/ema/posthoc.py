@@ -29,7 +29,7 @@ from wa_cli.engine.options import ReduceOptions, WriteOptions
 from wa_cli.engine.plan import build_plan
 from wa_cli.engine.run import RunReport, reduce_to_file
 from wa_cli.errors import ExitCode, WaError
-from wa_cli.io.reader import Checkpoint
+from wa_cli.io.reader import Checkpoint, ReadOptions
 from wa_cli.methods.average import source_weights
 from wa_cli.methods.ema.power import (
     Kernel,
@@ -181,6 +181,21 @@ def _span(steps: Sequence[int]) -> str:
     return ", ".join(map(str, ordered)) if len(ordered) <= 6 else f"{ordered[0]}..{ordered[-1]}"
 
 
+def _steps(ckpts: Sequence[Checkpoint], *, snapshots: bool, named: bool) -> list[int]:
+    """Each input's step: from ema-pytorch's file names (its recorded ``step`` is a float16
+    tensor, inexact above 2048), else as every command reads steps (snapshots may share one)."""
+    if named:
+        return [int(_EMA_PYTORCH_NAME.match(c.name).group(2)) for c in ckpts]  # type: ignore[union-attr]
+    entries = order_trajectory(ckpts, "given" if snapshots else "auto")
+    if any(e.step is None for e in entries):
+        raise WaError(
+            "post-hoc EMA needs each input's training step (step metadata or a number in the "
+            "file name)", ExitCode.USAGE, params=("order",),
+        )  # fmt: skip
+    by_input = {id(e.item): e.step for e in entries}
+    return [int(by_input[id(c)]) for c in ckpts]  # type: ignore[arg-type]
+
+
 def posthoc_ema_to_file(
     inputs: Inputs,
     output: str | os.PathLike[str],
@@ -190,10 +205,15 @@ def posthoc_ema_to_file(
     at_step: int | None = None,
     quadrature: Quadrature = "linear",
     snapshot_sigma_rels: Sequence[float] | None = None,
+    read: ReadOptions | None = None,
     opts: ReduceOptions | None = None,
     out: WriteOptions | None = None,
 ) -> RunReport:
     """Post-hoc EMA of width ``sigma_rel`` (or exponent ``gamma``) ending at ``at_step``.
+
+    With ``snapshot_sigma_rels`` (ema-pytorch ``PostHocEMA`` files), only the ``ema_model.``
+    entries are read, under their model names (``initted`` and ``step`` are ema-pytorch's own
+    counters), unless ``read`` says otherwise.
 
     Example:
         >>> report = posthoc_ema_to_file("snaps/*.safetensors", "ema_0.08.safetensors",
@@ -202,16 +222,11 @@ def posthoc_ema_to_file(
     g = target_gamma(sigma_rel, gamma)
     opts = opts or ReduceOptions.checked()
     out = out or WriteOptions.checked()
-    ckpts = open_inputs(inputs)
+    if read is None and snapshot_sigma_rels is not None:
+        read = ReadOptions(include=[r"^ema_model\."], strip_prefixes=["ema_model."])
+    ckpts = open_inputs(inputs, options=read)
     snap = snapshot_gammas(ckpts, snapshot_sigma_rels)
-    entries = order_trajectory(ckpts, "given" if snap is not None else "auto")
-    if any(e.step is None for e in entries):
-        raise WaError(
-            "post-hoc EMA needs each input's training step (step metadata or a number in the "
-            "file name)", ExitCode.USAGE, params=("order",),
-        )  # fmt: skip
-    by_input = {id(e.item): e.step for e in entries}
-    steps = [int(by_input[id(c)]) for c in ckpts]  # type: ignore[arg-type]
+    steps = _steps(ckpts, snapshots=snap is not None, named=snapshot_sigma_rels is not None)
     chosen = posthoc_weights(steps, g, snapshot=snap, at_step=at_step, quadrature=quadrature)
     used = [ckpts[i] for i in chosen.used]
     for i, c in enumerate(ckpts):
