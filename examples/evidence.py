@@ -6,7 +6,8 @@ a uniformly drawn *other* class) and a clean test set of the other 1297, learned
 BatchNorm CNN (three conv-BN layers, about 31k weights) with one-pixel random shifts, 40 epochs.
 Every comparison is paired: method and control share the seed's split, label noise, initial
 weights and data order, and the script reports the per-seed difference (mean ± std, t statistic,
-wins) rather than two separate means. Learning rates were chosen on seeds 200-201 (see README).
+wins) rather than two separate means. Learning rates were chosen on seeds 200-201 (see
+docs/evidence.md).
 
 Comparisons (each against its own control):
 

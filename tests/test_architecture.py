@@ -1,4 +1,4 @@
-"""The import graph: no cycle between modules, and imports point down the layers of README's map.
+"""The import graph: no cycle between modules; imports point down the layers of the architecture.
 
 Walks every module's ``import`` statements with ``ast`` (all of them, also those inside functions
 and under ``TYPE_CHECKING``), so a lazy import cannot hide an upward dependency.
@@ -61,7 +61,7 @@ def test_io_imports_nothing_from_engine_methods_cli_select():
 
 
 def test_layers_point_down():
-    # README "Architecture": cli -> methods -> engine -> select -> io -> errors, gc_pause.
+    # docs/architecture.md: cli -> methods -> engine -> select -> io -> errors, gc_pause.
     order = ["wa_cli.errors", "wa_cli.gc_pause", "wa_cli.io", "wa_cli.params", "wa_cli.select",
              "wa_cli.engine", "wa_cli.methods", "wa_cli.train", "wa_cli.cli"]  # fmt: skip
 

@@ -144,7 +144,7 @@ def test_plot_without_matplotlib_is_one_clear_line(tmp_path, capsys, monkeypatch
     traj = make_trajectory(tmp_path, n=1)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import raises ImportError
     r = run_wa(["inspect-entropy", traj.paths[0], "--plot", tmp_path / "e.png"], capsys)
-    assert_one_line_error(r, 2, "matplotlib", "wa-toolkit[plot]")
+    assert_one_line_error(r, 2, "matplotlib", "pip install -e '.[plot]'")
     assert r.stdout == "" and not (tmp_path / "e.png").exists()
 
 

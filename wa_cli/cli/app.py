@@ -191,7 +191,7 @@ def _run(args: list[str], debug: bool) -> None:
     command.invoke = invoke_reporting_interrupts  # type: ignore[method-assign]
     written_before = len(atomic.committed)
     try:
-        if distributed.launched():  # torchrun: join the other ranks (see README, Many machines)
+        if distributed.launched():  # torchrun: join the other ranks (see docs/distributed.md)
             distributed.start(args)
         user_code = _runs_user_code(args)
         signals.skip_teardown(not user_code)

@@ -29,7 +29,7 @@ def graft_command(
         Literal["module", "tensor", "paper"],
         typer.Option(
             "--rule",
-            help="module (default)|tensor|paper (README: Graft).",
+            help="module (default)|tensor|paper (docs/commands.md).",
             metavar="RULE",
             show_default=False,
         ),

@@ -69,7 +69,7 @@ def inspect_entropy_command(
     csv: Annotated[bool, typer.Option("--csv", help="Print the rows as CSV on stdout.")] = False,
     plot: Annotated[
         Path | None,
-        typer.Option("--plot", help="Also write a PNG plot (wa-toolkit[plot]).", metavar="FILE"),
+        typer.Option("--plot", help="Also write a PNG plot (needs matplotlib).", metavar="FILE"),
     ] = None,
     device: opt.Device = "auto",
     key: opt.PickleKey = None,

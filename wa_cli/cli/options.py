@@ -11,7 +11,7 @@ Inputs = Annotated[
     list[str],
     typer.Argument(
         metavar="INPUTS",
-        help="Checkpoint files, folders or quoted globs (README: Inputs).",
+        help="Checkpoint files, folders or quoted globs (docs/inputs.md).",
         show_default=False,
     ),
 ]
@@ -131,7 +131,7 @@ AllowGlobal = Annotated[
     typer.Option(
         "--allow-global",
         metavar="MOD.NAME",
-        help="Let pickles hold this trusted class (README).",
+        help="Let pickles hold this trusted class (docs/inputs.md).",
         show_default=False,
     ),
 ]
@@ -165,7 +165,7 @@ Order = Annotated[
     typer.Option(
         "--order",
         metavar="ORDER",
-        help="auto|step|name|given (README: Selection).",
+        help="auto|step|name|given (docs/selection.md).",
         rich_help_panel=_SELECT,
         show_default=False,
     ),

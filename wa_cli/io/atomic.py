@@ -1,6 +1,6 @@
 """Atomic replacement of a file or a folder: write a temporary sibling, then swap it into place.
 
-Guarantees (README "Nothing lost"):
+Guarantees (docs/safety.md, "Nothing lost"):
 
 * The destination holds, at every instant, either the previous output or the complete new one.
   A file is renamed over the old one. A folder is swapped with the old one in one call

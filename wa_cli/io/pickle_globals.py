@@ -15,7 +15,7 @@ sets its state), so admitting a class admits whatever its constructor does:
   from a module that can run code or touch the system (``subprocess``, ``os``, ``builtins`` other
   than its data types, ``io``, ``pathlib``, ...), including classes deriving from one;
 * anything else is an unknown class: refused, and not suggested; a user who wrote the class and
-  knows it only stores data may still name it (README: the risk).
+  knows it only stores data may still name it (docs/inputs.md: the risk).
 """
 
 from __future__ import annotations

@@ -3,11 +3,11 @@
 Part of :mod:`wa_cli.methods.graft`. Filter Grafting (Meng et al. 2020) grafts networks *during*
 training, which keeps their filters aligned. Grafting two finished, independently initialised
 runs mixes filters that do not correspond (the hidden units of two independent networks are in
-arbitrary order), and destroys accuracy: 75% ± 16 against 99% in the README's evidence. Weights of
-independent initialisations are nearly orthogonal (cosine ≈ 0, of the order of 1/√n for n
-weights), while fine-tunes of one initialisation, or runs grafted during training, stay close
-(cosine near 1). So the cosine of each weight matrix between the two models, over a bounded
-prefix of its elements, says which case a graft is in.
+arbitrary order), and destroys accuracy: 75% ± 16 against 99% in an earlier evidence run
+(docs/commands.md). Weights of independent initialisations are nearly orthogonal (cosine ≈ 0, of
+the order of 1/√n for n weights), while fine-tunes of one initialisation, or runs grafted during
+training, stay close (cosine near 1). So the cosine of each weight matrix between the two models,
+over a bounded prefix of its elements, says which case a graft is in.
 """
 
 from __future__ import annotations

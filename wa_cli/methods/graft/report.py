@@ -311,12 +311,13 @@ def _alpha(h_u: float | None, h_v: float | None, a: float, c: float) -> float | 
 
 
 def check_plot_available() -> None:
-    """Raise a one-line ``WaError`` when matplotlib (the ``wa-toolkit[plot]`` extra) is missing."""
+    """Raise a one-line ``WaError`` when matplotlib (the ``plot`` extra) is missing."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise WaError(
-            "--plot needs matplotlib, which is not installed (pip install 'wa-toolkit[plot]')",
+            "--plot needs matplotlib, which is not installed "
+            "(pip install matplotlib, or pip install -e '.[plot]' in a checkout of wa)",
             ExitCode.USAGE,
         ) from None
 
