@@ -1,9 +1,9 @@
 """Exact corners of the combination: weight scaling, one rounding to 16 bits, overflow re-checks.
 
-* Weights are rescaled by a power of two (exact: it changes no ratio) when the largest lies outside
-  [2^-100, 2^100], so ``1e308, 1e308`` no longer sums to inf and ``5e-324, 5e-324`` no longer
-  vanishes in a float32 accumulator; ordinary weights are left as they are, so ``k · x / k`` stays
-  exact for k identical inputs.
+* Weights are rescaled by a power of two so that the largest lies in [1, 2), always: ``1e308,
+  1e308`` no longer sums to inf, and neither ``5e-324, 5e-324`` nor ``1e-30, 1e-30`` (whose
+  products with 1e-20 underflow a float32 accumulator) vanish. A power of two changes no ratio
+  and no rounding (barring subnormals), so ``k · x / k`` stays exact for k identical inputs.
 * float64 → bfloat16/float16: torch converts through float32 (two roundings). Rounding to float32
   with round-to-odd first (truncate toward zero, set the last bit when inexact) makes the second
   rounding the only one: float32 keeps more than two extra bits over either 16-bit format.
@@ -19,14 +19,14 @@ from collections.abc import Sequence
 
 import torch
 
-# Weights whose largest lies in this range are used as given (every float32 accumulator holds
-# them and their sums); outside it they are rescaled by a power of two.
-_SAFE_EXPONENT = 100
 SIXTEEN_BIT = (torch.bfloat16, torch.float16)
 
 
 def scale_weights(weights: Sequence[float]) -> list[float]:
-    """``weights`` times a power of two chosen so the largest lies in [1, 2) when it is extreme.
+    """``weights`` times the power of two that puts the largest in [1, 2).
+
+    Always, not only for extreme weights: ``1e-30`` times an input of ``1e-20`` underflows a
+    float32 accumulator to 0 although the weight itself is a normal float32.
 
     Example:
         >>> scale_weights([1e308, 1e308]) == [scale_weights([1e308])[0]] * 2
@@ -34,14 +34,16 @@ def scale_weights(weights: Sequence[float]) -> list[float]:
         >>> scale_weights([5e-324, 5e-324])
         [1.0, 1.0]
         >>> scale_weights([1.0, 2.0])
-        [1.0, 2.0]
+        [0.5, 1.0]
+        >>> scale_weights([2.0**-100, 2.0**-101])
+        [1.0, 0.5]
     """
     w = [float(x) for x in weights]
     top = max(w, default=0.0)
     if top <= 0 or not math.isfinite(top):
         return w
     exponent = math.frexp(top)[1] - 1  # top = m · 2^exponent, 1 <= m < 2
-    if -_SAFE_EXPONENT <= exponent <= _SAFE_EXPONENT:
+    if exponent == 0:
         return w
     return [math.ldexp(x, -exponent) for x in w]
 
