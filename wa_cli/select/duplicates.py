@@ -8,10 +8,14 @@ twice the weight (0.25 instead of 0.2 in a mean of 4; 0.5 in an EMA). A checkpoi
 of an earlier one when:
 
 1. it is the same files (same device and inode: a hard link, or the same path given twice);
-2. it is a single file of the same size whose bytes agree at the start, the end and evenly
-   spaced samples in between (a copy), compared only between files of equal size;
+2. it is a single file of the same size whose bytes are all equal (a copy);
 3. it records the same step inside (``step``/``global_step``), holds the same keys, shapes and
-   dtypes, and its tensors' bytes agree at their start and end (Lightning's ``last.ckpt``).
+   dtypes, and all of its tensors' bytes are equal (Lightning's ``last.ckpt``).
+
+Samples (the start, the end and evenly spaced blocks of a file; the first and last bytes of each
+tensor) only nominate a pair; the pair is compared in full before an input is dropped. Sampled
+bytes alone took distinct checkpoints for copies: a file whose first MB alone differs, a
+frozen-backbone fine-tune whose head sits between the samples, two runs saved at one step.
 
 Of a duplicate pair the one whose name holds a step is kept (``checkpoint-9.pth.tar``, not
 ``last.pth.tar``); otherwise the first given. Each dropped input is named in one warning line.
@@ -37,6 +41,7 @@ logger = logging.getLogger(__name__)
 _BLOCK = 64 * 1024
 _SAMPLES = 8
 _TENSOR_SAMPLE = 256
+_COMPARE_BLOCK = 4 << 20  # bytes compared at a time: memory stays bounded for any file size
 
 
 def _identity(ckpt: Checkpoint) -> frozenset[tuple[int, int]] | None:
@@ -77,6 +82,44 @@ def _tensor_sample(ckpt: Checkpoint) -> str:
             ckpt.read_into(key, buf, offset)
             digest.update(buf.numpy().tobytes())
     return digest.hexdigest()
+
+
+def _files_equal(a: Path, b: Path) -> bool:
+    """Whether two files hold the same bytes, compared in full, block by block."""
+    try:
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            while True:
+                block = fa.read(_COMPARE_BLOCK)
+                if block != fb.read(_COMPARE_BLOCK):
+                    return False
+                if not block:
+                    return True
+    except OSError:
+        return False  # unreadable: never dropped on a guess (the reader reports it later)
+
+
+def _tensors_equal(a: Checkpoint, b: Checkpoint) -> bool:
+    """Whether two checkpoints hold the same keys, shapes, dtypes and tensor bytes, in full."""
+    import torch
+
+    keys = sorted(a.keys())
+    if keys != sorted(b.keys()):
+        return False
+    infos = [(a.info(k), b.info(k)) for k in keys]
+    if any((tuple(x.shape), x.dtype, x.nbytes) != (tuple(y.shape), y.dtype, y.nbytes)
+           for x, y in infos):  # fmt: skip
+        return False
+    size = min(_COMPARE_BLOCK, max((x.nbytes for x, _ in infos), default=0))
+    bufs = torch.empty(size, dtype=torch.uint8), torch.empty(size, dtype=torch.uint8)
+    for key, (info, _) in zip(keys, infos, strict=True):
+        for offset in range(0, info.nbytes, _COMPARE_BLOCK):
+            n = min(_COMPARE_BLOCK, info.nbytes - offset)
+            x, y = bufs[0][:n], bufs[1][:n]
+            a.read_into(key, x, offset)
+            b.read_into(key, y, offset)
+            if not torch.equal(x, y):
+                return False
+    return True
 
 
 def _named_step(ckpt: Checkpoint) -> bool:
@@ -122,17 +165,22 @@ def _same_bytes(ckpts: Sequence[Checkpoint], skip: set[int]) -> dict[int, tuple[
     for size, group in by_size.items():
         if len(group) < 2:
             continue
-        seen: dict[str, int] = {}
+        seen: dict[str, list[int]] = {}
         for i in group:
             sample = _file_sample(ckpts[i].path, size)
             if sample is None:
                 continue
-            if sample in seen:
-                kept, drop = _keep_first(seen[sample], i, ckpts)
-                dropped[drop] = (kept, "has the same bytes as '{kept}' (a copy)")
-                seen[sample] = kept
-            else:
-                seen[sample] = i
+            # The sample nominates; only bytes equal in full make a copy.
+            twin = next(
+                (j for j in seen.get(sample, []) if _files_equal(ckpts[j].path, ckpts[i].path)),
+                None,
+            )
+            if twin is None:
+                seen.setdefault(sample, []).append(i)
+                continue
+            kept, drop = _keep_first(twin, i, ckpts)
+            dropped[drop] = (kept, "has the same bytes as '{kept}' (a copy)")
+            seen[sample] = [kept if j == twin else j for j in seen[sample]]
     return dropped
 
 
@@ -150,16 +198,20 @@ def _same_step_and_tensors(
     for (key, value), group in by_step.items():
         if len(group) < 2:
             continue
-        seen: dict[str, int] = {}
+        seen: dict[str, list[int]] = {}
         for i in group:
             sample = _tensor_sample(ckpts[i])
-            if sample in seen:
-                kept, drop = _keep_first(seen[sample], i, ckpts)
-                why = f"records the same {key} ({value}) and holds the same tensors as '{{kept}}'"
-                dropped[drop] = (kept, why)
-                seen[sample] = kept
-            else:
-                seen[sample] = i
+            # The sample nominates; only tensors equal in full make a duplicate.
+            twin = next(
+                (j for j in seen.get(sample, []) if _tensors_equal(ckpts[j], ckpts[i])), None
+            )
+            if twin is None:
+                seen.setdefault(sample, []).append(i)
+                continue
+            kept, drop = _keep_first(twin, i, ckpts)
+            why = f"records the same {key} ({value}) and holds the same tensors as '{{kept}}'"
+            dropped[drop] = (kept, why)
+            seen[sample] = [kept if j == twin else j for j in seen[sample]]
     return dropped
 
 
