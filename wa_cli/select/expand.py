@@ -4,6 +4,8 @@ Part of :mod:`wa_cli.select` (SWA, Izmailov et al. 2018, arXiv 1803.05407, avera
 subset of a saved trajectory; choosing it starts with finding the files). "Every file in the
 folder" is a common complaint against other tools, so a folder or glob keeps checkpoints only,
 lists a sharded checkpoint once, and sorts in natural order (``ckpt_2`` before ``ckpt_10``).
+Files wa wrote itself (``wa average ckpts/ -o ckpts/swa.safetensors``) are no trajectory
+checkpoints: a folder or glob leaves them out with a one-line note; named explicitly they count.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from wa_cli.io.formats import CHECKPOINT_SUFFIXES, suffix_list
 from wa_cli.io.hostile import require_regular
 from wa_cli.io.index import INDEX_SUFFIX, find_index, index_files, read_weight_map
 from wa_cli.io.run_folders import recognise
+from wa_cli.io.wa_outputs import wa_method
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,21 @@ def is_checkpoint_file(path: Path) -> bool:
     return not name.startswith(".") and name.lower().endswith(CHECKPOINT_SUFFIXES)
 
 
+def _without_wa_outputs(found: list[Path], where: str) -> tuple[list[Path], list[Path]]:
+    """(the paths wa did not write, those it wrote); one note names the latter."""
+    own = [p for p in found if wa_method(p) is not None]
+    if not own:
+        return found, []
+    names = listing([p.name for p in sorted(own, key=lambda p: natural_key(p.name))])
+    logger.warning(
+        "left out %s of %s: written by wa (its metadata says so), not a checkpoint of the "
+        "trajectory; name the file to use it",
+        names,
+        where,
+    )
+    return [p for p in found if p not in own], own
+
+
 def _expand_folder(folder: Path) -> list[Path]:
     """A sharded or run folder is one checkpoint; any other folder expands to those in it.
 
@@ -88,7 +106,13 @@ def _expand_folder(folder: Path) -> list[Path]:
             len(subfolders),
         )
         files = []
-    found = subfolders + files
+    found, own = _without_wa_outputs(subfolders + files, f"folder '{folder}'")
+    if not found and own:
+        raise WaError(
+            f"folder '{folder}' holds only files wa wrote ({listing([p.name for p in own])}); "
+            "name them to use them as inputs",
+            ExitCode.BAD_INPUT,
+        )
     if not found:
         raise WaError(
             f"folder '{folder}' holds no checkpoint (expected files ending in "
@@ -121,12 +145,27 @@ def _expand_glob(pattern: str) -> list[Path]:
     shards: set[Path] = set()
     for index in indexes:
         shards |= _shards_of(index)
+    # Checkpoints the pattern names directly (files, indexes, wa's own shard folders) are
+    # screened for wa's outputs; other folders screen their own content.
+    named = [
+        m
+        for m in matches
+        if (m.is_dir() and find_index(m) is not None and wa_method(m) is not None)
+        or (not m.is_dir() and (m in indexes or (is_checkpoint_file(m) and m not in shards)))
+    ]
+    named, own = _without_wa_outputs(named, f"pattern '{pattern}'")
     kept: list[Path] = []
     for m in matches:
-        if m.is_dir():
+        if m.is_dir() and m not in own:
             kept.extend(_expand_folder(m))
-        elif m in indexes or (is_checkpoint_file(m) and m not in shards):
+        elif m in named:
             kept.append(m)
+    if not kept and own:
+        raise WaError(
+            f"pattern '{pattern}' matches only files wa wrote ({listing([str(p) for p in own])}); "
+            "name them to use them as inputs",
+            ExitCode.BAD_INPUT,
+        )
     if not kept:
         raise WaError(
             f"pattern '{pattern}' matches {len(matches)} path(s) but no checkpoint "
