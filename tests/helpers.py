@@ -54,14 +54,32 @@ class Trajectory:
     paths: list[Path]
 
 
+def drifted_state(seed: int) -> dict[str, torch.Tensor]:
+    """``cnn_state(0)`` moved a little (seeded by ``seed``): checkpoints of one run."""
+    gen = torch.Generator().manual_seed(1000 + seed)
+    return {
+        k: v + 0.01 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+        for k, v in cnn_state(seed=0).items()
+    }
+
+
 def make_trajectory(
-    folder: Path, n: int = 3, form: str = "file", dtype: torch.dtype | None = None
+    folder: Path,
+    n: int = 3,
+    form: str = "file",
+    dtype: torch.dtype | None = None,
+    *,
+    one_run: bool = False,
 ) -> Trajectory:
-    """``n`` CNN checkpoints saved as ``file`` (.safetensors), ``sharded`` or ``pt`` (nested)."""
+    """``n`` CNN checkpoints saved as ``file`` (.safetensors), ``sharded`` or ``pt`` (nested).
+
+    By default each is an independent initialisation (seed i), which ``wa average`` warns about
+    (they look like unrelated runs); ``one_run`` makes them one initialisation, drifted.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     states, paths = [], []
     for i in range(n):
-        state = cnn_state(seed=i)
+        state = drifted_state(i) if one_run else cnn_state(seed=i)
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         meta = {"format": "pt", "step": str(100 * (i + 1))}

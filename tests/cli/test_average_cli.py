@@ -31,7 +31,7 @@ def test_average_writes_output_and_a_summary(tmp_path, capsys):
 
 
 def test_json_report_is_the_only_stdout(tmp_path, capsys):
-    traj = make_trajectory(tmp_path, n=2)
+    traj = make_trajectory(tmp_path, n=2, one_run=True)
     r = run_wa(["average", *traj.paths, "-o", tmp_path / "o.safetensors", "--json", "-q"], capsys)
     report = json.loads(r.stdout)
     assert report["method"] == "mean" and report["weights"] == [0.5, 0.5]

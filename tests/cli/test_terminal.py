@@ -97,7 +97,7 @@ def test_a_closed_stdout_after_the_output_is_written_is_exit_0_and_silent(tmp_pa
 
     from tests.helpers import REPO
 
-    traj = make_trajectory(tmp_path / "run", n=2)
+    traj = make_trajectory(tmp_path / "run", n=2, one_run=True)
     out = tmp_path / "o.safetensors"
     proc = subprocess.Popen(
         [sys.executable, "-m", "wa_cli", "average", *map(str, traj.paths), "-o", str(out),

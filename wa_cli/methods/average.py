@@ -144,7 +144,12 @@ def average_to_file(
     plan = build_plan(ckpts, keys=opts.keys, non_float=opts.non_float, dtype=opts.dtype)
     method = "mean" if len(set(w)) == 1 else "weighted_mean"
     params = {"weights": w, **opts.params()}
-    return reduce_to_file(
+    from wa_cli.methods.graft.relatedness import unrelated_mean_warnings
+
+    unrelated = unrelated_mean_warnings(plan, w)  # independent seeds average to a broken model
+    report = reduce_to_file(
         plan, source_weights(w), output,
         method=method, params=params, input_weights=normalized_weights(w), opts=opts, out=out,
     )  # fmt: skip
+    report.warnings.extend(unrelated)
+    return report

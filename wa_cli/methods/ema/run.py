@@ -228,6 +228,7 @@ def ema_to_file(
     """
     from wa_cli.engine.options import ReduceOptions, WriteOptions
     from wa_cli.engine.run import reduce_to_file
+    from wa_cli.methods.graft.relatedness import unrelated_mean_warnings
 
     opts = ReduceOptions.checked(
         keys=keys, non_float=non_float, dtype=dtype, precision=precision, device=device
@@ -239,7 +240,10 @@ def ema_to_file(
     decays = decay_options(decay, decay_per_step, half_life, alpha)
     plan, steps_used, coefficients, weights = _prepare(inputs, steps, decays, opts)
     params: dict[str, Any] = {**decays, "alpha": alpha, "steps": steps_used, **opts.params()}
-    return reduce_to_file(
+    unrelated = unrelated_mean_warnings(plan, coefficients, "EMA")
+    report = reduce_to_file(
         plan, weights, output,
         method="ema", params=params, input_weights=coefficients, opts=opts, out=out,
     )  # fmt: skip
+    report.warnings.extend(unrelated)
+    return report
