@@ -106,10 +106,10 @@ def _expand_folder(folder: Path) -> list[Path]:
             len(subfolders),
         )
         files = []
-    found, own = _without_wa_outputs(subfolders + files, f"folder '{folder}'")
-    if not found and own:
+    found, written = _without_wa_outputs(subfolders + files, f"folder '{folder}'")
+    if not found and written:
         raise WaError(
-            f"folder '{folder}' holds only files wa wrote ({listing([p.name for p in own])}); "
+            f"folder '{folder}' holds only files wa wrote ({listing([p.name for p in written])}); "
             "name them to use them as inputs",
             ExitCode.BAD_INPUT,
         )
