@@ -228,6 +228,7 @@ def ema_to_file(
     """
     from wa_cli.engine.options import ReduceOptions, WriteOptions
     from wa_cli.engine.run import reduce_to_file
+    from wa_cli.methods.ema.step_units import step_report
     from wa_cli.methods.graft.relatedness import unrelated_mean_warnings
 
     opts = ReduceOptions.checked(
@@ -239,11 +240,13 @@ def ema_to_file(
     )  # fmt: skip
     decays = decay_options(decay, decay_per_step, half_life, alpha)
     plan, steps_used, coefficients, weights = _prepare(inputs, steps, decays, opts)
+    units = step_report(plan.checkpoints, steps_used, decays, coefficients)  # epochs or steps
     params: dict[str, Any] = {**decays, "alpha": alpha, "steps": steps_used, **opts.params()}
+    params |= units.params
     unrelated = unrelated_mean_warnings(plan, coefficients, "EMA")
     report = reduce_to_file(
         plan, weights, output,
         method="ema", params=params, input_weights=coefficients, opts=opts, out=out,
     )  # fmt: skip
     report.warnings.extend(unrelated)
-    return report
+    return units.attach(report)
