@@ -69,7 +69,11 @@ def inspect_entropy_command(
     csv: Annotated[bool, typer.Option("--csv", help="Print the rows as CSV on stdout.")] = False,
     plot: Annotated[
         Path | None,
-        typer.Option("--plot", help="Also write a PNG plot (needs matplotlib).", metavar="FILE"),
+        typer.Option(
+            "--plot",
+            help="Also write a plot: .png, .pdf, .svg, .eps or .ps (needs matplotlib).",
+            metavar="FILE",
+        ),
     ] = None,
     device: opt.Device = "auto",
     key: opt.PickleKey = None,
@@ -118,6 +122,7 @@ def inspect_entropy_command(
     )
     if plot is not None:
         check_output_is_not_input(plot, ckpts)
+        check_plot_available(plot)  # its suffix names a format wa writes (before any work)
     report = entropy_report(
         ckpts, by=by, bins=bins, base=None if base == "e" else 2.0, l1_threshold=l1_threshold,
         pattern=pattern, sort=sort, keys=keys, a=a, c=c, device=device,

@@ -310,8 +310,34 @@ def _alpha(h_u: float | None, h_v: float | None, a: float, c: float) -> float | 
     return None if h_u is None or h_v is None else graft_alpha(h_u, h_v, a=a, c=c)
 
 
-def check_plot_available() -> None:
-    """Raise a one-line ``WaError`` when matplotlib (the ``plot`` extra) is missing."""
+PLOT_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg", ".eps": "eps", ".ps": "ps"}
+"""The plot formats by suffix: matplotlib writes these without other packages (no LaTeX, no
+Pillow). The suffix names the format written: ``e.pdf`` is a PDF, never a PNG named .pdf."""
+
+
+def plot_format(path: str | os.PathLike[str]) -> str:
+    """The format a plot at ``path`` is written in, from its suffix; ``WaError`` for another.
+
+    Example:
+        >>> plot_format("entropy.pdf")
+        'pdf'
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in PLOT_FORMATS:
+        raise WaError(
+            f"--plot '{path}': wa writes the format its suffix names, one of "
+            f"{', '.join(PLOT_FORMATS)} (got {suffix or 'no suffix'})",
+            ExitCode.USAGE,
+            params=("plot",),
+        )
+    return PLOT_FORMATS[suffix]
+
+
+def check_plot_available(path: str | os.PathLike[str] | None = None) -> None:
+    """Raise a one-line ``WaError`` when matplotlib (the ``plot`` extra) is missing, or when
+    ``path``'s suffix names no format wa writes (:func:`plot_format`)."""
+    if path is not None:
+        plot_format(path)
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -325,12 +351,13 @@ def check_plot_available() -> None:
 def plot_entropies(
     report: EntropyReport, path: str | os.PathLike[str], *, force: bool = False
 ) -> Path:
-    """Entropy per row (layer), one series per checkpoint, as a PNG written atomically.
+    """Entropy per row (layer), one series per checkpoint, written atomically in the format
+    ``path``'s suffix names (:data:`PLOT_FORMATS`).
 
     Example:
         >>> plot_entropies(entropy_report(["a.safetensors"]), "entropy.png")  # doctest: +SKIP
     """
-    check_plot_available()
+    check_plot_available(path)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -351,7 +378,7 @@ def plot_entropies(
     destination = Path(path)
     try:
         with atomic_destination(destination, force) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-    except OSError as e:  # a full disk, a vanished folder: one line, no PNG left half-written
+            fig.savefig(tmp, format=plot_format(destination), dpi=120)
+    except OSError as e:  # a full disk, a vanished folder: one line, no plot left half-written
         raise WaError(f"cannot write '{destination}': {e.strerror or e}", ExitCode.OUTPUT) from e
     return destination
