@@ -155,7 +155,7 @@ def select_trajectory(
     if metric is not None or metrics is not None:
         kept = _read_values(kept, metric, metrics)
     if top_k is not None:
-        kept = _best(kept, top_k, direction)
+        kept = _best(kept, top_k, direction, metric or "value")
     return kept
 
 
@@ -225,8 +225,13 @@ def _step_range(kept: list[Entry[C]], from_step: int | None, to_step: int | None
     return kept
 
 
-def _best(kept: list[Entry[C]], top_k: int, direction: Mode | None) -> list[Entry[C]]:
-    """The ``top_k`` best entries by value (NaN last, ties to the earlier), in trajectory order."""
+def _best(
+    kept: list[Entry[C]], top_k: int, direction: Mode | None, label: str = "value"
+) -> list[Entry[C]]:
+    """The ``top_k`` best entries by value (NaN last, ties to the earlier), in trajectory order.
+
+    A tie across the cut (the k-th and the (k+1)-th best share a value) is named in a warning.
+    """
     if top_k > len(kept):
         logger.info("--top-k %d: only %d checkpoints; keeping all", top_k, len(kept))
     sign = 1.0 if direction == "min" else -1.0
@@ -238,10 +243,43 @@ def _best(kept: list[Entry[C]], top_k: int, direction: Mode | None) -> list[Entr
         v = values[i]
         return (math.isnan(v), 0.0 if math.isnan(v) else sign * v, i)
 
-    best = sorted(sorted(range(len(kept)), key=rank)[:top_k])
+    ranked = sorted(range(len(kept)), key=rank)
+    best = sorted(ranked[:top_k])
+    _warn_tie_at_cut(kept, ranked, top_k, [rank(i)[:2] for i in range(len(kept))], label)
     if any(math.isnan(values[i]) for i in best):
         logger.warning("--top-k keeps checkpoints whose metric is NaN")
     return [kept[i] for i in best]
+
+
+def _warn_tie_at_cut(
+    kept: list[Entry[C]],
+    ranked: list[int],
+    top_k: int,
+    keys: list[tuple[bool, float]],
+    label: str,
+) -> None:
+    """One warning when entries of equal value straddle the k-th place: which were kept, which
+    left out (the earliest win, a rule the user should know about)."""
+    if top_k >= len(ranked):
+        return
+    cut = keys[ranked[top_k - 1]]
+    if keys[ranked[top_k]] != cut:
+        return
+    tied = sorted(i for i in ranked if keys[i] == cut)
+    chosen = set(ranked[:top_k])
+    inside = [kept[i].name for i in tied if i in chosen]
+    outside = [kept[i].name for i in tied if i not in chosen]
+    value = kept[tied[0]].value
+    logger.warning(
+        "--top-k %d: %d checkpoints tie at %s %s across the cut; kept the earliest (%s), left "
+        "out %s (ties go to the earliest checkpoints)",
+        top_k,
+        len(tied),
+        label,
+        "NaN" if value is None or math.isnan(value) else f"{value:g}",
+        listing(inside),
+        listing(outside),
+    )
 
 
 class SelectionRow(TypedDict):
