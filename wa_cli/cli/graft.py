@@ -76,11 +76,13 @@ def graft_command(
     from wa_cli.engine.precision import parse_user_dtype
     from wa_cli.errors import WaError
     from wa_cli.methods.graft.files import graft_to_files, output_paths, plan_graft
+    from wa_cli.select.expand import require_one_per_folder
 
     if output is None and not dry_run:
         raise WaError("wa graft needs -o OUT (a file, or a folder for 3+ inputs), or --dry-run")
     if len(inputs) < 2:  # before opening anything
         plan_graft(inputs, rule=rule, a=a, c=c, bins=bins)
+    require_one_per_folder(inputs)  # run1/ run2/: one checkpoint per run, named
     ckpts = open_inputs(
         inputs,
         key=key,

@@ -226,3 +226,34 @@ def expand_inputs(args: Sequence[str | os.PathLike[str]]) -> list[Path]:
         if not p.is_dir():
             require_regular(p, "input")
     return paths
+
+
+def require_one_per_folder(args: Sequence[object], command: str = "wa graft") -> None:
+    """Refuse a folder argument that holds several checkpoints where each argument is one model.
+
+    ``wa graft run1/ run2/`` on two folders of checkpoints grafted a ring of every checkpoint of
+    both runs. Which checkpoint of a run the user means (the last saved? the best? ``last.ckpt``?)
+    is not wa's to guess, so the folder is refused in one line that names the choice. A folder
+    that is one checkpoint (sharded, a run folder) is one model, as always.
+
+    Raises:
+        WaError: (USAGE) a folder argument expands to more than one checkpoint.
+
+    Example:
+        >>> require_one_per_folder(["runs/a/last.safetensors", "runs/b/"])  # doctest: +SKIP
+    """
+    for arg in args:
+        if not isinstance(arg, str | os.PathLike):
+            continue  # an opened checkpoint is one model
+        path = Path(os.fspath(arg)).expanduser()
+        if not path.is_dir():
+            continue
+        found = _expand_folder(path)
+        if len(found) > 1:
+            raise WaError(
+                f"folder '{path}' holds {len(found)} checkpoints ({found[0].name} ... "
+                f"{found[-1].name}); {command} takes one checkpoint per run: name the file of "
+                f"each run you mean (e.g. '{found[-1]}')",
+                ExitCode.USAGE,
+                params=("inputs",),
+            )

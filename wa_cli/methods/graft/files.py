@@ -48,9 +48,10 @@ from wa_cli.methods.graft.alpha import (
 )
 from wa_cli.methods.graft.entropy import check_bins, checkpoint_measure
 from wa_cli.methods.graft.relatedness import unrelated_warnings
-from wa_cli.methods.inputs import Inputs, open_inputs
+from wa_cli.methods.inputs import Inputs, as_input_list, open_inputs
 from wa_cli.params import choice
 from wa_cli.params import dtype as check_dtype
+from wa_cli.select.expand import require_one_per_folder
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ def plan_graft(
     check_bins(bins)
     dtype = check_dtype("dtype", dtype)
     dev = resolve_device(device)
+    require_one_per_folder(as_input_list(inputs))  # a folder of a run's checkpoints: which one?
     ckpts = open_inputs(inputs)
     if len(ckpts) < 2:
         for ck in ckpts:
