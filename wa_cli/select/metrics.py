@@ -12,6 +12,7 @@ import csv
 import io
 import os
 from pathlib import Path
+from typing import NoReturn
 
 from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.io.guard import note_read
@@ -38,16 +39,41 @@ def _put(out: dict[str, float], key: str, value: float, source: Path) -> None:
     out[key] = value
 
 
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _refuse_header(path: Path, first: list[str]) -> NoReturn:
+    """Say what is wrong with a first row whose first column names no checkpoint.
+
+    A training log keyed by step (``step,val_acc``) has a header: refusing it for having none
+    sent users looking for the wrong fix.
+    """
+    example = "e.g. 'file,val_loss' then 'ckpt_100.safetensors,0.53', one row per checkpoint"
+    if len(first) > 1 and not all(_is_number(c) for c in first[1:]):
+        raise WaError(
+            f"metrics file '{path}' keys its rows by '{first[0]}'; wa matches rows to "
+            f"checkpoints by file name or path, so the first column must be one of "
+            f"{', '.join(_FILE_COLUMNS)} ({example}; see docs/selection.md)",
+            ExitCode.BAD_INPUT,
+        )
+    raise WaError(
+        f"metrics file '{path}' has no header row (expected a first row naming the columns, "
+        f"{example})",
+        ExitCode.BAD_INPUT,
+    )
+
+
 def _load_csv(path: Path, text: str, metric: str | None) -> dict[str, float]:
     rows = [
         [c.strip() for c in r] for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)
     ]
     if not rows or rows[0][0].lower() not in _FILE_COLUMNS:
-        raise WaError(
-            f"metrics file '{path}' has no header row (expected e.g. 'file,value' or "
-            "'file,val_loss', one row per checkpoint)",
-            ExitCode.BAD_INPUT,
-        )
+        _refuse_header(path, rows[0] if rows else [])
     header = rows[0]
     columns = header[1:]
     if metric is not None and metric in columns:
