@@ -23,6 +23,7 @@ Of a duplicate pair the one whose name holds a step is kept (``checkpoint-9.pth.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -81,6 +82,18 @@ def _tensor_sample(ckpt: Checkpoint) -> str:
         for offset in dict.fromkeys((0, info.nbytes - n)):
             ckpt.read_into(key, buf, offset)
             digest.update(buf.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> str | None:
+    """A hash of every byte of a file (None when unreadable)."""
+    digest = hashlib.blake2b()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(_COMPARE_BLOCK):
+                digest.update(block)
+    except OSError:
+        return None
     return digest.hexdigest()
 
 
@@ -162,6 +175,9 @@ def _same_bytes(ckpts: Sequence[Checkpoint], skip: set[int]) -> dict[int, tuple[
         except OSError:
             continue
     dropped: dict[int, tuple[int, str]] = {}
+    # Read once per nominated file: many files with one sample (a frozen backbone) cost one
+    # read each, not one per pair.
+    digest = functools.cache(lambda k: _file_digest(ckpts[k].path))
     for size, group in by_size.items():
         if len(group) < 2:
             continue
@@ -172,7 +188,13 @@ def _same_bytes(ckpts: Sequence[Checkpoint], skip: set[int]) -> dict[int, tuple[
                 continue
             # The sample nominates; only bytes equal in full make a copy.
             twin = next(
-                (j for j in seen.get(sample, []) if _files_equal(ckpts[j].path, ckpts[i].path)),
+                (
+                    j
+                    for j in seen.get(sample, [])
+                    if digest(i) is not None
+                    and digest(j) == digest(i)
+                    and _files_equal(ckpts[j].path, ckpts[i].path)
+                ),
                 None,
             )
             if twin is None:
