@@ -24,7 +24,7 @@ EXPECT = {
         "non_float='lst' is not one of 'last', 'first', 'error'",
     ),
     "commands.md": (
-        ("swa.safetensors", "swa_bn.safetensors", "grafted.safetensors", "odd.safetensors"),
+        ("swa.safetensors", "swa_bn.safetensors", "grafted.safetensors", "huge.safetensors"),
         "",
     ),
     "selection.md": (("best5.safetensors",), ""),

@@ -12,7 +12,7 @@ from fractions import Fraction
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from wa_cli.engine.rounding import round_to_odd_float32
 from wa_cli.methods.average import average, average_to_file
@@ -178,3 +178,19 @@ def test_round_to_odd_then_nearest_is_correct_rounding():
     got = round_to_odd_float32(x).to(torch.bfloat16).double().tolist()
     expected = [round_exact(Fraction(v), torch.bfloat16) for v in x.tolist()]
     assert got == expected
+
+
+@pytest.mark.parametrize("weights", [[1e308, 1e308], [3.0, 3.0], [1.0, 1.0]])
+def test_equal_weights_are_the_uniform_mean_exactly(tmp_path, weights):
+    """Equal weights of any size: x and −x average to 0 and halfway means round to even, as with
+    1,1 (scaled to 1.11…, the products rounded and a fused multiply-add left ±3e-8·|x|)."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(4096, generator=g) * 100).to(torch.bfloat16)
+    tie = torch.tensor([1.0, 1.0078125], dtype=torch.bfloat16)  # mean 1 + 2⁻⁸: halfway
+    save_file({"x": x, "t": tie[:1]}, tmp_path / "a.safetensors")
+    save_file({"x": -x, "t": tie[1:]}, tmp_path / "b.safetensors")
+    out = tmp_path / "o.safetensors"
+    average_to_file([tmp_path / "a.safetensors", tmp_path / "b.safetensors"], out, weights=weights)
+    got = load_file(out)
+    assert torch.equal(got["x"], torch.zeros_like(x))
+    assert got["t"].item() == 1.0  # round half to even

@@ -1,9 +1,12 @@
 """Exact corners of the combination: weight scaling, one rounding to 16 bits, overflow re-checks.
 
-* Weights are rescaled by a power of two so that the largest lies in [1, 2), always: ``1e308,
-  1e308`` no longer sums to inf, and neither ``5e-324, 5e-324`` nor ``1e-30, 1e-30`` (whose
-  products with 1e-20 underflow a float32 accumulator) vanish. A power of two changes no ratio
-  and no rounding (barring subnormals), so ``k · x / k`` stays exact for k identical inputs.
+* Equal weights are the uniform mean and become 1 each: with ``1e308, 1e308`` scaled to
+  ``1.11…`` every product would round in the accumulator (a fused multiply-add then turns x, −x
+  into ±3e-8·|x|, and a mean halfway between two bf16 values lands on the odd one).
+* Other weights are rescaled by a power of two so that the largest lies in [1, 2), always:
+  ``1e308, 1`` no longer sums to inf, and ``1e-30, 1e-29`` (whose products with 1e-20 underflow
+  a float32 accumulator) no longer vanish. A power of two changes no ratio and no rounding
+  (barring subnormals).
 * float64 → bfloat16/float16: torch converts through float32 (two roundings). Rounding to float32
   with round-to-odd first (truncate toward zero, set the last bit when inexact) makes the second
   rounding the only one: float32 keeps more than two extra bits over either 16-bit format.
@@ -23,16 +26,14 @@ SIXTEEN_BIT = (torch.bfloat16, torch.float16)
 
 
 def scale_weights(weights: Sequence[float]) -> list[float]:
-    """``weights`` times the power of two that puts the largest in [1, 2).
+    """``weights`` times the power of two that puts the largest in [1, 2); equal weights all 1.
 
     Always, not only for extreme weights: ``1e-30`` times an input of ``1e-20`` underflows a
     float32 accumulator to 0 although the weight itself is a normal float32.
 
     Example:
-        >>> scale_weights([1e308, 1e308]) == [scale_weights([1e308])[0]] * 2
-        True
-        >>> scale_weights([5e-324, 5e-324])
-        [1.0, 1.0]
+        >>> scale_weights([1e308, 1e308]), scale_weights([5e-324, 5e-324])
+        ([1.0, 1.0], [1.0, 1.0])
         >>> scale_weights([1.0, 2.0])
         [0.5, 1.0]
         >>> scale_weights([2.0**-100, 2.0**-101])
@@ -42,6 +43,8 @@ def scale_weights(weights: Sequence[float]) -> list[float]:
     top = max(w, default=0.0)
     if top <= 0 or not math.isfinite(top):
         return w
+    if all(x == top for x in w):  # the uniform mean: products with 1 are exact
+        return [1.0] * len(w)
     exponent = math.frexp(top)[1] - 1  # top = m · 2^exponent, 1 <= m < 2
     if exponent == 0:
         return w
