@@ -135,6 +135,15 @@ AllowGlobal = Annotated[
         show_default=False,
     ),
 ]
+Variant = Annotated[
+    str | None,
+    typer.Option(
+        "--variant",
+        metavar="raw|ema",
+        help="Checkpoints holding raw and EMA weights: read this copy (docs/more-formats.md).",
+        show_default=False,
+    ),
+]
 Bins = Annotated[
     int,
     typer.Option("--bins", help="Histogram bins (default: 10).", metavar="B", show_default=False),
