@@ -111,7 +111,7 @@ def library_step(obj: object, path: Path) -> dict[str, str]:
         return {}
     updates = _fairseq_updates(obj)
     if updates is not None:
-        return {"step": str(updates), "num_updates": str(updates)}
+        return {"num_updates": str(updates)}
     state = obj.get("state")
     if isinstance(state, Mapping) and _is_state_dict(state.get("model")):
         batch = _composer_batch(state, path)
