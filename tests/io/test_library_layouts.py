@@ -176,7 +176,9 @@ def composer_save(path: Path, epoch: int, batch: int, ema: dict | None = None) -
     np.random.seed(batch)
     state = {
         "model": model,
-        "optimizers": {"DecoupledAdamW": {"state": {}, "param_groups": [{"lr": 0.1, "params": []}]}},
+        "optimizers": {
+            "DecoupledAdamW": {"state": {}, "param_groups": [{"lr": 0.1, "params": []}]}
+        },
         "schedulers": {"LambdaLR": {"base_lrs": [0.1], "last_epoch": batch}},
         "algorithms": [] if ema is None else [("EMA", ema)],
         "callbacks": {"SpeedMonitor": {"total_eval_wct": 0.0}},
@@ -196,7 +198,10 @@ def test_composer_run_folder_without_flags(tmp_path, capsys):
     """``wa average run/`` reads ``state.model``, steps from ``ba`` (never ``rank0``)."""
     run = tmp_path / "run"
     run.mkdir()
-    states = {b: composer_save(run / f"ep{e}-ba{b}-rank0.pt", e, b) for e, b in ((1, 50), (2, 100), (3, 150))}
+    states = {
+        b: composer_save(run / f"ep{e}-ba{b}-rank0.pt", e, b)
+        for e, b in ((1, 50), (2, 100), (3, 150))
+    }
     out = tmp_path / "avg.safetensors"
     r = run_wa(["average", run, "-o", out, "--json"], capsys)
     assert r.code == 0, r.stderr
@@ -228,8 +233,10 @@ def test_composer_ema_algorithm_both_copies(tmp_path, capsys):
     for e, b in ((1, 10), (2, 20)):
         trained = model_state(b + 100, "model.")
         path = run / f"ep{e}-ba{b}-rank0.pt"
-        stored = {"repr": "EMA(half_life='1000ba')", "ema_weights_active": True, "ema_started": True,
-                  "ema_model": {"named_parameters_dict": trained, "named_buffers_dict": {}}}  # fmt: skip
+        stored = {
+            "repr": "EMA(half_life='1000ba')", "ema_weights_active": True, "ema_started": True,
+            "ema_model": {"named_parameters_dict": trained, "named_buffers_dict": {}},
+        }  # fmt: skip
         ema.append(composer_save(path, e, b, stored))
         raw.append(trained)
     out = tmp_path / "avg.safetensors"
@@ -251,7 +258,10 @@ def nemo_save(path: Path, seed: int, mode: str = "w:") -> dict[str, torch.Tensor
     torch.save(state, weights)
     config = b"target: nemo.collections.asr.models.EncDecCTCModel\n"
     with tarfile.open(path, mode) as tar:
-        for name, data in (("./model_config.yaml", config), ("./model_weights.ckpt", weights.getvalue())):
+        for name, data in (
+            ("./model_config.yaml", config),
+            ("./model_weights.ckpt", weights.getvalue()),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))

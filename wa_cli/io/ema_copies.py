@@ -44,6 +44,7 @@ class Copy:
 
     where: str
     state: Mapping[Any, Any]
+    error: WaError | None = None  # raised only when this copy is chosen
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ def choose(copies: Copies, path: Path, variant: str | None) -> tuple[Copy, str]:
             ExitCode.USAGE,
             params=("variant",),
         )
+    if chosen.error is not None:
+        raise chosen.error
     what = "EMA" if chosen is copies.ema else "raw"
     note = f"read the {what} weights ({chosen.where}, {copies.layout})"
     return chosen, note
@@ -128,10 +131,14 @@ def _is_state_dict(obj: object) -> bool:
 
 
 def _timm(obj: Mapping[Any, Any]) -> Copies | None:
-    if not (_is_state_dict(obj.get("state_dict")) and _is_state_dict(obj.get("state_dict_ema"))):
+    if not _is_state_dict(obj.get("state_dict_ema")):
         return None
-    raw = Copy("'state_dict'", obj["state_dict"])
     ema = Copy("'state_dict_ema'", obj["state_dict_ema"])
+    if not _is_state_dict(obj.get("state_dict")):
+        others = [k for k in ("model", "module") if _is_state_dict(obj.get(k))]
+        # Only the EMA was saved: read it, and say so (--variant raw is then refused).
+        return None if others else Copies("timm's CheckpointSaver with model EMA", None, ema)
+    raw = Copy("'state_dict'", obj["state_dict"])
     return Copies("timm's CheckpointSaver with model EMA", raw, ema)
 
 
@@ -226,13 +233,14 @@ def _shadow_params(obj: Mapping[Any, Any]) -> Copies | None:
         )
     model = obj[models[0]]
     shadow = list(obj[holders[0]]["shadow_params"])
-    ema = match_shadow_params(model, shadow, f"'{label}.shadow_params'", f"'{models[0]}'")
-    return Copies(
-        "torch-ema/diffusers EMAModel",
-        Copy(f"'{models[0]}'", model),
-        Copy(f"'{label}.shadow_params' on the names of '{models[0]}'", ema),
-        (label,),
-    )
+    where = f"'{label}.shadow_params' on the names of '{models[0]}'"
+    try:
+        ema = Copy(
+            where, match_shadow_params(model, shadow, f"'{label}.shadow_params'", f"'{models[0]}'")
+        )
+    except WaError as e:  # the raw weights stay readable
+        ema = Copy(where, {}, e)
+    return Copies("torch-ema/diffusers EMAModel", Copy(f"'{models[0]}'", model), ema, (label,))
 
 
 def match_shadow_params(
