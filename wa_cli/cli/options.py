@@ -140,7 +140,7 @@ Variant = Annotated[
     typer.Option(
         "--variant",
         metavar="raw|ema",
-        help="Checkpoints holding raw and EMA weights: read this copy (docs/more-formats.md).",
+        help="Read the raw or the EMA copy where a file holds both.",
         show_default=False,
     ),
 ]
