@@ -140,7 +140,7 @@ Variant = Annotated[
     typer.Option(
         "--variant",
         metavar="raw|ema",
-        help="Read the raw or the EMA copy where a file holds both.",
+        help="Which copy of files holding raw and EMA weights.",
         show_default=False,
     ),
 ]
