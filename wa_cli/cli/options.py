@@ -131,7 +131,7 @@ AllowGlobal = Annotated[
     typer.Option(
         "--allow-global",
         metavar="MOD.NAME",
-        help="Let pickles hold this trusted class (docs/inputs.md).",
+        help="Trust this class in pickles (docs/inputs.md).",
         show_default=False,
     ),
 ]
