@@ -187,6 +187,8 @@ def test_variant_is_checked_and_key_still_wins(tmp_path):
     ckpt = open_checkpoint(path, options=ReadOptions(variant="ema"))
     assert torch.equal(ckpt.tensor("0.weight"), model_ema.state_dict()["0.weight"])
     assert any("state_dict_ema" in n for n in ckpt.notes)
+    with pytest.raises(WaError, match="pass --key or --variant, not both"):
+        open_checkpoint(path, options=ReadOptions(key="state_dict", variant="ema"))
 
 
 def test_only_the_ema_saved_is_read_and_said(tmp_path, capsys):

@@ -59,7 +59,15 @@ def identify(
     metadata = library_step(obj, path)
     if not isinstance(obj, Mapping) or key is not None:
         state, skipped = pick(obj, path, key)
-        return _prefixed(Identified(state, skipped, metadata), path, variant)
+        found = _prefixed(Identified(state, skipped, metadata), path, variant)
+        if variant is not None and not found.notes:  # never a choice silently ignored
+            raise WaError(
+                f"'{path}': --key {key!r} names one dict, which holds no raw and EMA pair for "
+                "--variant to choose from; pass --key or --variant, not both",
+                ExitCode.USAGE,
+                params=("variant",),
+            )
+        return found
     copies = find_copies(obj)
     if copies is not None:
         chosen, note = choose(copies, path, variant)
