@@ -160,7 +160,8 @@ def _fairseq(obj: Mapping[Any, Any]) -> Copies | None:
     if not _is_state_dict(extra.get("ema")):
         return None
     raw, ema = Copy("'model'", obj["model"]), Copy("'extra_state.ema'", extra["ema"])
-    return Copies("fairseq --store-ema", raw, ema)
+    fp32 = ("extra_state.ema_fp32_params",) if "ema_fp32_params" in extra else ()
+    return Copies("fairseq --store-ema", raw, ema, fp32)
 
 
 def composer_ema(state: Mapping[Any, Any]) -> Mapping[Any, Any] | None:
