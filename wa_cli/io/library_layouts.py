@@ -71,10 +71,9 @@ def identify(
     copies = find_copies(obj)
     if copies is not None:
         chosen, note = choose(copies, path, variant)
-        found = Identified(chosen.state, _non_tensors(chosen.state), metadata, [note])
-        if copies.left_out:
-            found.notes.append(f"left out {listing(list(copies.left_out), 3)}")
-        return found
+        if copies.left_out:  # one note per input: the report groups alike notes of many inputs
+            note += f"; left out {listing(list(copies.left_out), 3)}"
+        return Identified(chosen.state, _non_tensors(chosen.state), metadata, [note])
     layout = _opennmt(obj, path) or _composer(obj)
     if layout is None:
         state, skipped = pick(obj, path, None)
@@ -99,10 +98,9 @@ def _prefixed(found: Identified, path: Path, variant: str | None) -> Identified:
     if copies is None:
         return found
     chosen, note = choose(copies, path, variant)
-    notes = [*found.notes, note]
     if copies.left_out:
-        notes.append(f"left out ema-pytorch's {listing(list(copies.left_out))}")
-    return Identified(chosen.state, found.skipped, found.metadata, notes)
+        note += f"; left out ema-pytorch's {listing(list(copies.left_out))}"
+    return Identified(chosen.state, found.skipped, found.metadata, [*found.notes, note])
 
 
 def _non_tensors(state: Mapping[object, object]) -> list[str]:
@@ -172,10 +170,10 @@ def _opennmt(obj: Mapping[Any, Any], path: Path) -> Identified | None:
         )
     state.update({f"generator.{k}": v for k, v in generator.items()})
     rest = [str(k) for k in obj if k not in ("model", "generator")]
-    notes = ["kept OpenNMT's 'generator' beside 'model' (as generator.*)"]
+    note = "kept OpenNMT's 'generator' beside 'model' (as generator.*)"
     if rest:
-        notes.append(f"left out {listing(rest, 4)}")
-    return Identified(state, _non_tensors(state), {}, notes)
+        note += f"; left out {listing(rest, 4)}"
+    return Identified(state, _non_tensors(state), {}, [note])
 
 
 def _composer(obj: Mapping[Any, Any]) -> Identified | None:
