@@ -98,6 +98,7 @@ def bn_recalibrate_command(
     include: opt.Include = None,
     exclude: opt.Exclude = None,
     allow_global: opt.AllowGlobal = None,
+    variant: opt.Variant = None,
     force: opt.Force = False,
     json_: opt.Json = False,
     quiet: opt.Quiet = False,
@@ -137,6 +138,7 @@ def bn_recalibrate_command(
         include=include,
         exclude=exclude,
         allow_global=allow_global,
+        variant=variant,
     )
     ckpt = open_checkpoint(checkpoint, options=options)
     specs = _recorded_specs(source, model, model_kwargs, data, data_kwargs, forward)

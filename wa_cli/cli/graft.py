@@ -58,6 +58,7 @@ def graft_command(
     include: opt.Include = None,
     exclude: opt.Exclude = None,
     allow_global: opt.AllowGlobal = None,
+    variant: opt.Variant = None,
     force: opt.Force = False,
     json: opt.Json = False,
     quiet: opt.Quiet = False,
@@ -90,6 +91,7 @@ def graft_command(
         include=include,
         exclude=exclude,
         allow_global=allow_global,
+        variant=variant,
     )
     plan = plan_graft(
         ckpts, rule=rule, a=a, c=c, bins=bins, dtype=parse_user_dtype(dtype), device=device

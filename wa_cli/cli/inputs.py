@@ -25,6 +25,7 @@ def read_options(
     include: list[str] | None = None,
     exclude: list[str] | None = None,
     allow_global: list[str] | None = None,
+    variant: str | None = None,
 ) -> ReadOptions:
     """The reading flags every command shares, as the reader's options."""
     from wa_cli.io.reader import ReadOptions
@@ -35,6 +36,7 @@ def read_options(
         include=tuple(include or ()),
         exclude=tuple(exclude or ()),
         allow_globals=tuple(allow_global or ()),
+        variant=variant,
     )
 
 
@@ -46,6 +48,7 @@ def open_inputs(
     include: list[str] | None = None,
     exclude: list[str] | None = None,
     allow_global: list[str] | None = None,
+    variant: str | None = None,
     dedupe: bool = False,
 ) -> list[Checkpoint]:
     """Expand globs and folders (natural order) and open every checkpoint's header.
@@ -64,6 +67,7 @@ def open_inputs(
         include=include,
         exclude=exclude,
         allow_global=allow_global,
+        variant=variant,
     )
     if not args:
         expand_inputs(args)  # the usage error for no inputs

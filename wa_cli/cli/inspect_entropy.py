@@ -81,6 +81,7 @@ def inspect_entropy_command(
     include: opt.Include = None,
     exclude: opt.Exclude = None,
     allow_global: opt.AllowGlobal = None,
+    variant: opt.Variant = None,
     force: opt.Force = False,
     json: opt.Json = False,
     quiet: opt.Quiet = False,
@@ -119,6 +120,7 @@ def inspect_entropy_command(
         include=include,
         exclude=exclude,
         allow_global=allow_global,
+        variant=variant,
     )
     if plot is not None:
         check_output_is_not_input(plot, ckpts)

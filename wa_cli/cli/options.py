@@ -131,7 +131,16 @@ AllowGlobal = Annotated[
     typer.Option(
         "--allow-global",
         metavar="MOD.NAME",
-        help="Let pickles hold this trusted class (docs/inputs.md).",
+        help="Trust this class in pickles (docs/inputs.md).",
+        show_default=False,
+    ),
+]
+Variant = Annotated[
+    str | None,
+    typer.Option(
+        "--variant",
+        metavar="raw|ema",
+        help="Which copy of files holding raw and EMA weights.",
         show_default=False,
     ),
 ]

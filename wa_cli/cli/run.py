@@ -41,6 +41,7 @@ class ReadFlags:
     include: list[str] | None = None
     exclude: list[str] | None = None
     allow_global: list[str] | None = None
+    variant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ def run_reduction(
         include=read.include,
         exclude=read.exclude,
         allow_global=read.allow_global,
+        variant=read.variant,
         dedupe=True,
     )
     entries = select_inputs(ckpts, sel, default_order=default_order)

@@ -14,7 +14,9 @@ SAFETENSORS_SUFFIX = ".safetensors"
 INDEX_SUFFIX = ".safetensors.index.json"
 PICKLE_SUFFIXES = (".pth.tar", ".pt.tar", ".pt", ".pth", ".bin", ".ckpt")
 """What ``torch.save`` files are called: timm writes ``.pth.tar``, Lightning ``.ckpt``."""
-CHECKPOINT_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES)
+NEMO_SUFFIX = ".nemo"
+"""NeMo's archive: a tar holding a ``torch.save`` file (:mod:`wa_cli.io.nemo`)."""
+CHECKPOINT_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES, NEMO_SUFFIX)
 """File suffixes a folder is searched for."""
 
 _LONGEST_FIRST = tuple(sorted(CHECKPOINT_SUFFIXES, key=len, reverse=True))

@@ -11,6 +11,7 @@ offsets and are loaded into memory instead.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import zipfile
@@ -23,6 +24,8 @@ from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.io.checkpoint import Checkpoint, PositionalFile
 from wa_cli.io.dtypes import SAFETENSORS_NAMES
 from wa_cli.io.keys import NO_FILTER, KeyFilter, walk_key
+from wa_cli.io.library_layouts import identify
+from wa_cli.io.member import Member
 from wa_cli.io.pickles import check_key, check_tensor, load_pickle
 from wa_cli.io.safetensors_header import TensorInfo
 
@@ -42,19 +45,27 @@ class PickleCheckpoint(Checkpoint):
         *,
         allow_globals: Sequence[str | type] = (),
         keys: KeyFilter = NO_FILTER,
+        variant: str | None = None,
+        member: Member | None = None,
     ):
-        self._on_file = _offsets_usable(path)
+        self._base = 0 if member is None else member.offset  # a tar member: its data's offset
+        self._on_file = _offsets_usable(path, member)
         obj = load_pickle(
-            path, allow_globals=allow_globals, map_location="meta" if self._on_file else "cpu"
+            path,
+            allow_globals=allow_globals,
+            map_location="meta" if self._on_file else "cpu",
+            source=None if member is None else member.open,
         )
         self._file = PositionalFile(path)
         self._cached: tuple[str, torch.Tensor] | None = None
         self.path = path
-        chosen, self.skipped = _pick_state_dict(obj, path, key)
+        found = identify(obj, path, key, variant, _pick_state_dict)
+        chosen, self.skipped = found.state, found.skipped
         state = _checked_tensors(chosen, path, keys, on_meta=self._on_file)
         self._values = state
         tensors = {k: TensorInfo(v.dtype, tuple(v.shape)) for k, v in state.items()}
-        super().__init__(path, tensors, self._metadata(obj))
+        super().__init__(path, tensors, {**self._metadata(obj), **found.metadata})
+        self.notes.extend(found.notes)
 
     def _metadata(self, obj: object) -> dict[str, str]:
         """Step, epoch and top-level numeric scalars; Lightning's monitored scores by name."""
@@ -106,7 +117,7 @@ class PickleCheckpoint(Checkpoint):
             out.copy_(flat[byte_offset : byte_offset + out.numel()])
             return
         if t.is_contiguous():
-            start = _file_offset(t) + byte_offset
+            start = self._base + _file_offset(t) + byte_offset
             self._file.read(out, start, key)
             return
         dense = self._dense(key, t)
@@ -127,7 +138,7 @@ class PickleCheckpoint(Checkpoint):
         lo = t.storage_offset()
         hi = lo + sum((s - 1) * st for s, st in zip(t.shape, t.stride(), strict=True) if s > 0) + 1
         buf = torch.empty((hi - lo) * item if t.numel() else 0, dtype=torch.uint8)
-        self._file.read(buf, _file_offset(t), key)
+        self._file.read(buf, self._base + _file_offset(t), key)
         base = buf.view(t.dtype) if buf.numel() else torch.empty(0, dtype=t.dtype)
         return base.as_strided(tuple(t.shape), tuple(t.stride()), 0)
 
@@ -144,10 +155,13 @@ def _file_offset(t: torch.Tensor) -> int:
     return int(offset) + int(t.storage_offset()) * t.element_size()
 
 
-def _offsets_usable(path: Path) -> bool:
+def _offsets_usable(path: Path, member: Member | None = None) -> bool:
     """A zip-format, little-endian (or native) file: its records can be read in place."""
     try:
-        with zipfile.ZipFile(path) as z:
+        with (
+            contextlib.nullcontext(path) if member is None else member.open() as f,
+            zipfile.ZipFile(f) as z,
+        ):
             order = [n for n in z.namelist() if n.endswith("/byteorder") or n == "byteorder"]
             if order and z.read(order[0]).decode(errors="replace") != sys.byteorder:
                 return False

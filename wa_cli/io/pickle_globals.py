@@ -55,6 +55,7 @@ _NUMPY_CORE = ("numpy._core.multiarray", "numpy.core.multiarray")
 # name -> why it is safe. Functions here only rebuild numpy data from the pickle's arguments.
 ADMITTED: dict[str, str] = {
     "argparse.Namespace": "fills an empty namespace (timm's and fairseq's args)",
+    "datetime.timedelta": "a duration from three numbers (Composer's timestamp wall-clock times)",
     "numpy.ndarray": "an array",
     "numpy.dtype": "an array's element type",
     **{f"{m}._reconstruct": "rebuilds an ndarray" for m in _NUMPY_CORE},

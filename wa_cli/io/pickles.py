@@ -21,7 +21,7 @@ import pickle
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -104,6 +104,7 @@ def load_pickle(
     allow_globals: Sequence[str | type] = (),
     map_location: str = "cpu",
     mmap: bool = False,
+    source: Callable[[], IO[bytes]] | None = None,
 ) -> object:
     """``torch.load(path, weights_only=True)`` with wa's allow-list and one-line errors.
 
@@ -111,6 +112,8 @@ def load_pickle(
     storage with ``_checkpoint_offset`` (its byte offset in the file), so the reader can ``pread``
     tensor bytes later instead of mapping the whole file. ``mmap=True`` maps a zip-format file
     (data files sliced batch by batch); legacy files, which cannot be mapped, load in memory.
+    ``source`` opens the bytes to load when they are a part of ``path`` (a tar member); offsets
+    are then relative to the part's start.
 
     Raises:
         WaError: (BAD_INPUT) globals outside the allow-list (all named), or a file torch cannot
@@ -128,10 +131,13 @@ def load_pickle(
                     except RuntimeError as e:
                         if "mmap" not in str(e):
                             raise
+                if source is not None:
+                    with source() as f:
+                        return torch.load(f, map_location=map_location, weights_only=True)
                 return torch.load(path, map_location=map_location, weights_only=True)
             except pickle.UnpicklingError as e:
                 admitted = {n if isinstance(n, str) else qualified_name(n) for n in allow_globals}
-                raise WaError(_refusal(path, e, admitted), ExitCode.BAD_INPUT) from e
+                raise WaError(_refusal(path, e, admitted, source), ExitCode.BAD_INPUT) from e
     except WaError:
         raise
     except (RuntimeError, EOFError, OSError, ValueError, TypeError, KeyError) as e:
@@ -141,13 +147,19 @@ def load_pickle(
         ) from e
 
 
-def _refusal(path: Path, error: Exception, admitted: set[str]) -> str:
+def _refusal(
+    path: Path, error: Exception, admitted: set[str], source: Callable[[], IO[bytes]] | None = None
+) -> str:
     """One line naming every global the file needs beyond the allow-list, sorted by what wa
     will do with it: the one ``--allow-global`` command for the known data-only classes, which
     globals wa never admits, and which classes it does not know (called inside the context)."""
     names: list[str] = []
     with contextlib.suppress(Exception):  # legacy format: fall back to torch's message
-        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        if source is not None:
+            with source() as f:
+                names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(f))
+        else:
+            names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     names = [n for n in names if n not in admitted and n not in _default_names()]
     if not names:
         found = re.search(r"GLOBAL ([\w.]+)", str(error))

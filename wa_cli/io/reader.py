@@ -19,11 +19,13 @@ import torch
 
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.checkpoint import Checkpoint, PositionalFile
+from wa_cli.io.ema_copies import check_variant
 from wa_cli.io.formats import PICKLE_SUFFIXES, is_pickle_name, is_safetensors_name
 from wa_cli.io.guard import ReadPath, describe, note_reads
 from wa_cli.io.hostile import require_regular
 from wa_cli.io.index import INDEX_SUFFIX, find_index, read_weight_map
 from wa_cli.io.keys import AUTO, NO_FILTER, WRAPPER_PREFIXES, KeyFilter, parse_strip, shared_prefix
+from wa_cli.io.nemo import is_nemo_name, open_nemo
 from wa_cli.io.run_folders import RunFolder, recognise, trainer_record
 from wa_cli.io.safetensors_header import LayoutMemo, TensorInfo, read_header
 
@@ -150,6 +152,7 @@ class ReadOptions:
             the dotted prefix shared by every key of every input.
         include, exclude: regular expressions choosing keys by their stored names.
         allow_globals: extra classes (``MODULE.NAME``) a pickle may hold (:mod:`pickles`).
+        variant: ``raw`` or ``ema``: which copy of a checkpoint holding both (:mod:`ema_copies`).
     """
 
     key: str | None = None
@@ -157,6 +160,10 @@ class ReadOptions:
     include: Sequence[str] = ()
     exclude: Sequence[str] = ()
     allow_globals: Sequence[str | type] = field(default_factory=tuple)
+    variant: str | None = None
+
+    def __post_init__(self) -> None:
+        check_variant(self.variant)
 
     @property
     def key_filter(self) -> KeyFilter:
@@ -184,12 +191,18 @@ def _open_one(
     if is_pickle_name(p):
         from wa_cli.io.pickle_checkpoint import PickleCheckpoint
 
-        return PickleCheckpoint(p, options.key, allow_globals=options.allow_globals, keys=keys)
+        return PickleCheckpoint(
+            p, options.key, allow_globals=options.allow_globals, keys=keys, variant=options.variant
+        )
+    if is_nemo_name(p):
+        return open_nemo(
+            p, options.key, allow_globals=options.allow_globals, keys=keys, variant=options.variant
+        )
     if is_safetensors_name(p):
         return SafetensorsFile(p, memo)
     raise WaError(
         f"'{p}' is not a checkpoint wa can read (expected .safetensors, a sharded folder or "
-        f"its .index.json, or {', '.join(PICKLE_SUFFIXES)})",
+        f"its .index.json, {', '.join(PICKLE_SUFFIXES)}, or a NeMo .nemo archive)",
         ExitCode.BAD_INPUT,
     )
 

@@ -25,8 +25,9 @@ from typing import Literal, Protocol
 
 from wa_cli.errors import ExitCode, WaError
 
-STEP_KEYS = ("step", "global_step")
-"""Metadata entries that hold a training step, in the order they are preferred."""
+STEP_KEYS = ("step", "global_step", "num_updates")
+"""Metadata entries that hold a training step, in the order they are preferred (``num_updates``:
+fairseq's, read by :mod:`wa_cli.io.library_layouts`)."""
 EPOCH_KEY = "epoch"
 MAX_STEP = 2**63 - 1
 """Steps are stored as 64-bit integers in every format wa writes; larger ones are refused."""

@@ -223,7 +223,7 @@ def posthoc_ema_to_file(
     opts = opts or ReduceOptions.checked()
     out = out or WriteOptions.checked()
     if read is None and snapshot_sigma_rels is not None:
-        read = ReadOptions(include=[r"^ema_model\."], strip_prefixes=["ema_model."])
+        read = ReadOptions(variant="ema")  # ema_model.* under the model's names
     ckpts = open_inputs(inputs, options=read)
     snap = snapshot_gammas(ckpts, snapshot_sigma_rels)
     steps = _steps(ckpts, snapshots=snap is not None, named=snapshot_sigma_rels is not None)
