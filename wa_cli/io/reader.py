@@ -150,6 +150,8 @@ class ReadOptions:
             the dotted prefix shared by every key of every input.
         include, exclude: regular expressions choosing keys by their stored names.
         allow_globals: extra classes (``MODULE.NAME``) a pickle may hold (:mod:`pickles`).
+        deepspeed_weights: for DeepSpeed checkpoints, ``"master"`` (the fp32 master weights of
+            the optimizer files) or ``"module"`` (the module copy, ZeRO-1/2): :mod:`deepspeed`.
     """
 
     key: str | None = None
@@ -157,6 +159,7 @@ class ReadOptions:
     include: Sequence[str] = ()
     exclude: Sequence[str] = ()
     allow_globals: Sequence[str | type] = field(default_factory=tuple)
+    deepspeed_weights: str = "master"
 
     @property
     def key_filter(self) -> KeyFilter:
@@ -198,16 +201,20 @@ def _open_run_folder(
     run: RunFolder, options: ReadOptions, keys: KeyFilter, memo: LayoutMemo | None
 ) -> Checkpoint:
     """The run folder's model file, named after the folder, with the library's record."""
-    if run.kind == "dcp" or run.model.is_dir():
+    if run.kind == "deepspeed":
+        from wa_cli.io.deepspeed import open_deepspeed
+
+        ckpt: Checkpoint = open_deepspeed(run, options.deepspeed_weights, keys)
+    elif run.kind == "dcp" or run.model.is_dir():
         from wa_cli.io.dcp import DcpCheckpoint
 
-        ckpt: Checkpoint = DcpCheckpoint(run.model, keys)
+        ckpt = DcpCheckpoint(run.model, keys)
     else:
         ckpt = _open_one(run.model, options, keys, memo)
     inner = ckpt.files
     ckpt.path, ckpt.name = run.folder, run.folder.name
     ckpt.extra_files = [f for f in inner if f != run.folder]
-    if run.model != run.folder:
+    if run.model != run.folder and run.kind != "deepspeed":  # DeepSpeed's note says more
         ckpt.chosen_file_note = run.note
     record = trainer_record(run.folder)
     if record:
