@@ -42,6 +42,7 @@ def average_command(
     include: opt.Include = None,
     exclude: opt.Exclude = None,
     allow_global: opt.AllowGlobal = None,
+    deepspeed_weights: opt.DeepSpeedWeights = "master",
     force: opt.Force = False,
     json: opt.Json = False,
     quiet: opt.Quiet = False,
@@ -94,7 +95,7 @@ def average_command(
 
     run_reduction(
         "average", inputs, output, sel,
-        ReadFlags(key, strip_prefix, include, exclude, allow_global),
+        ReadFlags(key, strip_prefix, include, exclude, allow_global, deepspeed_weights),
         # The mean does not depend on the order: keep the given one (and read no steps) unless
         # a selection asks for trajectory order; --dry-run shows steps, so it reads them.
         default_order="auto" if sel.filters else ("given" if dry_run else None),

@@ -21,6 +21,7 @@ FLAGS: dict[str, str] = {
     "exclude": "--exclude",
     "allow_global": "--allow-global",
     "allow_globals": "--allow-global",
+    "deepspeed_weights": "--deepspeed-weights",
     "force": "--force",
     "max_shard_size": "--max-shard-size",
     "shard_name": "--shard-name",

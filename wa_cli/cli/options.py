@@ -135,6 +135,15 @@ AllowGlobal = Annotated[
         show_default=False,
     ),
 ]
+DeepSpeedWeights = Annotated[
+    str,
+    typer.Option(
+        "--deepspeed-weights",
+        metavar="master|module",
+        help="DeepSpeed: fp32 masters of the optimizer files (default), or the module copy.",
+        show_default=False,
+    ),
+]
 Bins = Annotated[
     int,
     typer.Option("--bins", help="Histogram bins (default: 10).", metavar="B", show_default=False),

@@ -41,6 +41,7 @@ class ReadFlags:
     include: list[str] | None = None
     exclude: list[str] | None = None
     allow_global: list[str] | None = None
+    deepspeed_weights: str = "master"
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ def run_reduction(
         include=read.include,
         exclude=read.exclude,
         allow_global=read.allow_global,
+        deepspeed_weights=read.deepspeed_weights,
         dedupe=True,
     )
     entries = select_inputs(ckpts, sel, default_order=default_order)
@@ -91,7 +93,7 @@ def run_reduction(
         sel=sel,
     )  # fmt: skip
     if dry_run:
-        dry_run_checks(weighed.items, output, **check)
+        report["notes"] = dry_run_checks(weighed.items, output, **check)
         emit_selection(report, json)
         return
     destination = require_output(output, command)

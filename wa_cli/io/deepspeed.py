@@ -132,7 +132,7 @@ def open_deepspeed(
         ckpt = _open_module(tag, keys)
         ckpt.chosen_file_note = (
             f"the module weights ({_dtypes(ckpt)}) of {tag.model_files[0].name} of {where} "
-            f"(--deepspeed-weights module; the fp32 master weights and the optimizer state in "
+            f"(the module copy, as asked; the fp32 master weights and the optimizer state in "
             f"the optimizer files left out){beside}"
         )
         return ckpt
@@ -155,7 +155,7 @@ def _open_module(tag: TagFolder, keys: KeyFilter | None) -> Checkpoint:
         raise WaError(
             f"'{tag.folder}' is a ZeRO-3 checkpoint, whose model-states files hold only empty "
             "placeholders of the parameters: the weights live in the optimizer files "
-            "(drop --deepspeed-weights module to read the fp32 master weights)",
+            "(deepspeed_weights='module' reads ZeRO-1/2 only; use 'master', the default)",
             ExitCode.USAGE,
             params=("deepspeed_weights",),
         )
