@@ -124,7 +124,8 @@ def ema_command(
         return note_copies(result, copies)
 
     run_reduction(
-        "ema", inputs, output, sel, ReadFlags(key, strip_prefix, include, exclude, allow_global, deepspeed_weights),
+        "ema", inputs, output, sel,
+        ReadFlags(key, strip_prefix, include, exclude, allow_global, deepspeed_weights),
         default_order="auto", weigh=weigh, write=write,
         check={"keys": keys, "non_float": non_float, "dtype": parse_user_dtype(dtype),
                "max_shard_size": max_shard_size},

@@ -194,6 +194,12 @@ def _zero_layout(tag: TagFolder) -> ZeroLayout:
             f"{world!r} data-parallel ranks; copy every rank's *_optim_states.pt",
             ExitCode.BAD_INPUT,
         )
+    ranks = sorted(int(m.group(2)) for f in tag.optim_files if (m := OPTIM_FILE.match(f.name)))
+    if ranks != list(range(world)):
+        raise WaError(
+            f"'{tag.folder}' holds the optimizer files of ranks {ranks}, expected 0 to {world - 1}",
+            ExitCode.BAD_INPUT,
+        )
     models = tag.model_files if stage == 3 else tag.model_files[:1]
     if stage == 3 and len(models) != world:
         raise WaError(

@@ -23,7 +23,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-LAYOUTS = {"zero1": (1, "fp32"), "zero2": (2, "fp32"), "zero2_bf16": (2, "bf16"), "zero3": (3, "fp32")}
+LAYOUTS = {
+    "zero1": (1, "fp32"),
+    "zero2": (2, "fp32"),
+    "zero2_bf16": (2, "bf16"),
+    "zero3": (3, "fp32"),
+}
 WORLD = 2
 STEPS = 2
 
