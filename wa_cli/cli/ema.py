@@ -73,7 +73,6 @@ def ema_command(
     include: opt.Include = None,
     exclude: opt.Exclude = None,
     allow_global: opt.AllowGlobal = None,
-    deepspeed_weights: opt.DeepSpeedWeights = "master",
     force: opt.Force = False,
     json: opt.Json = False,
     quiet: opt.Quiet = False,
@@ -124,8 +123,7 @@ def ema_command(
         return note_copies(result, copies)
 
     run_reduction(
-        "ema", inputs, output, sel,
-        ReadFlags(key, strip_prefix, include, exclude, allow_global, deepspeed_weights),
+        "ema", inputs, output, sel, ReadFlags(key, strip_prefix, include, exclude, allow_global),
         default_order="auto", weigh=weigh, write=write,
         check={"keys": keys, "non_float": non_float, "dtype": parse_user_dtype(dtype),
                "max_shard_size": max_shard_size},

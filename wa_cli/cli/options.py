@@ -139,8 +139,8 @@ DeepSpeedWeights = Annotated[
     str,
     typer.Option(
         "--deepspeed-weights",
-        metavar="master|module",
-        help="DeepSpeed: fp32 masters of the optimizer files (default), or the module copy.",
+        metavar="W",
+        help="DeepSpeed: master (fp32, default)|module.",
         show_default=False,
     ),
 ]
