@@ -122,6 +122,17 @@ def test_zero3_model_states_alone_refused(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["zero3"]
 
 
+def test_rank_optimizer_file_named_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Never a hint towards --allow-global of DeepSpeed's classes: the folder is the model."""
+    out = run_copy(tmp_path, "zero2")
+    named = out / "global_step1" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    result = run_wa(["average", named, "-o", tmp_path / "a.safetensors"], capsys)
+    assert_one_line_error(result, 3, "optimizer state", "global_step1")
+    assert "--allow-global" not in result.stderr
+
+
 def test_zero12_model_states_named_read_the_module_copy(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from wa_cli.errors import ExitCode, WaError
+
 OPTIM_FILE = re.compile(r"^(bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
 """A rank's optimizer-state file: group 2 is the data-parallel rank, 3 the model-parallel one."""
 MODEL_FILE = re.compile(r"^(?:zero_pp_rank_(\d+)_)?mp_rank_(\d+)_model_states\.pt$")
@@ -81,3 +83,18 @@ def trainer_tag(folder: Path, names: set[str]) -> Path | None:
             return None
         return next((t for t in tags if t.name == named), None)
     return None
+
+
+def refuse_rank_file(path: Path) -> None:
+    """A rank's optimizer-state file named on its own is no model: say where the model is.
+
+    Raises:
+        WaError: (BAD_INPUT) ``path`` is named like ``zero_pp_rank_R_mp_rank_00_optim_states.pt``.
+    """
+    if OPTIM_FILE.match(path.name):
+        raise WaError(
+            f"'{path}' is one rank's DeepSpeed optimizer state (its slice of the fp32 master "
+            f"weights and of the Adam moments), not a model: name its folder '{path.parent}' "
+            "(or the run's folder) to read the whole fp32 model",
+            ExitCode.BAD_INPUT,
+        )

@@ -19,6 +19,7 @@ import torch
 
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.checkpoint import Checkpoint, PositionalFile
+from wa_cli.io.deepspeed_layout import refuse_rank_file
 from wa_cli.io.formats import PICKLE_SUFFIXES, is_pickle_name, is_safetensors_name
 from wa_cli.io.guard import ReadPath, describe, note_reads
 from wa_cli.io.hostile import require_regular
@@ -186,6 +187,8 @@ def _open_one(
         return ShardedCheckpoint(p, p, memo)
     if is_pickle_name(p):
         from wa_cli.io.pickle_checkpoint import PickleCheckpoint
+
+        refuse_rank_file(p)  # DeepSpeed's optimizer partitions: their folder is the model
 
         return PickleCheckpoint(p, options.key, allow_globals=options.allow_globals, keys=keys)
     if is_safetensors_name(p):
