@@ -290,3 +290,37 @@ def test_fresh_run_matches_zero_to_fp32(tmp_path: Path) -> None:
             ckpt = open_checkpoint(tmp_path / layout / f"global_step{step}")
             want = load_file(tmp_path / f"{layout}.expected" / f"global_step{step}.safetensors")
             assert_same({k: ckpt.tensor(k) for k in ckpt.keys()}, want)
+
+
+@pytest.mark.slow
+def test_real_trainer_zero3_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """transformers' Trainer with DeepSpeed ZeRO-3 (one CPU rank, a tiny GPT-2 whose lm_head is
+    tied to its embedding: shared_params) saves out/checkpoint-{1,2}/; `wa average out/` equals
+    the float64 mean of zero_to_fp32's output of each checkpoint (about 40 s)."""
+    pytest.importorskip("deepspeed")
+    pytest.importorskip("transformers")
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, DS_ACCELERATOR="cpu")
+    out = tmp_path / "out"
+    script = RUNS / "trainer_run.py"
+    subprocess.run([sys.executable, script, out], env=env, check=True, capture_output=True)
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    states = [
+        {k: v.contiguous() for k, v in get_fp32_state_dict_from_zero_checkpoint(
+            str(out / f"checkpoint-{n}")).items()}
+        for n in STEPS
+    ]  # fmt: skip
+    assert "lm_head.weight" in states[0]  # tied: written under both names
+    dest = tmp_path / "avg.safetensors"
+    result = run_wa(["average", out, "-o", dest], capsys)
+    assert result.code == 0, result.stderr
+    assert_same(load_file(dest), mean64(states))
+    result = run_wa(["average", out, "--dry-run", "--json"], capsys)
+    assert [row["step"] for row in json.loads(result.stdout)["checkpoints"]] == [1, 2]
