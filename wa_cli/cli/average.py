@@ -43,6 +43,7 @@ def average_command(
     exclude: opt.Exclude = None,
     allow_global: opt.AllowGlobal = None,
     variant: opt.Variant = None,
+    deepspeed_weights: opt.DeepSpeedWeights = "master",
     force: opt.Force = False,
     json: opt.Json = False,
     quiet: opt.Quiet = False,
@@ -95,7 +96,7 @@ def average_command(
 
     run_reduction(
         "average", inputs, output, sel,
-        ReadFlags(key, strip_prefix, include, exclude, allow_global, variant),
+        ReadFlags(key, strip_prefix, include, exclude, allow_global, variant, deepspeed_weights),
         # The mean does not depend on the order: keep the given one (and read no steps) unless
         # a selection asks for trajectory order; --dry-run shows steps, so it reads them.
         default_order="auto" if sel.filters else ("given" if dry_run else None),

@@ -22,6 +22,7 @@ FLAGS: dict[str, str] = {
     "allow_global": "--allow-global",
     "allow_globals": "--allow-global",
     "variant": "--variant",
+    "deepspeed_weights": "--deepspeed-weights",
     "force": "--force",
     "max_shard_size": "--max-shard-size",
     "shard_name": "--shard-name",

@@ -26,6 +26,7 @@ def read_options(
     exclude: list[str] | None = None,
     allow_global: list[str] | None = None,
     variant: str | None = None,
+    deepspeed_weights: str = "master",
 ) -> ReadOptions:
     """The reading flags every command shares, as the reader's options."""
     from wa_cli.io.reader import ReadOptions
@@ -37,6 +38,7 @@ def read_options(
         exclude=tuple(exclude or ()),
         allow_globals=tuple(allow_global or ()),
         variant=variant,
+        deepspeed_weights=deepspeed_weights,
     )
 
 
@@ -49,6 +51,7 @@ def open_inputs(
     exclude: list[str] | None = None,
     allow_global: list[str] | None = None,
     variant: str | None = None,
+    deepspeed_weights: str = "master",
     dedupe: bool = False,
 ) -> list[Checkpoint]:
     """Expand globs and folders (natural order) and open every checkpoint's header.
@@ -68,6 +71,7 @@ def open_inputs(
         exclude=exclude,
         allow_global=allow_global,
         variant=variant,
+        deepspeed_weights=deepspeed_weights,
     )
     if not args:
         expand_inputs(args)  # the usage error for no inputs
@@ -234,9 +238,10 @@ def dry_run_checks(
     non_float: str,
     dtype: Any,
     max_shard_size: str | None,
-) -> None:
+) -> list[str]:
     """Every check a real run makes before writing: keys, shapes, dtypes, the non-float policy,
     the output's name and that it is no input. ``--dry-run`` fails exactly where the run would.
+    Returns the plan's notes (which file of each input is read, what is left out).
     """
     from wa_cli.engine.plan import KeysMode, NonFloatPolicy, build_plan
     from wa_cli.engine.run import check_output_is_not_input
@@ -245,7 +250,7 @@ def dry_run_checks(
     sharded = max_shard_size is not None
     if max_shard_size is not None:
         parse_size(max_shard_size)
-    build_plan(
+    plan = build_plan(
         items,
         keys=choice("keys", keys, KeysMode),
         non_float=choice("non_float", non_float, NonFloatPolicy),
@@ -254,6 +259,7 @@ def dry_run_checks(
     if output is not None:
         check_output_name(output, sharded=sharded)
         check_output_is_not_input(output, items)
+    return list(plan.notes)
 
 
 def selection_report(
@@ -343,3 +349,5 @@ def emit_selection(report: dict[str, Any], as_json: bool) -> None:
     )
     for line in format_rows(rows, report["metric"]):
         print(printable(line))
+    for note in report.get("notes") or ():
+        print(printable(f"  {note}"))

@@ -144,6 +144,15 @@ Variant = Annotated[
         show_default=False,
     ),
 ]
+DeepSpeedWeights = Annotated[
+    str,
+    typer.Option(
+        "--deepspeed-weights",
+        metavar="W",
+        help="DeepSpeed: master (fp32, default)|module.",
+        show_default=False,
+    ),
+]
 Bins = Annotated[
     int,
     typer.Option("--bins", help="Histogram bins (default: 10).", metavar="B", show_default=False),

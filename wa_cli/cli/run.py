@@ -42,6 +42,7 @@ class ReadFlags:
     exclude: list[str] | None = None
     allow_global: list[str] | None = None
     variant: str | None = None
+    deepspeed_weights: str = "master"
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ def run_reduction(
         exclude=read.exclude,
         allow_global=read.allow_global,
         variant=read.variant,
+        deepspeed_weights=read.deepspeed_weights,
         dedupe=True,
     )
     entries = select_inputs(ckpts, sel, default_order=default_order)
@@ -93,7 +95,7 @@ def run_reduction(
         sel=sel,
     )  # fmt: skip
     if dry_run:
-        dry_run_checks(weighed.items, output, **check)
+        report["notes"] = dry_run_checks(weighed.items, output, **check)
         emit_selection(report, json)
         return
     destination = require_output(output, command)

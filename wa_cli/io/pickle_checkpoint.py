@@ -22,6 +22,7 @@ import torch
 
 from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.io.checkpoint import Checkpoint, PositionalFile
+from wa_cli.io.deepspeed_pickle import model_states_note
 from wa_cli.io.dtypes import SAFETENSORS_NAMES
 from wa_cli.io.keys import NO_FILTER, KeyFilter, walk_key
 from wa_cli.io.library_layouts import identify
@@ -56,6 +57,7 @@ class PickleCheckpoint(Checkpoint):
             map_location="meta" if self._on_file else "cpu",
             source=None if member is None else member.open,
         )
+        deepspeed_note = model_states_note(obj, path)  # ZeRO-3 placeholders: refused
         self._file = PositionalFile(path)
         self._cached: tuple[str, torch.Tensor] | None = None
         self.path = path
@@ -66,6 +68,9 @@ class PickleCheckpoint(Checkpoint):
         tensors = {k: TensorInfo(v.dtype, tuple(v.shape)) for k, v in state.items()}
         super().__init__(path, tensors, {**self._metadata(obj), **found.metadata})
         self.notes.extend(found.notes)
+        self.chosen_file_note = deepspeed_note
+        if deepspeed_note and "global_steps" in self.metadata:  # the engine's step counter
+            self.metadata.setdefault("global_step", self.metadata["global_steps"])
 
     def _metadata(self, obj: object) -> dict[str, str]:
         """Step, epoch and top-level numeric scalars; Lightning's monitored scores by name."""

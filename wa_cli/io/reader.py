@@ -19,6 +19,7 @@ import torch
 
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.checkpoint import Checkpoint, PositionalFile
+from wa_cli.io.deepspeed_layout import refuse_rank_file
 from wa_cli.io.ema_copies import check_variant
 from wa_cli.io.formats import PICKLE_SUFFIXES, is_pickle_name, is_safetensors_name
 from wa_cli.io.guard import ReadPath, describe, note_reads
@@ -153,6 +154,8 @@ class ReadOptions:
         include, exclude: regular expressions choosing keys by their stored names.
         allow_globals: extra classes (``MODULE.NAME``) a pickle may hold (:mod:`pickles`).
         variant: ``raw`` or ``ema``: which copy of a checkpoint holding both (:mod:`ema_copies`).
+        deepspeed_weights: for DeepSpeed checkpoints, ``"master"`` (the fp32 master weights of
+            the optimizer files) or ``"module"`` (the module copy, ZeRO-1/2): :mod:`deepspeed`.
     """
 
     key: str | None = None
@@ -161,6 +164,7 @@ class ReadOptions:
     exclude: Sequence[str] = ()
     allow_globals: Sequence[str | type] = field(default_factory=tuple)
     variant: str | None = None
+    deepspeed_weights: str = "master"
 
     def __post_init__(self) -> None:
         check_variant(self.variant)
@@ -191,6 +195,7 @@ def _open_one(
     if is_pickle_name(p):
         from wa_cli.io.pickle_checkpoint import PickleCheckpoint
 
+        refuse_rank_file(p)  # DeepSpeed's optimizer partitions: their folder is the model
         return PickleCheckpoint(
             p, options.key, allow_globals=options.allow_globals, keys=keys, variant=options.variant
         )
@@ -211,16 +216,20 @@ def _open_run_folder(
     run: RunFolder, options: ReadOptions, keys: KeyFilter, memo: LayoutMemo | None
 ) -> Checkpoint:
     """The run folder's model file, named after the folder, with the library's record."""
-    if run.kind == "dcp" or run.model.is_dir():
+    if run.kind == "deepspeed":
+        from wa_cli.io.deepspeed import open_deepspeed
+
+        ckpt: Checkpoint = open_deepspeed(run, options.deepspeed_weights, keys)
+    elif run.kind == "dcp" or run.model.is_dir():
         from wa_cli.io.dcp import DcpCheckpoint
 
-        ckpt: Checkpoint = DcpCheckpoint(run.model, keys)
+        ckpt = DcpCheckpoint(run.model, keys)
     else:
         ckpt = _open_one(run.model, options, keys, memo)
     inner = ckpt.files
     ckpt.path, ckpt.name = run.folder, run.folder.name
     ckpt.extra_files = [f for f in inner if f != run.folder]
-    if run.model != run.folder:
+    if run.model != run.folder and run.kind != "deepspeed":  # DeepSpeed's note says more
         ckpt.chosen_file_note = run.note
     record = trainer_record(run.folder)
     if record:

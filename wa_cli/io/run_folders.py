@@ -9,6 +9,8 @@
 * ``save_pretrained`` folders of transformers (``model*.safetensors``) and diffusers
   (``diffusion_pytorch_model*.safetensors``), with ``config.json``.
 * DCP folders (``.metadata`` + ``*.distcp``), see :mod:`wa_cli.io.dcp`.
+* DeepSpeed tag folders (``global_stepN/``) and Trainer ``checkpoint-N/`` folders holding one,
+  see :mod:`wa_cli.io.deepspeed_layout`.
 
 A folder counts as one checkpoint only when its model file is found and every other checkpoint
 file in it is training state (optimizer, scheduler, rng, args) or a shard of the model: a plain
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.io.deepspeed_layout import tag_folder, trainer_tag
 from wa_cli.io.formats import INDEX_SUFFIX, checkpoint_suffix
 from wa_cli.io.index import read_weight_map
 
@@ -47,7 +50,7 @@ _TRAINING_STATE = re.compile(
 _OTHER_MODEL = re.compile(r"^(model|pytorch_model)_(\d+)\.(safetensors|bin)$")
 _MAX_STATE_BYTES = 256 * 2**20
 
-Kind = Literal["hf-trainer", "accelerate", "save_pretrained", "dcp"]
+Kind = Literal["hf-trainer", "accelerate", "save_pretrained", "dcp", "deepspeed"]
 
 
 @dataclass(frozen=True)
@@ -95,10 +98,16 @@ def recognise(folder: Path) -> RunFolder | None:
     """
     if is_dcp_folder(folder):
         return RunFolder(folder, "dcp", folder)
+    if tag_folder(folder) is not None:
+        return RunFolder(folder, "deepspeed", folder)
     try:
         names = {p.name for p in folder.iterdir()}
     except OSError:
         return None
+    tag = trainer_tag(folder, names)
+    if tag is not None:  # its model.safetensors, if any, is the 16-bit copy: left out by name
+        others = sorted(n for n in names if not n.startswith(".") and checkpoint_suffix(n))
+        return RunFolder(folder, "deepspeed", tag, others)
     if sum(n.endswith(INDEX_SUFFIX) for n in names) > 1:
         return None  # ambiguous: find_index says so
     model: Path | None = next((folder / n for n in MODEL_FILES if n in names), None)
