@@ -223,7 +223,7 @@ def _open_run_folder(
     elif run.kind == "dcp" or run.model.is_dir():
         from wa_cli.io.dcp import DcpCheckpoint
 
-        ckpt = DcpCheckpoint(run.model, keys)
+        ckpt = DcpCheckpoint(run.model, keys, options.key)
     else:
         ckpt = _open_one(run.model, options, keys, memo)
     inner = ckpt.files

@@ -40,8 +40,9 @@ MODEL_FILES = (
     "diffusion_pytorch_model.bin",
 )
 """The model file of a run folder, in order of preference (safetensors first)."""
-DCP_SUBFOLDERS = ("pytorch_model_fsdp_0",)
-"""Where accelerate and the HF Trainer put an FSDP model saved as a DCP folder."""
+DCP_SUBFOLDERS = ("pytorch_model_fsdp_0", "model_and_optim", "weights")
+"""Where libraries put a DCP folder inside a checkpoint folder: accelerate and the HF Trainer
+(FSDP), OLMo-core (``stepN/model_and_optim/``), NeMo 2 (``.../weights/``)."""
 TRAINER_STATE = "trainer_state.json"
 _TRAINING_STATE = re.compile(
     r"^(optimizer|scheduler|sampler|scaler|training_args|rng_state(_\d+)?|random_states_\d+"
