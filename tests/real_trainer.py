@@ -11,8 +11,11 @@ import pytest
 import torch
 
 
-def trainer_run(root: Path, max_steps: int, *, evaluate: bool = False) -> Path:
-    """Train a 1-layer GPT-2 for ``max_steps`` steps, saving every 2; returns ``root/out``."""
+def trainer_run(root: Path, max_steps: int, *, evaluate: bool = False, lora: bool = False) -> Path:
+    """Train a 1-layer GPT-2 for ``max_steps`` steps, saving every 2; returns ``root/out``.
+
+    ``lora``: train a PEFT LoRA adapter on ``c_attn`` instead (checkpoints hold the adapter).
+    """
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
 
@@ -32,7 +35,13 @@ def trainer_run(root: Path, max_steps: int, *, evaluate: bool = False) -> Path:
         str(root / "out"), max_steps=max_steps, save_steps=2, per_device_train_batch_size=4,
         report_to=[], use_cpu=True, disable_tqdm=True, **schedule,
     )  # fmt: skip
-    trainer = transformers.Trainer(model=transformers.GPT2LMHeadModel(config), args=args,
+    model = transformers.GPT2LMHeadModel(config)
+    if lora:
+        peft = pytest.importorskip("peft")
+        model = peft.get_peft_model(
+            model, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"])
+        )
+    trainer = transformers.Trainer(model=model, args=args,
                                    train_dataset=Tokens(),
                                    eval_dataset=Tokens() if evaluate else None)  # fmt: skip
     trainer.train()

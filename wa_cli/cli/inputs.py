@@ -215,7 +215,7 @@ def output_layout(
     newest = items[-1]
     folder = Path(newest.path) if Path(newest.path).is_dir() else Path(newest.path).parent
     files = config_files(folder)
-    if not any(f.name == "config.json" for f in files):
+    if not any(f.name in ("config.json", "adapter_config.json") for f in files):
         logging.getLogger("wa_cli").warning(
             "--copy-config: '%s' holds no config.json (from_pretrained needs one)", folder
         )

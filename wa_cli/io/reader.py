@@ -27,6 +27,7 @@ from wa_cli.io.hostile import require_regular
 from wa_cli.io.index import INDEX_SUFFIX, find_index, read_weight_map
 from wa_cli.io.keys import AUTO, NO_FILTER, WRAPPER_PREFIXES, KeyFilter, parse_strip, shared_prefix
 from wa_cli.io.nemo import is_nemo_name, open_nemo
+from wa_cli.io.peft import check_adapter_configs
 from wa_cli.io.run_folders import RunFolder, recognise, trainer_record
 from wa_cli.io.safetensors_header import LayoutMemo, TensorInfo, read_header
 
@@ -298,6 +299,7 @@ def open_checkpoints(
             opened.append(ckpt)
             note_reads(ckpt.read_paths())  # the output guard never writes over them
             _filter_keys(ckpt, keys)
+        check_adapter_configs([c.files for c in opened])  # PEFT: one configuration
         if strip == AUTO:
             prefix = shared_prefix([c.keys() for c in opened])
             strip = (prefix,) if prefix else ()

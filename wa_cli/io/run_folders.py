@@ -11,6 +11,8 @@
 * DCP folders (``.metadata`` + ``*.distcp``), see :mod:`wa_cli.io.dcp`.
 * DeepSpeed tag folders (``global_stepN/``) and Trainer ``checkpoint-N/`` folders holding one,
   see :mod:`wa_cli.io.deepspeed_layout`.
+* PEFT adapters (``adapter_model.safetensors`` + ``adapter_config.json``), alone or in a Trainer
+  ``checkpoint-N/``, see :mod:`wa_cli.io.peft`.
 
 A folder counts as one checkpoint only when its model file is found and every other checkpoint
 file in it is training state (optimizer, scheduler, rng, args) or a shard of the model: a plain
@@ -30,6 +32,7 @@ from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.deepspeed_layout import tag_folder, trainer_tag
 from wa_cli.io.formats import INDEX_SUFFIX, checkpoint_suffix
 from wa_cli.io.index import read_weight_map
+from wa_cli.io.peft import ADAPTER_FILES
 
 MODEL_FILES = (
     "model.safetensors.index.json",
@@ -38,8 +41,10 @@ MODEL_FILES = (
     "diffusion_pytorch_model.safetensors",
     "pytorch_model.bin",
     "diffusion_pytorch_model.bin",
+    *ADAPTER_FILES,
 )
-"""The model file of a run folder, in order of preference (safetensors first)."""
+"""The model file of a run folder, in order of preference (safetensors first; a PEFT adapter's
+``adapter_model.safetensors`` last, see :mod:`wa_cli.io.peft`)."""
 DCP_SUBFOLDERS = ("pytorch_model_fsdp_0", "model_and_optim", "weights")
 """Where libraries put a DCP folder inside a checkpoint folder: accelerate and the HF Trainer
 (FSDP), OLMo-core (``stepN/model_and_optim/``), NeMo 2 (``.../weights/``)."""
@@ -51,7 +56,7 @@ _TRAINING_STATE = re.compile(
 _OTHER_MODEL = re.compile(r"^(model|pytorch_model)_(\d+)\.(safetensors|bin)$")
 _MAX_STATE_BYTES = 256 * 2**20
 
-Kind = Literal["hf-trainer", "accelerate", "save_pretrained", "dcp", "deepspeed"]
+Kind = Literal["hf-trainer", "accelerate", "save_pretrained", "dcp", "deepspeed", "peft"]
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,8 @@ def recognise(folder: Path) -> RunFolder | None:
 def _kind(folder: Path, names: set[str]) -> Kind:
     if TRAINER_STATE in names:
         return "hf-trainer"
+    if names & set(ADAPTER_FILES):
+        return "peft"
     if any(n.startswith("random_states_") for n in names) or "optimizer.bin" in names:
         return "accelerate"
     return "save_pretrained"

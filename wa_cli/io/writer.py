@@ -357,7 +357,13 @@ def shard_layout(
 
 
 def shard_file_name(index: int, total: int, shard_name: str = DEFAULT_SHARD_NAME) -> str:
-    """The name of shard ``index`` (from 0) of ``total``, as ``write_safetensors`` names it."""
+    """The name of shard ``index`` (from 0) of ``total``, as ``write_safetensors`` names it.
+
+    A PEFT adapter is one file, ``adapter_model.safetensors``: ``PeftModel.from_pretrained``
+    reads that name only (the index beside it is ignored there).
+    """
+    if shard_name == "adapter_model" and total == 1:
+        return f"{shard_name}.safetensors"
     return f"{shard_name}-{index + 1:05d}-of-{total:05d}.safetensors"
 
 
