@@ -37,6 +37,7 @@ def average_command(
     max_shard_size: opt.MaxShardSize = None,
     shard_name: opt.ShardName = None,
     copy_config: opt.CopyConfig = False,
+    output_format: opt.OutputFormat = "safetensors",
     key: opt.PickleKey = None,
     strip_prefix: opt.StripPrefix = None,
     include: opt.Include = None,
@@ -90,7 +91,7 @@ def average_command(
         result = average_to_file(
             items, out, weights=ordered_weights, keys=keys, non_float=non_float, dtype=dtype,
             precision=precision, device=device, force=force, max_shard_size=max_shard_size,
-            progress=progress, shard_name=name, copy_files=copies,
+            progress=progress, shard_name=name, copy_files=copies, output_format=output_format,
         )  # fmt: skip
         return note_copies(result, copies)
 

@@ -68,6 +68,7 @@ def ema_command(
     device: opt.Device = "auto",
     max_shard_size: opt.MaxShardSize = None,
     copy_config: opt.CopyConfig = False,
+    output_format: opt.OutputFormat = "safetensors",
     key: opt.PickleKey = None,
     strip_prefix: opt.StripPrefix = None,
     include: opt.Include = None,
@@ -119,7 +120,7 @@ def ema_command(
             items, out, decay=decay, decay_per_step=decay_per_step, half_life=half_life,
             alpha=alpha, steps=steps, keys=keys, non_float=non_float, dtype=dtype,
             precision=precision, device=device, force=force, max_shard_size=max_shard_size,
-            progress=progress, shard_name=name, copy_files=copies,
+            progress=progress, shard_name=name, copy_files=copies, output_format=output_format,
         )  # fmt: skip
         return note_copies(result, copies)
 

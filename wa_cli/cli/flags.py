@@ -26,6 +26,8 @@ FLAGS: dict[str, str] = {
     "force": "--force",
     "max_shard_size": "--max-shard-size",
     "shard_name": "--shard-name",
+    "output_format": "--format",
+    "copy_files": "--copy-config",
     # shared reducer options
     "keys": "--keys",
     "non_float": "--non-float",

@@ -83,6 +83,15 @@ ShardName = Annotated[
         show_default=False,
     ),
 ]
+OutputFormat = Annotated[
+    Literal["safetensors", "dcp"],
+    typer.Option(
+        "--format",
+        metavar="FORMAT",
+        help="Output: safetensors (default) | dcp (a DCP folder).",
+        show_default=False,
+    ),
+]
 CopyConfig = Annotated[
     bool,
     typer.Option(
@@ -95,7 +104,7 @@ PickleKey = Annotated[
     typer.Option(
         "--key",
         metavar="KEY",
-        help="Pickles: the dict holding the state dict (a.b.c).",
+        help="Pickles, DCP: the sub-tree holding the weights.",
         show_default=False,
     ),
 ]

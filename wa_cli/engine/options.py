@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 
@@ -24,6 +24,8 @@ from wa_cli.io.dtypes import dtype_name
 from wa_cli.io.writer import check_shard_name
 
 ProgressCallback = Callable[[int, int], None]
+OutputFormat = Literal["safetensors", "dcp"]
+OUTPUT_FORMATS = ("safetensors", "dcp")
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class WriteOptions:
     command: str | None = None
     shard_name: str = "model"  # shards and index: <name>-00001-of-0000N.safetensors
     copy_files: tuple[Path, ...] = ()  # copied beside the shards (--copy-config)
+    output_format: OutputFormat = "safetensors"  # or a DCP folder (--format dcp)
 
     @classmethod
     def checked(
@@ -95,12 +98,22 @@ class WriteOptions:
         command: object = None,
         shard_name: object = None,
         copy_files: object = (),
+        output_format: object = "safetensors",
     ) -> WriteOptions:
         """Validate user values (``max_shard_size`` may be ``"5GB"``)."""
         if progress is not None and not callable(progress):
             raise check.bad("progress", f"progress={progress!r} is not callable")
         if command is not None and not isinstance(command, str):
             raise check.bad("command", f"command={command!r} must be a string")
+        if output_format not in OUTPUT_FORMATS:
+            raise check.bad(
+                "output_format", f"output_format={output_format!r} must be safetensors or dcp"
+            )
+        if output_format == "dcp" and (max_shard_size is not None or copy_files):
+            raise check.bad(
+                "output_format",
+                "output_format=dcp writes one DCP folder: without max_shard_size or copy_files",
+            )
         return cls(
             force=check.flag("force", force),
             max_shard_size=check.size("max_shard_size", max_shard_size),
@@ -108,4 +121,5 @@ class WriteOptions:
             command=command,
             shard_name="model" if shard_name is None else check_shard_name(str(shard_name)),
             copy_files=tuple(Path(p) for p in copy_files),  # type: ignore[attr-defined]  # paths
+            output_format=cast(OutputFormat, output_format),
         )

@@ -67,6 +67,7 @@ def combine_to_file(
     bn_hint: str = BN_HINT,
     shard_name: str = "model",
     copy_files: Sequence[Path] = (),
+    output_format: str = "safetensors",
 ) -> RunReport:
     """Write ``Σ w_i θ_i / Σ w_i`` per key of ``plan`` to ``output`` and report what happened.
 
@@ -76,9 +77,10 @@ def combine_to_file(
     if distributed.active() is not None:  # torchrun: every rank writes its part
         from wa_cli.engine.parallel_write import combine_to_file_distributed
 
-        if shard_name != "model" or copy_files:
+        if shard_name != "model" or copy_files or output_format != "safetensors":
             raise WaError(
-                "--shard-name and --copy-config are not supported under torchrun yet "
+                "--shard-name, --copy-config and --format dcp are not supported under torchrun "
+                "yet "
                 "(run without torchrun)",
                 ExitCode.USAGE,
             )
@@ -102,11 +104,18 @@ def combine_to_file(
     try:
         # closing(): on a write error the engine's reader thread stops before files close.
         with contextlib.closing(chunks):
-            written = write_safetensors(
-                output, plan.output_tensors(), chunks, metadata,
-                force=force, max_shard_size=max_shard_size, reads=input_reads(plan),
-                shard_name=shard_name, copy_files=copy_files,
-            )  # fmt: skip
+            if output_format == "dcp":  # a DCP folder, written by torch's own writer
+                from wa_cli.io.dcp_write import write_dcp
+
+                written = write_dcp(
+                    output, plan.output_tensors(), chunks, force=force, reads=input_reads(plan)
+                )
+            else:
+                written = write_safetensors(
+                    output, plan.output_tensors(), chunks, metadata,
+                    force=force, max_shard_size=max_shard_size, reads=input_reads(plan),
+                    shard_name=shard_name, copy_files=copy_files,
+                )  # fmt: skip
     finally:
         for ckpt in plan.checkpoints:
             ckpt.close()
@@ -146,6 +155,7 @@ def reduce_to_file(
         shard_name=out.shard_name,
         copy_files=out.copy_files,
         progress=out.progress,
+        output_format=out.output_format,
     )
 
 

@@ -121,6 +121,7 @@ def average_to_file(
     command: str | None = None,
     shard_name: str | None = None,
     copy_files: Sequence[str | os.PathLike[str]] = (),
+    output_format: str = "safetensors",
 ) -> RunReport:
     """Average checkpoints into a safetensors file (or shards), streaming and atomically.
 
@@ -137,7 +138,7 @@ def average_to_file(
     )
     out = WriteOptions.checked(
         force=force, max_shard_size=max_shard_size, progress=progress, command=command,
-        shard_name=shard_name, copy_files=copy_files,
+        shard_name=shard_name, copy_files=copy_files, output_format=output_format,
     )  # fmt: skip
     ckpts = open_inputs(inputs)
     w = validate_weights(weights, len(ckpts))

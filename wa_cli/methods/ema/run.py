@@ -214,6 +214,7 @@ def ema_to_file(
     command: str | None = None,
     shard_name: str | None = None,
     copy_files: Sequence[str | os.PathLike[str]] = (),
+    output_format: str = "safetensors",
 ) -> RunReport:
     """EMA of checkpoints (in the order given) into a safetensors file, streaming and atomically.
 
@@ -236,7 +237,7 @@ def ema_to_file(
     )
     out = WriteOptions.checked(
         force=force, max_shard_size=max_shard_size, progress=progress, command=command,
-        shard_name=shard_name, copy_files=copy_files,
+        shard_name=shard_name, copy_files=copy_files, output_format=output_format,
     )  # fmt: skip
     decays = decay_options(decay, decay_per_step, half_life, alpha)
     plan, steps_used, coefficients, weights = _prepare(inputs, steps, decays, opts)

@@ -1,0 +1,111 @@
+"""``--format dcp``: the result as a ``torch.distributed.checkpoint`` folder, written by DCP itself.
+
+A torchtitan or FSDP user resumes or evaluates from the merged weights with the tools they have:
+``dcp.load(model.state_dict(), checkpoint_id=DIR)``. The folder is written by DCP's own
+``FileSystemWriter`` (never a hand-made ``.metadata``), single-process (under torchrun wa refuses
+``--format dcp`` for now), and atomically like every other output: into a temporary sibling that
+is renamed into place when complete.
+
+DCP's writer takes a state dict of tensors, not a stream. So the stream is first written, as
+every output is, to a safetensors staging file inside the temporary folder; its tensors are then
+handed to DCP as views of a private memory map of that file (pages are read as DCP serialises
+them and are clean page cache, not heap), and the staging file is removed before the commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from wa_cli.errors import ExitCode, WaError
+from wa_cli.io.atomic import atomic_destination
+from wa_cli.io.guard import Reads
+from wa_cli.io.safetensors_header import read_header
+from wa_cli.io.writer import OutputTensor, write_files
+
+_STAGE = ".wa-stage.safetensors"
+
+
+def check_dcp_output(destination: Path) -> None:
+    """A DCP output is a folder: refuse a name that says it is one file."""
+    if destination.name.endswith(".safetensors") or (
+        destination.exists() and not destination.is_dir()
+    ):
+        raise WaError(
+            f"--format dcp writes a folder, and '{destination}' names a file (give a folder "
+            "name, e.g. -o merged_dcp/)",
+            ExitCode.USAGE,
+            params=("output_format",),
+        )
+
+
+def write_dcp(
+    destination: str | os.PathLike[str],
+    tensors: list[OutputTensor],
+    chunks: Iterable[tuple[str, torch.Tensor]],
+    *,
+    force: bool = False,
+    reads: Reads = (),
+) -> list[Path]:
+    """Stream ``chunks`` into a DCP folder at ``destination``, atomically.
+
+    Args:
+        destination: the output folder.
+        tensors: every output tensor, in the order their chunks arrive.
+        chunks: ``(key, bytes)`` chunks as :func:`wa_cli.io.writer.write_safetensors` takes them.
+        force: replace an existing destination.
+        reads: files the caller reads (never written over).
+
+    Returns:
+        The files of the written folder (final paths).
+
+    Example:
+        >>> write_dcp("merged_dcp", plan.output_tensors(), chunks)  # doctest: +SKIP
+    """
+    destination = Path(destination)
+    check_dcp_output(destination)
+    if not torch.distributed.is_available():
+        raise WaError("--format dcp needs a torch build with torch.distributed", ExitCode.USAGE)
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        with atomic_destination(destination, force, folder=True, reads=reads) as tmp:
+            tmp.mkdir()
+            stage = tmp / _STAGE
+            write_files([stage], [tensors], chunks, {"format": "pt"})
+            with _mapped(stage) as state:
+                writer = dcp.FileSystemWriter(str(tmp), single_file_per_rank=True)
+                dcp.save(state, storage_writer=writer, no_dist=True)
+            stage.unlink()
+            names = sorted(p.name for p in tmp.iterdir())
+    except OSError as e:
+        raise WaError(f"cannot write '{destination}': {e.strerror or e}", ExitCode.OUTPUT) from e
+    return [destination / n for n in names]
+
+
+@contextlib.contextmanager
+def _mapped(path: Path):  # type: ignore[no-untyped-def]
+    """The safetensors file's tensors as views of a private (copy-on-write) memory map."""
+    header = read_header(path)
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) if size else None
+    try:
+        state: dict[str, torch.Tensor] = {}
+        for key, info in header.tensors.items():
+            if info.nbytes == 0 or mm is None:
+                state[key] = torch.empty(info.shape, dtype=info.dtype)
+                continue
+            flat = torch.frombuffer(mm, dtype=torch.uint8, count=info.nbytes, offset=info.offset)
+            state[key] = flat.view(info.dtype).reshape(info.shape)
+        yield state
+    finally:
+        state = {}
+        if mm is not None:
+            with contextlib.suppress(BufferError):  # a view still alive: the GC unmaps it
+                mm.close()
