@@ -181,6 +181,27 @@ def test_torchtitan_step_folders(tmp_path, capsys, step_as):
     assert_model_average(out, states)
     r = run_wa(["ema", tmp_path / "checkpoint", "--half-life", "10", "--dry-run"], capsys)
     assert r.code == 0, r.stderr
+    assert "took the model keys beside the training state of step-10" in r.stdout
+    assert "left out dataloader (1), lr_scheduler (" in r.stdout
+
+
+def test_trainer_fsdp_checkpoint_folders(tmp_path, capsys):
+    """accelerate's ``save_fsdp_model`` / ``save_fsdp_optimizer`` (SHARDED_STATE_DICT), as the HF
+    Trainer calls them: ``checkpoint-N/pytorch_model_fsdp_0/`` holds ``{"model": ...}`` and
+    ``optimizer_0/`` holds ``{"optimizer": ...}``, beside ``trainer_state.json``."""
+    states = []
+    for i, (state, optim, _) in enumerate(train(2)):
+        folder = tmp_path / "out" / f"checkpoint-{5 * (i + 1)}"
+        dcp.save({"model": state}, checkpoint_id=str(folder / "pytorch_model_fsdp_0"))
+        dcp.save({"optimizer": optim}, checkpoint_id=str(folder / "optimizer_0"))
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": 5 * (i + 1)}))
+        torch.save({"last_epoch": i}, folder / "scheduler.pt")
+        states.append(state)
+    out = tmp_path / "avg.safetensors"
+    r = run_wa(["average", tmp_path / "out", "-o", out], capsys)
+    assert r.code == 0, r.stderr
+    assert "'model.' removed" in r.stdout
+    assert_model_average(out, states)
 
 
 def test_olmo_core_step_folders(tmp_path, capsys):
