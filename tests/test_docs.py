@@ -28,6 +28,7 @@ EXPECT = {
         "",
     ),
     "selection.md": (("best5.safetensors",), ""),
+    "large-model-formats.md": (("fsdp_avg.safetensors", "titan_ema.safetensors"), "['0', '2']"),
 }
 
 
