@@ -117,6 +117,17 @@ def test_key_picks_any_sub_tree_and_strip_prefix_works(tmp_path, capsys):
     torch.testing.assert_close(got["weight"], mean64(states)["0.weight"])
 
 
+def test_include_and_exclude_see_the_model_names(tmp_path, capsys):
+    states = save_app_states(tmp_path / "run", 2)
+    out = tmp_path / "avg.safetensors"
+    args = ["average", tmp_path / "run", "--include", r"^0\.", "--exclude", "bias", "-o", out]
+    r = run_wa(args, capsys)
+    assert r.code == 0, r.stderr
+    got = load_file(out)
+    assert set(got) == {"0.weight"}
+    torch.testing.assert_close(got["0.weight"], mean64(states)["0.weight"])
+
+
 def test_strip_prefix_on_dcp_in_every_command(tmp_path, capsys):
     """Before: KeyError in read_into for any --strip-prefix on a DCP input."""
     folders = []

@@ -96,10 +96,11 @@ class DcpCheckpoint(Checkpoint):
         self._chunks: dict[str, list[Chunk]] = {}
         tensors: dict[str, TensorInfo] = {}
         for stored_key in chosen.keep:
-            if not keys.keep(stored_key):
+            # --include/--exclude see the model's names, as inside a pickle's --key dict
+            name = stored_key[len(chosen.prefix) :]
+            if not keys.keep(name):
                 continue
             entry = layout.tensors[stored_key]
-            name = stored_key[len(chosen.prefix) :]
             info = TensorInfo(entry.dtype, entry.shape)
             self._check(name, info)
             self._chunks[name] = entry.chunks
