@@ -96,7 +96,7 @@ CopyConfig = Annotated[
     bool,
     typer.Option(
         "--copy-config",
-        help="Copy the newest input's config/tokenizer files beside the shards.",
+        help="Copy the newest input's config/tokenizer files.",
     ),
 ]
 PickleKey = Annotated[
