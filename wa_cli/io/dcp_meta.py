@@ -17,6 +17,7 @@ never a ``KeyError``, ``AttributeError`` or ``MemoryError``.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import stat
@@ -121,8 +122,9 @@ class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         found = self._allowed.get((module, name))
         if found is None:
+            shown = f"{module}.{name}"[:200].encode("unicode_escape").decode("ascii")
             raise WaError(
-                f"'{self._where}' names '{module}.{name}', which is not one of DCP's metadata "
+                f"'{self._where}' names '{shown}', which is not one of DCP's metadata "
                 "classes: wa does not load it",
                 ExitCode.BAD_INPUT,
             )
@@ -156,7 +158,10 @@ def _load(folder: Path) -> Any:
     with os.fdopen(fd, "rb") as f:
         if os.fstat(f.fileno()).st_size > _MAX_METADATA_BYTES:
             raise WaError(f"'{path}' is larger than 1 GB", ExitCode.BAD_INPUT)
-        return _MetadataUnpickler(f, path).load()
+        data = f.read(_MAX_METADATA_BYTES + 1)
+    # From bytes, not the file: a pickle that fails mid-read left the C unpickler's buffer
+    # exported, and CPython then printed a SystemError at a later, unrelated read.
+    return _MetadataUnpickler(io.BytesIO(data), path).load()
 
 
 def read_layout(folder: Path) -> DcpLayout:
