@@ -127,8 +127,9 @@ def average_to_file(
 
     Arguments as for :func:`average`, plus ``output`` (a ``.safetensors`` file, or a folder with
     ``max_shard_size``), ``force`` (replace an existing output), ``max_shard_size`` (bytes or
-    ``"5GB"``), ``progress(bytes_done_now, bytes_total)`` and ``command`` (recorded in the
-    metadata).
+    ``"5GB"``), ``progress(bytes_done_now, bytes_total)``, ``command`` (recorded in the
+    metadata) and ``output_format`` (``"dcp"``: ``output`` is written as a
+    ``torch.distributed.checkpoint`` folder that ``dcp.load`` reads; single-process only).
 
     Example:
         >>> report = average_to_file("runs/a/*.safetensors", "swa.safetensors")  # doctest: +SKIP
