@@ -115,16 +115,7 @@ def select_model(
     objects = list(objects)
     weights = [k for k in tensors if not _is_extra_state(k)]
     if key is not None:
-        prefix = key.removesuffix(".") + "."
-        keep = [k for k in weights if k.startswith(prefix)]
-        if not keep:
-            trees = sorted({top_name(k) for k in weights})
-            raise WaError(
-                f"DCP folder '{where}' has no tensors under --key {key!r} (its sub-trees and "
-                f"top-level keys: {listing(trees, 8)})",
-                ExitCode.BAD_INPUT,
-            )
-        return _selection(keep, prefix, f"the {key!r} sub-tree", tensors, objects)
+        return _by_key(key, weights, tensors, objects, where)
     wrapper = _wrapper([*tensors, *objects])
     inner = [k[len(wrapper) :] for k in weights]
     names = {top_name(k[len(wrapper) :]) for k in [*tensors, *objects]}
@@ -153,6 +144,22 @@ def select_model(
         )
     how = "the model keys beside the training state"
     return _selection(keep, "", how, tensors, objects, wrapper)
+
+
+def _by_key(
+    key: str, weights: list[str], tensors: list[str], objects: list[str], where: str
+) -> Selection:
+    """``--key NAME``: the tensors under ``NAME.``, that prefix removed."""
+    prefix = key.removesuffix(".") + "."
+    keep = [k for k in weights if k.startswith(prefix)]
+    if not keep:
+        trees = sorted({top_name(k) for k in weights})
+        raise WaError(
+            f"DCP folder '{where}' has no tensors under --key {key!r} (its sub-trees and "
+            f"top-level keys: {listing(trees, 8)})",
+            ExitCode.BAD_INPUT,
+        )
+    return _selection(keep, prefix, f"the {key!r} sub-tree", tensors, objects)
 
 
 def _wrapper(keys: list[str]) -> str:
