@@ -17,8 +17,11 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
+# wa's own exits use the real os._exit: user code run by bn-recalibrate sees a patched one
+# (wa_cli.methods.bn.usercalls), and this module is imported before anything else.
+_real_exit = os._exit
 HANDLED = tuple(
     s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None
 )
@@ -127,7 +130,7 @@ def hard_exit(signum: int) -> None:
                 f"wa: error: interrupted by {Interrupted(signum).name}; nothing was "
                 "written\n".encode(),
             )
-    os._exit(128 + signum)
+    _real_exit(128 + signum)
 
 
 def reported() -> None:
@@ -232,12 +235,27 @@ def entry(run: Callable[[], Callable[[], None]]) -> None:
             _end_now(e.code if isinstance(e.code, int) else 128 + _state["signum"])
         # A profiler or tracer (cProfile, coverage) writes its results in the teardown.
         if _state["teardown"] or sys.getprofile() is not None or sys.gettrace() is not None:
+            _keep_status(e.code)
             raise
         if e.code is None or isinstance(e.code, int):
             _end_now(e.code or 0)
         with contextlib.suppress(BaseException):
             sys.stderr.write(f"{e.code}\n")  # as the interpreter prints a non-integer exit code
         _end_now(1)
+
+
+def _keep_status(code: object) -> None:
+    """Keep a failed run's exit status through the interpreter's teardown.
+
+    User code (bn-recalibrate's) may have registered an ``atexit`` function that calls
+    ``os._exit(0)``: a failure must not end as a success.
+    """
+    if isinstance(code, int) and code != 0:
+
+        def _exit(status: int) -> NoReturn:
+            _real_exit(code)
+
+        os._exit = _exit
 
 
 def _report_unhandled(signum: int) -> None:
@@ -260,4 +278,4 @@ def _end_now(code: int) -> None:
         sys.stdout.flush()
     with contextlib.suppress(BaseException):
         sys.stderr.flush()
-    os._exit(code)
+    _real_exit(code)
