@@ -110,7 +110,7 @@ def start(args: Sequence[str]) -> Group:
         torch.cuda.set_device(env.local_rank)
         backend = "cpu:gloo,cuda:nccl"
     try:
-        _join(lambda: dist.init_process_group(backend=backend, timeout=timeout), env)
+        _join(lambda: _init(backend, timeout, env.local_rank), env)
     except Exception as e:
         raise WaError(
             f"rank {env.rank}: cannot join the other {env.world - 1} rank(s) at {env.address} "
@@ -125,6 +125,15 @@ def start(args: Sequence[str]) -> Group:
     # torchrun stops the other ranks with SIGTERM when one fails: the CLI's handlers
     # (wa_cli.cli.signals) unwind them, so temporaries are removed; see interrupted().
     return _group
+
+
+def _init(backend: str, timeout: datetime.timedelta, local_rank: int) -> None:
+    import torch
+    import torch.distributed as dist
+
+    if "nccl" in backend:  # the current CUDA device is per thread: this one joins the group
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend=backend, timeout=timeout)
 
 
 def _join(init: Callable[[], None], env: LaunchEnvironment) -> None:
