@@ -142,15 +142,9 @@ def last_line() -> None:
     """wa prints its last line now: a signal from here on is remembered, not raised.
 
     An interrupt that landed while the ``wa: error:`` line was printed raised inside the write
-    and ended in a traceback; see :func:`deferred`.
+    and ended in a traceback; now the line is finished and the exit status is the error's.
     """
     _state["reported"] = True
-
-
-def deferred() -> int | None:
-    """The signal that arrived after :func:`last_line`, if any."""
-    value = _state["deferred"]
-    return value if isinstance(value, int) else None
 
 
 def skip_teardown(skip: bool = True) -> None:
@@ -192,7 +186,7 @@ def _unraisable(info: Any) -> None:
     """An interrupt raised inside a ``__del__`` or a weakref callback is dropped, not printed.
 
     Python prints such an exception as "Exception ignored in" with a traceback and goes on; the
-    interrupt is delivered again at the next bytecode (``_rearm``) and reported there.
+    interrupt is delivered again (``_redeliver``) and reported there.
     """
     if isinstance(info.exc_value, (Interrupted, KeyboardInterrupt)):
         return
