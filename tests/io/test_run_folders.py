@@ -172,3 +172,15 @@ def test_real_accelerate_save_state_folders(tmp_path):
         ckpt = open_checkpoint(path)
         assert torch.equal(ckpt.tensor("weight"), weight)
         assert "optimizer.bin" in (ckpt.chosen_file_note or "")
+
+
+@pytest.mark.parametrize("history", [5, "x", {"step": 6}, True])
+def test_a_trainer_state_whose_log_history_is_not_a_list_is_one_line(tmp_path, capsys, history):
+    """A hand-made trainer_state.json with "log_history": 5 was a TypeError traceback."""
+    for step in (6, 7):
+        trainer_checkpoint(tmp_path / f"checkpoint-{step}", step, step)
+    state = tmp_path / "checkpoint-7" / "trainer_state.json"
+    state.write_text(json.dumps({"global_step": 7, "log_history": history}))
+    r = run_wa(["average", tmp_path, "-o", tmp_path / "avg.safetensors"], capsys)
+    assert_one_line_error(r, 3, "trainer_state.json", "log_history")
+    assert not (tmp_path / "avg.safetensors").exists()

@@ -89,8 +89,24 @@ def _register() -> None:
 _register()
 
 
+# WA_DEBUG values, case-insensitive (docs/environment.md). Any other value leaves debug off
+# with a warning: "no" turned tracebacks on when every non-empty value but "0" did.
+DEBUG_ON = ("1", "true", "yes", "on")
+DEBUG_OFF = ("", "0", "false", "no", "off")
+
+
 def _debug_requested(argv: list[str]) -> bool:
-    return "--debug" in argv or os.environ.get("WA_DEBUG", "") not in ("", "0")
+    return "--debug" in argv or os.environ.get("WA_DEBUG", "").strip().lower() in DEBUG_ON
+
+
+def _debug_env_warning() -> str | None:
+    value = os.environ.get("WA_DEBUG", "")
+    if value.strip().lower() in DEBUG_ON + DEBUG_OFF:
+        return None
+    return (
+        f"WA_DEBUG={value!r} is not one of {', '.join(DEBUG_ON)} (on) or "
+        f"{', '.join(v for v in DEBUG_OFF if v)} (off); debug output stays off"
+    )
 
 
 def _quiet_requested(argv: list[str]) -> bool:
@@ -139,7 +155,10 @@ def main(argv: list[str] | None = None) -> None:
     logger.addHandler(handler)
     if debug:
         logger.setLevel(logging.DEBUG)
+    if (problem := _debug_env_warning()) is not None:
+        logger.warning("%s", problem)
     set_cli_command(args)
+    signals.begin()
     previous_handlers = signals.install()
     try:
         with warnings.catch_warnings(), guard.session():
@@ -244,6 +263,9 @@ def _stdout_to_devnull() -> None:
 
 
 def _fail(message: str | None, code: ExitCode, status: int | None = None) -> None:
+    # From here a signal is remembered, not raised: Ctrl-C while the line is printed must not
+    # cut it short with a traceback (the run has already ended with this error).
+    signals.last_line()
     if message is not None:  # None: another rank prints the error
         sys.stderr.write(f"wa: error: {printable(message)}\n")
         sys.stderr.flush()

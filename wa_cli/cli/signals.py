@@ -8,15 +8,20 @@ nothing heavy, so the entry point installs the handlers before torch and typer l
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
+# wa's own exits use the real os._exit: user code run by bn-recalibrate sees a patched one
+# (wa_cli.methods.bn.usercalls), and this module is imported before anything else.
+_real_exit = os._exit
 HANDLED = tuple(
     s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None
 )
@@ -43,10 +48,28 @@ class Interrupted(BaseException):
 
 # Seconds a run may take to clean up after a signal before it is ended without waiting.
 CLEANUP_SECONDS = 10.0
-_state: dict[str, Any] = {"process": False, "signum": None, "reported": False, "teardown": True}
+# Seconds between redeliveries of an interrupt not yet reported (see _redeliver).
+REDELIVER_SECONDS = 0.0002
+_state: dict[str, Any] = {
+    "process": False,  # the console script: this process is wa's own
+    "signum": None,  # the signal that stopped the run
+    "reported": False,  # its one line is printed (or the run's end is decided): stop delivering
+    "redeliver": False,  # the next call of the handler is wa's own redelivery
+    "deferred": None,  # a signal that arrived while wa was printing its last line
+    "teardown": True,
+    "unraisable": sys.unraisablehook,
+}
 
 
 def _raise(signum: int, frame: FrameType | None) -> None:
+    if _state["redeliver"]:
+        _state["redeliver"] = False
+        if _state["reported"] or _handling_interrupt():
+            return  # reported, or a cleanup is unwinding it: the watcher tries again
+        raise Interrupted(signum)
+    if _state["reported"] and _state["signum"] is None:
+        _state["deferred"] = signum  # wa is printing its last line: finish it, then exit
+        return
     if _state["process"]:
         if _state["signum"] is not None:  # a second signal: stop waiting for the cleanup
             hard_exit(signum)
@@ -54,7 +77,40 @@ def _raise(signum: int, frame: FrameType | None) -> None:
         timer = threading.Timer(CLEANUP_SECONDS, hard_exit, [signum])
         timer.daemon = True
         timer.start()
+        threading.Thread(target=_redeliver, args=(signum,), daemon=True).start()
     raise Interrupted(signum)
+
+
+def _redeliver(signum: int) -> None:
+    """Raise the interrupt again and again in the main thread until the CLI has reported it.
+
+    C code may clear the exception a handler raised: torch's extension imports numpy while it
+    loads and carries on without it when that import fails, so an interrupt there was lost and
+    the run finished with exit 0 (or failed later with an ImportError traceback). The handler
+    raises it again wherever the main thread is, except while a cleanup (``except``,
+    ``finally``, ``__exit__``) is unwinding it. This runs in a thread because a handler that
+    re-arms itself runs again inside its own call; the short switch interval lets the thread
+    in within a fraction of a millisecond (only after a signal, so a run pays nothing).
+    """
+    sys.setswitchinterval(REDELIVER_SECONDS)
+    while not _state["reported"]:
+        if not _state["redeliver"]:
+            _state["redeliver"] = True
+            _thread.interrupt_main(signal.Signals(signum))
+        time.sleep(REDELIVER_SECONDS)
+
+
+def _handling_interrupt() -> bool:
+    """Whether an ``except``, ``finally`` or ``__exit__`` of the main thread handles it now."""
+    error = sys.exc_info()[1]
+    seen = 0
+    while error is not None and seen < 50:
+        # GeneratorExit: a generator closed while the interrupt unwinds its caller.
+        if isinstance(error, (Interrupted, KeyboardInterrupt, GeneratorExit)):
+            return True
+        error = error.__context__
+        seen += 1
+    return False
 
 
 def hard_exit(signum: int) -> None:
@@ -74,11 +130,20 @@ def hard_exit(signum: int) -> None:
                 f"wa: error: interrupted by {Interrupted(signum).name}; nothing was "
                 "written\n".encode(),
             )
-    os._exit(128 + signum)
+    _real_exit(128 + signum)
 
 
 def reported() -> None:
-    """The interrupt's one line was printed."""
+    """wa has caught the interrupt and prints its one line: no more deliveries."""
+    _state["reported"] = True
+
+
+def last_line() -> None:
+    """wa prints its last line now: a signal from here on is remembered, not raised.
+
+    An interrupt that landed while the ``wa: error:`` line was printed raised inside the write
+    and ended in a traceback; now the line is finished and the exit status is the error's.
+    """
     _state["reported"] = True
 
 
@@ -104,6 +169,9 @@ def install() -> dict[int, Any]:
     previous: dict[int, Any] = {}
     if threading.current_thread() is not threading.main_thread():
         return previous
+    if _state["process"] and sys.unraisablehook is not _unraisable:
+        _state["unraisable"] = sys.unraisablehook
+        sys.unraisablehook = _unraisable
     for s in HANDLED:
         with contextlib.suppress(OSError, ValueError):
             old = signal.getsignal(s)
@@ -114,6 +182,17 @@ def install() -> dict[int, Any]:
     return previous
 
 
+def _unraisable(info: Any) -> None:
+    """An interrupt raised inside a ``__del__`` or a weakref callback is dropped, not printed.
+
+    Python prints such an exception as "Exception ignored in" with a traceback and goes on; the
+    interrupt is delivered again (``_redeliver``) and reported there.
+    """
+    if isinstance(info.exc_value, (Interrupted, KeyboardInterrupt)):
+        return
+    _state["unraisable"](info)
+
+
 def restore(previous: dict[int, Any]) -> None:
     """Put back handlers returned by ``install``."""
     for s, handler in previous.items():
@@ -121,27 +200,36 @@ def restore(previous: dict[int, Any]) -> None:
             signal.signal(s, handler)
 
 
+def begin() -> None:
+    """A command starts (``wa_cli.cli.app.main``): no interrupt reported or deferred yet."""
+    _state["reported"] = False
+    _state["deferred"] = None
+
+
 def entry(run: Callable[[], Callable[[], None]]) -> None:
     """Install the handlers, then import (``run()``) and call the real entry point.
 
-    An interrupt while the CLI is still importing prints the same one line as one later.
+    An interrupt while the CLI is still importing prints the same one line as one later, and an
+    interrupt that escaped every handler (or was swallowed by a library) still ends the process
+    with one line and 128+signal, never with a traceback or exit 0.
     """
     _state["process"] = True
     install()
     try:
         main = run()
-    except Interrupted as e:
-        sys.stderr.write(f"wa: error: interrupted by {e.name}; nothing was written\n")
-        sys.exit(e.status)
-    try:
         main()
+    except Interrupted as e:
+        _report_unhandled(e.signum)
     except SystemExit as e:
         if _state["signum"] is not None:
+            if not _state["reported"]:  # swallowed somewhere and never reported
+                _report_unhandled(_state["signum"])
             # Interrupted and reported: end now rather than wait for threads a signal may have
             # stranded (temporaries are already removed by the writer's cleanup).
             _end_now(e.code if isinstance(e.code, int) else 128 + _state["signum"])
         # A profiler or tracer (cProfile, coverage) writes its results in the teardown.
         if _state["teardown"] or sys.getprofile() is not None or sys.gettrace() is not None:
+            _keep_status(e.code)
             raise
         if e.code is None or isinstance(e.code, int):
             _end_now(e.code or 0)
@@ -150,9 +238,38 @@ def entry(run: Callable[[], Callable[[], None]]) -> None:
         _end_now(1)
 
 
+def _keep_status(code: object) -> None:
+    """Keep a failed run's exit status through the interpreter's teardown.
+
+    User code (bn-recalibrate's) may have registered an ``atexit`` function that calls
+    ``os._exit(0)``: a failure must not end as a success.
+    """
+    if isinstance(code, int) and code != 0:
+
+        def _exit(status: int) -> NoReturn:
+            _real_exit(code)
+
+        os._exit = _exit
+
+
+def _report_unhandled(signum: int) -> None:
+    """The one line for an interrupt no command reported, then exit 128+signal."""
+    _state["reported"] = True
+    atomic = sys.modules.get("wa_cli.io.atomic")  # not imported yet: nothing to clean or name
+    what = "nothing was written"
+    if atomic is not None:
+        with contextlib.suppress(BaseException):
+            atomic.remove_live()
+            if atomic.committed:
+                what = f"after writing {', '.join(repr(str(p)) for p in atomic.committed)}"
+    with contextlib.suppress(BaseException):
+        sys.stderr.write(f"wa: error: interrupted by {Interrupted(signum).name}; {what}\n")
+    _end_now(128 + signum)
+
+
 def _end_now(code: int) -> None:
     with contextlib.suppress(BaseException):
         sys.stdout.flush()
     with contextlib.suppress(BaseException):
         sys.stderr.flush()
-    os._exit(code)
+    _real_exit(code)

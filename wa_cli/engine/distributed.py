@@ -19,16 +19,21 @@ import contextlib
 import datetime
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from wa_cli.engine.launch_env import (
+    TIMEOUT_ENV,
+    WAIT_NOTICE_S,
+    LaunchEnvironment,
+    launch_environment,
+    say_waiting,
+    whole_number,
+)
 from wa_cli.errors import ExitCode, WaError
-
-TIMEOUT_ENV = "WA_DIST_TIMEOUT"
-# Collectives wait for the slowest rank; a rank that has more to read than the others (or a
-# first read from a cold filesystem) must not be taken for a dead one. 30 minutes by default.
-DEFAULT_TIMEOUT_S = 1800.0
 
 T = TypeVar("T")
 
@@ -66,12 +71,15 @@ _group: Group | None = None
 
 
 def launched(environ: os._Environ[str] | dict[str, str] | None = None) -> bool:
-    """Whether this process is one of several ranks (torchrun, or srun with the same variables)."""
+    """Whether this process is one of several ranks (torchrun, or srun with the same variables).
+
+    Raises:
+        WaError: ``WORLD_SIZE`` is set but is not a whole number of at least 1.
+    """
     env = os.environ if environ is None else environ
-    try:
-        return int(env.get("WORLD_SIZE", "1")) > 1
-    except ValueError:
+    if not env.get("WORLD_SIZE", "").strip():
         return False
+    return whole_number("WORLD_SIZE", env, least=1) > 1
 
 
 def active() -> Group | None:
@@ -84,58 +92,80 @@ def start(args: Sequence[str]) -> Group:
 
     gloo carries the steps; with a GPU asked for (``--device cuda...``, or ``auto`` where CUDA
     is available) the group is ``cpu:gloo,cuda:nccl`` and each rank uses ``cuda:LOCAL_RANK``.
+    Every variable is checked before torch is asked to join, so that a bad one is one line
+    naming it (``RANK=2`` with ``WORLD_SIZE=2`` printed torch's C++ stack and blamed
+    ``MASTER_ADDR``); a rank still waiting for the others after a few seconds says so.
     """
     global _group
+    env = launch_environment()
+    if "--debug" not in args:
+        # torch's C++ logging prints a stack per connection retry; wa says what it waits for.
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
     import torch
     import torch.distributed as dist
 
-    rank, world = _int_env("RANK"), _int_env("WORLD_SIZE")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    timeout_s = _timeout()
-    timeout = datetime.timedelta(seconds=timeout_s)
+    timeout = datetime.timedelta(seconds=env.timeout_s)
     backend = "gloo"
     if _wants_cuda(args) and torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(env.local_rank)
         backend = "cpu:gloo,cuda:nccl"
     try:
-        dist.init_process_group(backend=backend, timeout=timeout)
+        _join(lambda: _init(backend, timeout, env.local_rank), env)
     except Exception as e:
         raise WaError(
-            f"rank {rank}: cannot join the other {world - 1} rank(s) ({_first_line(e)}); check "
-            "MASTER_ADDR/MASTER_PORT or torchrun's --rdzv-endpoint",
+            f"rank {env.rank}: cannot join the other {env.world - 1} rank(s) at {env.address} "
+            f"within {env.timeout_s:g} s ({_first_line(e)}); start every rank with the same "
+            "MASTER_ADDR/MASTER_PORT (or torchrun's --rdzv-endpoint)",
             ExitCode.USAGE,
         ) from e
     control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
-    _group = Group(rank, world, local_rank, timeout_s, control)
-    if rank != 0:
+    _group = Group(env.rank, env.world, env.local_rank, env.timeout_s, control)
+    if env.rank != 0:
         _silence_output()
     # torchrun stops the other ranks with SIGTERM when one fails: the CLI's handlers
     # (wa_cli.cli.signals) unwind them, so temporaries are removed; see interrupted().
     return _group
 
 
-def _int_env(name: str) -> int:
-    try:
-        return int(os.environ[name])
-    except (KeyError, ValueError):
-        raise WaError(
-            f"WORLD_SIZE is set but {name} is not a number (launch with torchrun, or set RANK, "
-            "WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT for every process)",
-            ExitCode.USAGE,
-        ) from None
+def _init(backend: str, timeout: datetime.timedelta, local_rank: int) -> None:
+    import torch
+    import torch.distributed as dist
+
+    if "nccl" in backend:  # the current CUDA device is per thread: this one joins the group
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend=backend, timeout=timeout)
 
 
-def _timeout() -> float:
-    text = os.environ.get(TIMEOUT_ENV, "")
-    if not text:
-        return DEFAULT_TIMEOUT_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise WaError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {text!r}")
-    return value
+def _join(init: Callable[[], None], env: LaunchEnvironment) -> None:
+    """Run torch's rendezvous in a thread, so that the main thread can take a signal meanwhile.
+
+    torch waits inside C++ with the GIL released, where Python runs no signal handler: Ctrl-C
+    went unheard until the timeout (and a rank that connects retries past it). The main thread
+    waits here instead, says after a few seconds whom it waits for, and gives up at the timeout.
+    """
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            init()
+            outcome.append(None)
+        except BaseException as e:  # handed to the main thread
+            outcome.append(e)
+
+    worker = threading.Thread(target=run, name="wa-rendezvous", daemon=True)
+    worker.start()
+    start = time.monotonic()
+    noticed = False
+    while worker.is_alive():
+        waited = time.monotonic() - start
+        if waited > env.timeout_s + WAIT_NOTICE_S:
+            raise TimeoutError(f"no answer in {env.timeout_s:g} s ({TIMEOUT_ENV})")
+        if not noticed and waited > WAIT_NOTICE_S:
+            say_waiting(env)
+            noticed = True
+        worker.join(0.05)
+    if outcome and outcome[0] is not None:
+        raise outcome[0]
 
 
 def _wants_cuda(args: Sequence[str]) -> bool:

@@ -9,12 +9,12 @@ the same way for every command, before any plan is made.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from wa_cli.errors import ExitCode, WaError, listing
+from wa_cli.io.regex import checked_search, compile_search
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 """What ``strip_prefixes=True`` (the Python API's old meaning) drops."""
@@ -33,25 +33,20 @@ class KeyFilter:
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        # Compiled (and cached) once: a bad pattern is refused before any file is read.
         for flag, patterns in (("include", self.include), ("exclude", self.exclude)):
             for p in patterns:
-                try:
-                    re.compile(p)
-                except re.error as e:
-                    raise WaError(
-                        f"{flag} pattern {p!r} is not a regular expression: {e}",
-                        ExitCode.USAGE,
-                        params=(flag,),
-                    ) from e
+                checked_search(p, flag)
 
     @property
     def active(self) -> bool:
         return bool(self.include or self.exclude)
 
     def keep(self, key: str) -> bool:
-        if self.include and not any(re.search(p, key) for p in self.include):
+        # Linear-time matching (RE2, wa_cli.io.regex): '(a+)+$' made Python's re hang.
+        if self.include and not any(compile_search(p)(key) for p in self.include):
             return False
-        return not any(re.search(p, key) for p in self.exclude)
+        return not any(compile_search(p)(key) for p in self.exclude)
 
 
 NO_FILTER = KeyFilter()

@@ -180,7 +180,14 @@ def trainer_record(folder: Path) -> dict[str, str]:
     epoch = state.get("epoch")
     if isinstance(epoch, int | float) and not isinstance(epoch, bool):
         record["epoch"] = str(epoch)
-    for entry in state.get("log_history") or []:
+    history = state.get("log_history")
+    if history is not None and not isinstance(history, list):  # "log_history": 5 was a TypeError
+        raise WaError(
+            f"'{path}' has a log_history that is a {type(history).__name__}, not a list "
+            "(the Trainer writes a list of logged entries; fix or remove the file)",
+            ExitCode.BAD_INPUT,
+        )
+    for entry in history or []:
         if isinstance(entry, dict) and entry.get("step") == step:
             for name, value in entry.items():
                 if name in ("step", "epoch") or isinstance(value, bool):

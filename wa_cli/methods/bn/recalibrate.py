@@ -32,6 +32,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.parameter import is_lazy
 
 from wa_cli.errors import ExitCode, WaError, describe_exception, listing
+from wa_cli.methods.bn.usercalls import user_code
 from wa_cli.params import choice
 
 logger = logging.getLogger(__name__)
@@ -297,8 +298,10 @@ def _run(
 
 def _batches(batches: Iterable[Any], max_batches: int | None) -> Iterator[Any]:
     """The user's batches, with an exception from the loader itself turned into a WaError."""
+    loader = _name(batches)
     try:
-        iterator = iter(batches)
+        with user_code(f"the data loader {loader}"):
+            iterator = iter(batches)
     except TypeError as e:
         raise WaError(
             f"the data loader returned a {type(batches).__name__}, which is not iterable "
@@ -308,7 +311,8 @@ def _batches(batches: Iterable[Any], max_batches: int | None) -> Iterator[Any]:
     index = 0
     while max_batches is None or index < max_batches:
         try:
-            batch = next(iterator)
+            with user_code(f"the data loader {loader} (at batch {index})"):
+                batch = next(iterator)
         except StopIteration:
             return
         except WaError:
@@ -320,6 +324,12 @@ def _batches(batches: Iterable[Any], max_batches: int | None) -> Iterator[Any]:
             ) from e
         yield batch
         index += 1
+
+
+def _name(obj: Any) -> str:
+    """``'build'`` for a function, ``'Net'`` for a module or an iterable's type."""
+    name = getattr(obj, "__qualname__", None)  # functions and generators; not instances
+    return f"'{name if isinstance(name, str) else type(obj).__qualname__}'"
 
 
 def _model_input(batch: Any, index: int) -> Any:
@@ -340,10 +350,14 @@ def _forward(
 ) -> None:
     """One forward pass; ``batch`` as the loader gave it names the batch in an error message."""
     try:
-        if forward is None:
-            model(payload)
-        else:
-            forward(model, payload)
+        who = (
+            f"the model {_name(model)}" if forward is None else f"forward function {_name(forward)}"
+        )
+        with user_code(f"{who} (at batch {index})"):
+            if forward is None:
+                model(payload)
+            else:
+                forward(model, payload)
     except WaError:
         raise
     except Exception as e:

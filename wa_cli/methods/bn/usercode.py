@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from wa_cli.errors import ExitCode, WaError, describe_exception, listing
 from wa_cli.io.guard import note_read
+from wa_cli.methods.bn.usercalls import user_code
 
 if TYPE_CHECKING:
     import torch
@@ -102,14 +103,11 @@ def call_factory(
     """
     name = getattr(fn, "__qualname__", None) or repr(fn)
     try:
-        return fn(**dict(kwargs or {}))
+        # An exit (sys.exit, os._exit) becomes a WaError naming it: wa must not end with 0.
+        with user_code(f"{what} '{name}'"):
+            return fn(**dict(kwargs or {}))
     except WaError:
         raise
-    except SystemExit as e:  # user code ending the process would end wa without a word
-        raise WaError(
-            f"{what} '{name}' called sys.exit({e.code!r}) instead of returning",
-            ExitCode.BAD_INPUT,
-        ) from e
     except Exception as e:
         raise WaError(f"{what} '{name}' raised {describe_exception(e)}", ExitCode.BAD_INPUT) from e
 
@@ -185,7 +183,10 @@ def _import_module(name: str, what: str) -> ModuleType:
     # add it for the import, so `--model mynet:build` works from the folder holding mynet.py.
     with _on_sys_path(Path.cwd()):
         try:
-            return importlib.import_module(name)
+            with user_code(f"importing module '{name}' for the {what}"):
+                return importlib.import_module(name)
+        except WaError:
+            raise
         except ModuleNotFoundError as e:
             raise WaError(
                 f"cannot import module '{name}' for the {what}: {describe_exception(e)} "
@@ -218,16 +219,11 @@ def _import_file(source: str, what: str) -> ModuleType:
     # Registered before running it, as import does: dataclasses and pickling look it up there.
     sys.modules[name] = module
     try:
-        with _on_sys_path(path.parent):
+        with _on_sys_path(path.parent), user_code(f"importing {what} file '{source}'"):
             spec.loader.exec_module(module)
     except BaseException as e:
         del sys.modules[name]
-        if isinstance(e, SystemExit):
-            raise WaError(
-                f"importing {what} file '{source}' called sys.exit({e.code!r})",
-                ExitCode.BAD_INPUT,
-            ) from e
-        if not isinstance(e, Exception):
+        if not isinstance(e, Exception) or isinstance(e, WaError):
             raise
         raise WaError(
             f"importing {what} file '{source}' raised {describe_exception(e)}", ExitCode.BAD_INPUT

@@ -14,8 +14,7 @@ import csv
 import io
 import math
 import os
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +29,7 @@ from wa_cli.io.atomic import atomic_destination
 from wa_cli.io.dtypes import dtype_name
 from wa_cli.io.names import distinct_names
 from wa_cli.io.reader import Checkpoint
+from wa_cli.io.regex import checked_search
 from wa_cli.methods.graft.alpha import (
     check_graft_params,
     graft_alpha,
@@ -146,26 +146,22 @@ def _blank(x: object) -> object:
     return "" if x is None else x
 
 
-def compile_filter(pattern: str | None) -> re.Pattern[str] | None:
-    """``--filter REGEX`` → a compiled pattern, or a one-line error naming the problem.
+def compile_filter(pattern: str | None) -> Callable[[str], bool] | None:
+    """``--filter REGEX`` → a search function (linear time, RE2: wa_cli.io.regex), or ``None``.
+
+    Raises:
+        WaError: naming ``pattern``, for an invalid regex or one the engine refuses.
 
     Example:
-        >>> compile_filter("^conv").search("conv1.weight") is not None
+        >>> compile_filter("^conv")("conv1.weight")
         True
     """
     if pattern is None:
         return None
-    try:
-        if not isinstance(pattern, str):
-            raise re.error("not a string")
-        return re.compile(pattern)
-    except re.error as e:
-        raise WaError(
-            f"cannot read pattern {pattern!r}: {e} (expected a Python regular expression, "
-            "e.g. 'conv|fc')",
-            ExitCode.USAGE,
-            params=("pattern",),
-        ) from None
+    if not isinstance(pattern, str):
+        kind = type(pattern).__name__
+        raise WaError(f"pattern must be a string, got {kind}", params=("pattern",))
+    return checked_search(pattern, "pattern")
 
 
 @paused_gc()  # per-key records in bulk: see wa_cli.gc_pause
@@ -195,7 +191,7 @@ def entropy_report(
         bins: histogram bins B >= 2 (paper: 10).
         base: logarithm base of the reported entropies (None: nats; 2: bits).
         l1_threshold: filters with L1 norm below this are invalid (paper: 0.1 or 0.01).
-        pattern: keep rows whose name matches this regular expression (re.search).
+        pattern: keep rows whose name matches this regular expression (searched, RE2 syntax).
         sort: "order" (the checkpoint's key order), "name", or "entropy" (lowest first, on the
             first checkpoint).
         keys: "strict" (all checkpoints hold the same keys), "intersection" or "union".
@@ -247,7 +243,7 @@ def entropy_report(
     )  # fmt: skip
 
 
-def _named_keys(plan: Plan, by: By, regex: re.Pattern[str] | None) -> list[tuple[str, str]]:
+def _named_keys(plan: Plan, by: By, regex: Callable[[str], bool] | None) -> list[tuple[str, str]]:
     """(row name, measured key) pairs: every floating tensor, or each module's chosen tensor."""
     floating = [k.key for k in plan.keys if k.interpolate]
     if by == "module":
@@ -258,7 +254,7 @@ def _named_keys(plan: Plan, by: By, regex: re.Pattern[str] | None) -> list[tuple
     else:
         named = [(k, k) for k in floating]
     if regex is not None:
-        named = [(n, k) for n, k in named if regex.search(n)]
+        named = [(n, k) for n, k in named if regex(n)]
     return named
 
 
