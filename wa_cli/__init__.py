@@ -41,14 +41,24 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "open_checkpoint": ("wa_cli.io.handle", "open_checkpoint_handle"),
     "write_state_dict": ("wa_cli.io.writer", "write_state_dict"),
     "RunReport": ("wa_cli.engine.report", "RunReport"),
+    "DryRun": ("wa_cli.methods.selection", "DryRun"),
+    "Selection": ("wa_cli.methods.selection", "Selection"),
+    "GraftPlan": ("wa_cli.methods.graft.files", "GraftPlan"),
+    "EntropyReport": ("wa_cli.methods.graft.report", "EntropyReport"),
+    "ReadOptions": ("wa_cli.io.reader", "ReadOptions"),
+    "ReduceOptions": ("wa_cli.engine.options", "ReduceOptions"),
+    "WriteOptions": ("wa_cli.engine.options", "WriteOptions"),
     "WaError": ("wa_cli.errors", "WaError"),
 }
 __all__ = ["__version__", *_PUBLIC]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+    from wa_cli.engine.options import ReduceOptions as ReduceOptions
+    from wa_cli.engine.options import WriteOptions as WriteOptions
     from wa_cli.engine.report import RunReport as RunReport
     from wa_cli.errors import WaError as WaError
     from wa_cli.io.handle import open_checkpoint_handle as open_checkpoint  # noqa: F401 (in _PUBLIC)
+    from wa_cli.io.reader import ReadOptions as ReadOptions
     from wa_cli.io.writer import write_state_dict as write_state_dict
     from wa_cli.methods.average import average as average
     from wa_cli.methods.average import average_to_file as average_to_file
@@ -58,11 +68,15 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from wa_cli.methods.ema import ema as ema
     from wa_cli.methods.ema import ema_to_file as ema_to_file
     from wa_cli.methods.graft.entropy import tensor_entropy as tensor_entropy
+    from wa_cli.methods.graft.files import GraftPlan as GraftPlan
+    from wa_cli.methods.graft.report import EntropyReport as EntropyReport
     from wa_cli.methods.graft.report import entropy_report as entropy_report
     from wa_cli.methods.graft.run import graft as graft
     from wa_cli.methods.graft.run import graft_to_file as graft_to_file
     from wa_cli.methods.graft.state import graft_ring as graft_ring
     from wa_cli.methods.graft.state import graft_state_dicts as graft_state_dicts
+    from wa_cli.methods.selection import DryRun as DryRun
+    from wa_cli.methods.selection import Selection as Selection
 
 
 def __getattr__(name: str) -> Any:

@@ -65,7 +65,7 @@ def test_debug_prints_info_records_too(tmp_path, capsys):
 # A fresh process: pytest's own warning capture would hide what a user sees on a terminal.
 WARNS_THEN_FAILS = """
 import sys, warnings
-import wa_cli.cli.inputs as inputs
+import wa_cli.methods.inputs as inputs
 from wa_cli.errors import ExitCode, WaError
 
 def open_inputs(*args, **kwargs):

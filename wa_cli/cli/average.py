@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -58,52 +57,30 @@ def average_command(
     Example:
       wa average 'runs/a/ckpt_*.safetensors' --last 5 -o swa.safetensors
     """
-    from wa_cli.cli.inputs import (
-        Selection,
-        note_copies,
-        output_layout,
-        parse_weight_list,
-        training_order_for_copies,
+    import wa_cli as wa
+    from wa_cli.cli.inputs import emit_reduction, parse_weight_list, read_options, selection
+    from wa_cli.cli.render import progress_bar
+
+    sel = selection(order, last, every, from_step, to_step, top_k, metric, mode, metrics)
+    # torch is imported here, before the progress bar draws (a bar over an import says nothing).
+    reduce = wa.ReduceOptions.checked(
+        keys=keys, non_float=non_float, dtype=dtype, precision=precision, device=device
     )
-    from wa_cli.cli.run import ReadFlags, Weighing, run_reduction
-    from wa_cli.engine.precision import parse_user_dtype
-    from wa_cli.engine.rounding import normalized_weights
-    from wa_cli.methods.average import average_to_file, validate_weights
-
-    sel = Selection(order, last, every, from_step, to_step, top_k, metric, mode, metrics)
-    given = parse_weight_list(weights)
-    ordered_weights: list[float] | None = None
-
-    def weigh(entries: list[Any]) -> Weighing:
-        nonlocal ordered_weights
-        raw = validate_weights(given, len(entries))
-        method = "mean" if len(set(raw)) == 1 else "weighted_mean"
-        items, ordered_weights, note = training_order_for_copies(entries, given, sel, non_float)
-        return Weighing(items, normalized_weights(raw), method, note)
-
-    # --copy-config without a folder output is a usage error before anything is read.
-    output_layout([], shard_name=shard_name, copy_config=copy_config, max_shard_size=max_shard_size)
-
-    def write(items: list[Any], out: Path, progress: Any) -> Any:
-        name, copies = output_layout(
-            items, shard_name=shard_name, copy_config=copy_config, max_shard_size=max_shard_size
-        )
-        result = average_to_file(
-            items, out, weights=ordered_weights, keys=keys, non_float=non_float, dtype=dtype,
-            precision=precision, device=device, force=force, max_shard_size=max_shard_size,
-            progress=progress, shard_name=name, copy_files=copies, output_format=output_format,
+    write = wa.WriteOptions.checked(
+        force=force,
+        max_shard_size=max_shard_size,
+        shard_name=shard_name,
+        copy_config=copy_config,
+        output_format=output_format,
+    )
+    with progress_bar("average", quiet) as progress:
+        result = wa.average_to_file(
+            inputs, output, weights=parse_weight_list(weights),
+            read=read_options(
+                key, strip_prefix, include, exclude, allow_global, variant, deepspeed_weights
+            ), selection=sel,
+            reduce=reduce,
+            write=write.with_progress(progress),
+            dry_run=dry_run,
         )  # fmt: skip
-        return note_copies(result, copies)
-
-    run_reduction(
-        "average", inputs, output, sel,
-        ReadFlags(key, strip_prefix, include, exclude, allow_global, variant, deepspeed_weights),
-        # The mean does not depend on the order: keep the given one (and read no steps) unless
-        # a selection asks for trajectory order; --dry-run shows steps, so it reads them.
-        default_order="auto" if sel.filters else ("given" if dry_run else None),
-        weigh=weigh, write=write,
-        check={"keys": keys, "non_float": non_float, "dtype": parse_user_dtype(dtype),
-               "max_shard_size": max_shard_size},
-        dry_run=dry_run, json=json, quiet=quiet,
-        table=lambda report: "kept:" if report["mode"] is not None else None,
-    )  # fmt: skip
+    emit_reduction(result, sel, json, quiet)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -88,48 +87,31 @@ def ema_command(
     Example:
       wa ema 'runs/a/ckpt_*.safetensors' --half-life 500 -o ema.safetensors
     """
-    from wa_cli.cli.inputs import Selection, note_copies, output_layout
-    from wa_cli.cli.run import ReadFlags, Weighing, run_reduction
-    from wa_cli.engine.precision import parse_user_dtype
-    from wa_cli.methods.ema import decay_options, ema_coefficients, ema_to_file
+    import wa_cli as wa
+    from wa_cli.cli.inputs import emit_reduction, read_options, selection
+    from wa_cli.cli.render import progress_bar
 
-    sel = Selection(order, last, every, from_step, to_step, top_k, metric, mode, metrics)
-    decays = decay_options(decay, decay_per_step, half_life, alpha)  # checks --alpha
-    steps: list[int | None] = []
-
-    def weigh(entries: list[Any]) -> Weighing:
-        steps[:] = [e.step for e in entries]
-        # The coefficients (and every decay error) before any tensor is read or -o is checked.
-        coefficients = ema_coefficients(
-            len(entries),
-            decay=decays["decay"],
-            decay_per_step=decays["decay_per_step"],
-            half_life=decays["half_life"],
-            steps=steps,
-        )
-        return Weighing([e.item for e in entries], coefficients, "ema")
-
-    # --copy-config without a folder output is a usage error before anything is read.
-    output_layout([], shard_name=None, copy_config=copy_config, max_shard_size=max_shard_size)
-
-    def write(items: list[Any], out: Path, progress: Any) -> Any:
-        name, copies = output_layout(
-            items, shard_name=None, copy_config=copy_config, max_shard_size=max_shard_size
-        )
-        result = ema_to_file(
-            items, out, decay=decay, decay_per_step=decay_per_step, half_life=half_life,
-            alpha=alpha, steps=steps, keys=keys, non_float=non_float, dtype=dtype,
-            precision=precision, device=device, force=force, max_shard_size=max_shard_size,
-            progress=progress, shard_name=name, copy_files=copies, output_format=output_format,
+    # An EMA needs trajectory order: the inputs are sorted unless --order says otherwise.
+    order = order or "auto"
+    sel = selection(order, last, every, from_step, to_step, top_k, metric, mode, metrics)
+    # torch is imported here, before the progress bar draws (a bar over an import says nothing).
+    reduce = wa.ReduceOptions.checked(
+        keys=keys, non_float=non_float, dtype=dtype, precision=precision, device=device
+    )
+    write = wa.WriteOptions.checked(
+        force=force,
+        max_shard_size=max_shard_size,
+        copy_config=copy_config,
+        output_format=output_format,
+    )
+    read = read_options(key, strip_prefix, include, exclude, allow_global, variant)
+    with progress_bar("ema", quiet) as progress:
+        result = wa.ema_to_file(
+            inputs, output, decay=decay, decay_per_step=decay_per_step, half_life=half_life,
+            alpha=alpha, read=read,
+            selection=sel,
+            reduce=reduce,
+            write=write.with_progress(progress),
+            dry_run=dry_run,
         )  # fmt: skip
-        return note_copies(result, copies)
-
-    run_reduction(
-        "ema", inputs, output, sel,
-        ReadFlags(key, strip_prefix, include, exclude, allow_global, variant),
-        default_order="auto", weigh=weigh, write=write,
-        check={"keys": keys, "non_float": non_float, "dtype": parse_user_dtype(dtype),
-               "max_shard_size": max_shard_size},
-        dry_run=dry_run, json=json, quiet=quiet,
-        table=lambda report: "weights in the result:",
-    )  # fmt: skip
+    emit_reduction(result, sel, json, quiet)

@@ -28,6 +28,8 @@ FLAGS: dict[str, str] = {
     "shard_name": "--shard-name",
     "output_format": "--format",
     "copy_files": "--copy-config",
+    "copy_config": "--copy-config",
+    "dry_run": "--dry-run",
     # shared reducer options
     "keys": "--keys",
     "non_float": "--non-float",

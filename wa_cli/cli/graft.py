@@ -10,7 +10,7 @@ import typer
 from wa_cli.cli import options as opt
 
 if TYPE_CHECKING:
-    from wa_cli.methods.graft.files import GraftPlan
+    from wa_cli import GraftPlan
 
 
 def graft_command(
@@ -72,45 +72,31 @@ def graft_command(
     Example:
       wa graft run_a/last.safetensors run_b/last.safetensors -o g.safetensors
     """
-    from wa_cli.cli.inputs import open_inputs
+    import wa_cli as wa
+    from wa_cli.cli.inputs import read_options
     from wa_cli.cli.render import emit_run_report, hint, print_json, progress_bar, warn
-    from wa_cli.engine.precision import parse_user_dtype
     from wa_cli.errors import WaError
-    from wa_cli.methods.graft.files import graft_to_files, output_paths, plan_graft
-    from wa_cli.select.expand import require_one_per_folder
 
     if output is None and not dry_run:
         raise WaError("wa graft needs -o OUT (a file, or a folder for 3+ inputs), or --dry-run")
-    if len(inputs) < 2:  # before opening anything
-        plan_graft(inputs, rule=rule, a=a, c=c, bins=bins)
-    require_one_per_folder(inputs)  # run1/ run2/: one checkpoint per run, named
-    ckpts = open_inputs(
-        inputs,
-        key=key,
-        strip_prefix=strip_prefix,
-        include=include,
-        exclude=exclude,
-        allow_global=allow_global,
-        variant=variant,
-    )
-    plan = plan_graft(
-        ckpts, rule=rule, a=a, c=c, bins=bins, dtype=parse_user_dtype(dtype), device=device
-    )
-    if dry_run or output is None:  # (output is None only with --dry-run: checked above)
-        for message in plan.warnings:
-            warn(message)
-        paths = [str(p) for p in output_paths(plan, output)] if output is not None else []
+    reduce = wa.ReduceOptions.checked(dtype=dtype, precision=precision, device=device)
+    write = wa.WriteOptions.checked(force=force)
+    with progress_bar("grafting", quiet) as progress:
+        result = wa.graft_to_file(
+            inputs, output, rule=rule, a=a, c=c, bins=bins,
+            read=read_options(key, strip_prefix, include, exclude, allow_global, variant),
+            reduce=reduce, write=write.with_progress(progress), dry_run=dry_run,
+        )  # fmt: skip
+    plan = result if isinstance(result, wa.GraftPlan) else result.plan
+    for message in plan.warnings:  # after the output checks: an error stays one line
+        warn(message)
+    if isinstance(result, wa.GraftPlan):
         if json:
-            print_json({**_plan_json(plan), "dry_run": True, "outputs": paths})
+            print_json({**_plan_json(plan), "dry_run": True, "outputs": plan.outputs})
         else:
             _print_alpha_table(plan)
         return
-    with progress_bar("grafting", quiet) as progress:
-        plan, reports = graft_to_files(
-            plan, output, precision=precision, device=device, force=force, progress=progress
-        )
-    for message in plan.warnings:  # after the output checks: an error stays one line
-        warn(message)
+    reports = result.parts
     if json:
         runs = [r.to_json() for r in reports]
         outputs = [p for r in reports for p in r.outputs]

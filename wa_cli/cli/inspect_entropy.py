@@ -10,7 +10,7 @@ import typer
 from wa_cli.cli import options as opt
 
 if TYPE_CHECKING:
-    from wa_cli.methods.graft.report import EntropyReport
+    from wa_cli import EntropyReport
 
 BAR_WIDTH = 8
 _EIGHTHS = " ▏▎▍▌▋▊▉"
@@ -95,42 +95,19 @@ def inspect_entropy_command(
     Example:
       wa inspect-entropy run_a/last.safetensors run_b/last.safetensors --by module
     """
-    from wa_cli.cli.inputs import open_inputs
+    import wa_cli as wa
+    from wa_cli.cli.inputs import read_options
     from wa_cli.cli.render import print_json
-    from wa_cli.engine.run import check_output_is_not_input
     from wa_cli.errors import WaError
-    from wa_cli.io.atomic import check_destination
-    from wa_cli.methods.graft.report import (
-        check_plot_available,
-        compile_filter,
-        entropy_report,
-        plot_entropies,
-    )
 
     if json and csv:
         raise WaError("--json and --csv both print on stdout; pick one")
-    compile_filter(pattern)  # a bad regex fails before any checkpoint is opened
-    if plot is not None:
-        check_plot_available()
-        check_destination(plot, force)
-    ckpts = open_inputs(
-        inputs,
-        key=key,
-        strip_prefix=strip_prefix,
-        include=include,
-        exclude=exclude,
-        allow_global=allow_global,
-        variant=variant,
-    )
-    if plot is not None:
-        check_output_is_not_input(plot, ckpts)
-        check_plot_available(plot)  # its suffix names a format wa writes (before any work)
-    report = entropy_report(
-        ckpts, by=by, bins=bins, base=None if base == "e" else 2.0, l1_threshold=l1_threshold,
+    report = wa.entropy_report(
+        inputs, by=by, bins=bins, base=None if base == "e" else 2.0, l1_threshold=l1_threshold,
         pattern=pattern, sort=sort, keys=keys, a=a, c=c, device=device,
+        read=read_options(key, strip_prefix, include, exclude, allow_global, variant), plot=plot,
+        force=force,
     )  # fmt: skip
-    if plot is not None:
-        plot_entropies(report, plot, force=force)
     if json:
         print_json(report.to_json())
     elif csv:

@@ -9,6 +9,7 @@ is validated the same way and a bad one names its parameter.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,9 +85,25 @@ class WriteOptions:
     max_shard_size: int | None = None
     progress: ProgressCallback | None = None
     command: str | None = None
-    shard_name: str = "model"  # shards and index: <name>-00001-of-0000N.safetensors
-    copy_files: tuple[Path, ...] = ()  # copied beside the shards (--copy-config)
+    # Shards and index: <name>-00001-of-0000N.safetensors; None: the inputs' own name, or model.
+    shard_name: str | None = None
+    copy_files: tuple[Path, ...] = ()  # copied beside the shards
+    copy_config: bool = False  # copy the newest input's config files beside the shards
     output_format: OutputFormat = "safetensors"  # or a DCP folder (--format dcp)
+
+    def with_progress(self, progress: ProgressCallback | None) -> WriteOptions:
+        """The same options reporting progress to ``progress`` (the CLI's bar, made later)."""
+        return dataclasses.replace(self, progress=progress)
+
+    def output_folder_options(self) -> bool:
+        """Whether an option of sharded output is given (some methods write single files)."""
+        return bool(
+            self.max_shard_size is not None
+            or self.shard_name is not None
+            or self.copy_files
+            or self.copy_config
+            or self.output_format != "safetensors"
+        )
 
     @classmethod
     def checked(
@@ -99,6 +116,7 @@ class WriteOptions:
         shard_name: object = None,
         copy_files: object = (),
         output_format: object = "safetensors",
+        copy_config: object = False,
     ) -> WriteOptions:
         """Validate user values (``max_shard_size`` may be ``"5GB"``)."""
         if progress is not None and not callable(progress):
@@ -119,7 +137,8 @@ class WriteOptions:
             max_shard_size=check.size("max_shard_size", max_shard_size),
             progress=progress,  # type: ignore[arg-type]  # checked callable above
             command=command,
-            shard_name="model" if shard_name is None else check_shard_name(str(shard_name)),
+            shard_name=None if shard_name is None else check_shard_name(str(shard_name)),
             copy_files=tuple(Path(p) for p in copy_files),  # type: ignore[attr-defined]  # paths
             output_format=cast(OutputFormat, output_format),
+            copy_config=check.flag("copy_config", copy_config),
         )

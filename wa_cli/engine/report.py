@@ -42,6 +42,9 @@ class RunReport:
     # Under torchrun: what each rank read and how long it took (rank 0's report only).
     ranks: list[dict[str, Any]] | None = None
     selection: list[dict[str, Any]] = field(default_factory=list)  # kept inputs: step, value
+    # A method that writes several files (graft of 3+): one report per file, and its plan.
+    parts: list[RunReport] = field(default_factory=list)
+    plan: Any = None
 
     def to_json(self) -> dict[str, Any]:
         s = self.stats

@@ -152,7 +152,7 @@ def reduce_to_file(
         device=opts.device,
         force=out.force,
         max_shard_size=out.max_shard_size,
-        shard_name=out.shard_name,
+        shard_name=out.shard_name or "model",
         copy_files=out.copy_files,
         progress=out.progress,
         output_format=out.output_format,

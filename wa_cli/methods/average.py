@@ -9,20 +9,30 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import torch
+from typing_extensions import Unpack
 
 from wa_cli.engine.combine import WeightsFn
-from wa_cli.engine.options import ReduceOptions, WriteOptions
-from wa_cli.engine.plan import KeyPlan, KeysMode, NonFloatPolicy, build_plan
-from wa_cli.engine.precision import Precision
+from wa_cli.engine.options import WriteOptions
+from wa_cli.engine.plan import KeyPlan, build_plan
 from wa_cli.engine.reducers import linear_combination
 from wa_cli.engine.rounding import normalized_weights
 from wa_cli.engine.run import RunReport, assemble, reduce_to_file
 from wa_cli.errors import WaError
 from wa_cli.gc_pause import paused_gc
-from wa_cli.methods.inputs import Inputs, PathOrCheckpoint, open_inputs
+from wa_cli.methods.inputs import Inputs, PathOrCheckpoint
+from wa_cli.methods.request import ReadArgs, ReduceArgs, Request, SelectArgs, WriteArgs
+from wa_cli.methods.selection import (
+    DryRun,
+    Selected,
+    close_opened,
+    select_checkpoints,
+    training_order_for_copies,
+)
+from wa_cli.methods.trajectory import Weigh, Weighing, Write, check_run, run_trajectory
 from wa_cli.params import bad
 
 __all__ = ["PathOrCheckpoint", "average", "average_to_file", "source_weights", "validate_weights"]
@@ -65,93 +75,115 @@ def source_weights(weights: list[float]) -> WeightsFn:
     return for_entry
 
 
+class AverageArgs(ReadArgs, SelectArgs, ReduceArgs, total=False):
+    """The keyword arguments of :func:`average`."""
+
+    weights: Sequence[float] | None
+    dry_run: bool
+
+
+class AverageToFileArgs(AverageArgs, WriteArgs, total=False):
+    """The keyword arguments of :func:`average_to_file`."""
+
+
+def _weigh(weights: Sequence[float] | None, non_float: str) -> Weigh:
+    """The mean's weights for the selected inputs, the inputs in training order for copies."""
+
+    def weigh(selected: Selected) -> Weighing:
+        raw = validate_weights(weights, len(selected.entries))
+        method = "mean" if len(set(raw)) == 1 else "weighted_mean"
+        given = None if weights is None else raw
+        items, ordered, note = training_order_for_copies(selected, given, non_float)
+        return Weighing(items, normalized_weights(raw), method, note, given_weights=ordered)
+
+    return weigh
+
+
 @paused_gc()  # per-key records in bulk: see wa_cli.gc_pause
 def average(
-    inputs: Inputs,
-    *,
-    weights: Sequence[float] | None = None,
-    keys: KeysMode = "strict",
-    non_float: NonFloatPolicy = "last",
-    dtype: torch.dtype | str | None = None,
-    precision: Precision = "auto",
-    device: str | torch.device = "auto",
-) -> Iterator[tuple[str, torch.Tensor]]:
+    inputs: Inputs, **options: Unpack[AverageArgs]
+) -> Iterator[tuple[str, torch.Tensor]] | DryRun:
     """Average checkpoints; yields ``(key, tensor)`` pairs one tensor at a time.
 
     Args:
         inputs: a path, a glob (``"runs/a/*.safetensors"``), a folder, an opened checkpoint, or
             a sequence of them, expanded as the ``wa`` command expands its arguments.
-        weights: one non-negative weight per checkpoint (normalised; default: uniform).
-        keys: ``"strict"``, ``"intersection"`` or ``"union"``.
-        non_float: copy non-float tensors from the ``"last"`` or ``"first"`` input, or ``"error"``.
-        dtype: output dtype of floating tensors (``torch.bfloat16`` or ``"bfloat16"``; default:
-            each tensor's own).
-        precision: accumulator: ``"auto"`` (wider than the input), ``"float32"``, ``"float64"``.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        **options: ``weights``: one non-negative weight per selected checkpoint (normalised;
+            default: uniform). ``keys``: ``"strict"``, ``"intersection"`` or ``"union"``.
+            ``non_float``: copy non-float tensors from the ``"last"`` (in training order when
+            known) or ``"first"`` input, or ``"error"``. ``dtype``: output dtype of floating
+            tensors (``torch.bfloat16`` or ``"bfloat16"``; default: each tensor's own).
+            ``precision``: accumulator, ``"auto"`` (wider than the input), ``"float32"``,
+            ``"float64"``. ``device``: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+            Reading (``key``, ``strip_prefixes``, ``include``, ``exclude``, ``allow_globals``)
+            and selection (``order``, ``last``, ``every``, ``from_step``, ``to_step``,
+            ``top_k``, ``metric``, ``mode``, ``metrics``, ``drop_duplicates``) as ``wa average``
+            (docs/python.md); or the option objects ``read=``, ``selection=``, ``reduce=``.
+            ``dry_run=True`` returns the :class:`~wa_cli.methods.selection.DryRun` plan.
 
     Example:
         >>> swa = dict(average("runs/a/ckpt_*.safetensors"))  # doctest: +SKIP
+        >>> last5 = dict(average("runs/a/ckpt_*.safetensors", last=5))  # doctest: +SKIP
     """
-    opts = ReduceOptions.checked(
-        keys=keys, non_float=non_float, dtype=dtype, precision=precision, device=device
-    )
-    ckpts = open_inputs(inputs)
-    w = validate_weights(weights, len(ckpts))
-    plan = build_plan(ckpts, keys=opts.keys, non_float=opts.non_float, dtype=opts.dtype)
-    chunks = linear_combination(
-        plan, source_weights(w), precision=opts.precision, device=opts.device
-    )
-    return assemble(plan, chunks)
+    request = Request.of("average", options, own=("weights",))
+    if request.write.copy_config or request.write.copy_files:
+        raise TypeError("average() writes nothing: copy_config belongs to average_to_file()")
+    r = request.reduce
+    selected = select_checkpoints(inputs, request.read, request.selection, dry_run=request.dry_run)
+    weighed = _weigh(options.get("weights"), r.non_float)(selected)
+    if request.dry_run:
+        plan = selected.plan(weighed.weights, weighed.method)
+        plan.notes = check_run(weighed.items, None, request)
+        close_opened(weighed.items, inputs, keep=())
+        return plan
+    w = validate_weights(weighed.given_weights, len(weighed.items))
+    plan_ = build_plan(weighed.items, keys=r.keys, non_float=r.non_float, dtype=r.dtype)
+    chunks = linear_combination(plan_, source_weights(w), precision=r.precision, device=r.device)
+    return assemble(plan_, chunks)
+
+
+def _write(request: Request) -> Write:
+    def write(weighed: Weighing, output: Path, out: WriteOptions) -> RunReport:
+        r = request.reduce
+        items = weighed.items
+        w = validate_weights(weighed.given_weights, len(items))
+        plan = build_plan(items, keys=r.keys, non_float=r.non_float, dtype=r.dtype)
+        method = "mean" if len(set(w)) == 1 else "weighted_mean"
+        params = {"weights": w, **r.params()}
+        from wa_cli.methods.graft.relatedness import unrelated_mean_warnings
+
+        unrelated = unrelated_mean_warnings(plan, w)  # independent seeds average to a broken model
+        report = reduce_to_file(
+            plan, source_weights(w), output,
+            method=method, params=params, input_weights=normalized_weights(w), opts=r, out=out,
+        )  # fmt: skip
+        report.warnings.extend(unrelated)
+        return report
+
+    return write
 
 
 @paused_gc()  # per-key records in bulk: see wa_cli.gc_pause
 def average_to_file(
     inputs: Inputs,
-    output: str | os.PathLike[str],
-    *,
-    weights: Sequence[float] | None = None,
-    keys: KeysMode = "strict",
-    non_float: NonFloatPolicy = "last",
-    dtype: torch.dtype | str | None = None,
-    precision: Precision = "auto",
-    device: str | torch.device = "auto",
-    force: bool = False,
-    max_shard_size: int | str | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    command: str | None = None,
-    shard_name: str | None = None,
-    copy_files: Sequence[str | os.PathLike[str]] = (),
-    output_format: str = "safetensors",
-) -> RunReport:
+    output: str | os.PathLike[str] | None = None,
+    **options: Unpack[AverageToFileArgs],
+) -> RunReport | DryRun:
     """Average checkpoints into a safetensors file (or shards), streaming and atomically.
 
     Arguments as for :func:`average`, plus ``output`` (a ``.safetensors`` file, or a folder with
-    ``max_shard_size``), ``force`` (replace an existing output), ``max_shard_size`` (bytes or
-    ``"5GB"``), ``progress(bytes_done_now, bytes_total)``, ``command`` (recorded in the
-    metadata) and ``output_format`` (``"dcp"``: ``output`` is written as a
-    ``torch.distributed.checkpoint`` folder that ``dcp.load`` reads; single-process only).
+    ``max_shard_size``; only a dry run may leave it out), ``force`` (replace an existing
+    output), ``max_shard_size`` (bytes or ``"5GB"``), ``shard_name``, ``copy_config`` (copy the
+    newest input's ``config.json`` and tokenizer files beside the shards),
+    ``progress(bytes_done_now, bytes_total)``, ``command`` (recorded in the metadata) and
+    ``output_format`` (``"dcp"``: ``output`` is written as a ``torch.distributed.checkpoint``
+    folder that ``dcp.load`` reads; single-process only); or the option object ``write=``.
+    Returns the :class:`RunReport`, or with ``dry_run=True`` the
+    :class:`~wa_cli.methods.selection.DryRun` plan (nothing written).
 
     Example:
         >>> report = average_to_file("runs/a/*.safetensors", "swa.safetensors")  # doctest: +SKIP
     """
-    opts = ReduceOptions.checked(
-        keys=keys, non_float=non_float, dtype=dtype, precision=precision, device=device
-    )
-    out = WriteOptions.checked(
-        force=force, max_shard_size=max_shard_size, progress=progress, command=command,
-        shard_name=shard_name, copy_files=copy_files, output_format=output_format,
-    )  # fmt: skip
-    ckpts = open_inputs(inputs)
-    w = validate_weights(weights, len(ckpts))
-    plan = build_plan(ckpts, keys=opts.keys, non_float=opts.non_float, dtype=opts.dtype)
-    method = "mean" if len(set(w)) == 1 else "weighted_mean"
-    params = {"weights": w, **opts.params()}
-    from wa_cli.methods.graft.relatedness import unrelated_mean_warnings
-
-    unrelated = unrelated_mean_warnings(plan, w)  # independent seeds average to a broken model
-    report = reduce_to_file(
-        plan, source_weights(w), output,
-        method=method, params=params, input_weights=normalized_weights(w), opts=opts, out=out,
-    )  # fmt: skip
-    report.warnings.extend(unrelated)
-    return report
+    request = Request.of("average_to_file", options, own=("weights",))
+    weigh = _weigh(options.get("weights"), request.reduce.non_float)
+    return run_trajectory(inputs, output, request, weigh, _write(request))

@@ -9,12 +9,18 @@ Lookahead (Zhang et al. 2019, arXiv 1907.08610) slow weights are the EMA with de
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from typing_extensions import Unpack
 
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.gc_pause import paused_gc
 from wa_cli.methods.ema.coefficients import ema_coefficients, lookahead_decay
+from wa_cli.methods.request import ReadArgs, ReduceArgs, Request, SelectArgs, WriteArgs
+from wa_cli.methods.selection import DryRun, Selected, close_opened, select_checkpoints
+from wa_cli.methods.trajectory import Weigh, Weighing, check_run, run_trajectory
 
 if TYPE_CHECKING:
     # The coefficients need no torch, and `wa ema --help` (which shows LOOKAHEAD_HELP) must not
@@ -22,9 +28,8 @@ if TYPE_CHECKING:
     import torch
 
     from wa_cli.engine.combine import WeightsFn
-    from wa_cli.engine.options import ReduceOptions
-    from wa_cli.engine.plan import KeyPlan, KeysMode, NonFloatPolicy, Plan
-    from wa_cli.engine.precision import Precision
+    from wa_cli.engine.options import WriteOptions
+    from wa_cli.engine.plan import KeyPlan
     from wa_cli.engine.run import RunReport
     from wa_cli.io.reader import Checkpoint
     from wa_cli.methods.inputs import Inputs
@@ -106,116 +111,138 @@ def _steps_of(ckpts: Sequence[Checkpoint], step_aware: bool) -> list[int | None]
     return [e.step for e in order_trajectory(ckpts, "given")]
 
 
-def _prepare(
-    inputs: Inputs,
-    steps: Sequence[int | None] | None,
-    decays: dict[str, float | None],
-    opts: ReduceOptions,
-) -> tuple[Plan, list[int | None] | None, list[float], WeightsFn]:
-    from wa_cli.engine.plan import build_plan
-    from wa_cli.methods.inputs import open_inputs
-
-    if steps is not None and (isinstance(steps, str) or not isinstance(steps, Sequence)):
-        raise WaError(f"steps={steps!r} must be a sequence of ints", params=("steps",))
-    ckpts = open_inputs(inputs)
-    step_aware = decays["decay"] is None
+def _given_steps(steps: object, selected: Selected) -> list[int | None] | None:
+    """The caller's ``steps``, one per selected input (only without a selection or order)."""
     if steps is None:
-        steps = _steps_of(ckpts, step_aware)
-    elif len(steps) != len(ckpts):
+        return None
+    if isinstance(steps, str) or not isinstance(steps, Sequence):
+        raise WaError(f"steps={steps!r} must be a sequence of ints", params=("steps",))
+    if selected.selection.filters or selected.selection.order is not None:
         raise WaError(
-            f"got {len(steps)} steps for {len(ckpts)} checkpoints (give one step per checkpoint)",
+            "give steps= or a selection (order, last, every, ...), not both: a selection reads "
+            "the steps from the inputs",
             ExitCode.USAGE,
             params=("steps",),
         )
-    steps = None if steps is None else list(steps)
-    d, dps, hl = decays["decay"], decays["decay_per_step"], decays["half_life"]
-    # Computed before the plan so that a bad decay fails before any header is compared.
-    coefficients = ema_coefficients(
-        len(ckpts), decay=d, decay_per_step=dps, half_life=hl, steps=steps
-    )
-    plan = build_plan(ckpts, keys=opts.keys, non_float=opts.non_float, dtype=opts.dtype)
-    return plan, steps, coefficients, ema_weights(steps, decay=d, decay_per_step=dps, half_life=hl)
+    if len(steps) != len(selected.entries):
+        raise WaError(
+            f"got {len(steps)} steps for {len(selected.entries)} checkpoints (give one step per "
+            "checkpoint)",
+            ExitCode.USAGE,
+            params=("steps",),
+        )
+    return list(steps)
+
+
+def _weigh(options: Mapping[str, Any], dry_run: bool) -> Weigh:
+    """The EMA's coefficients for the selected inputs (in trajectory order when ordered)."""
+    decays = decay_options(
+        options.get("decay"), options.get("decay_per_step"), options.get("half_life"),
+        options.get("alpha"),
+    )  # fmt: skip
+
+    def weigh(selected: Selected) -> Weighing:
+        steps = _given_steps(options.get("steps"), selected)
+        if steps is None and selected.selection.default_order(dry_run) is not None:
+            steps = [e.step for e in selected.entries]
+        elif steps is None:
+            steps = _steps_of(selected.items, decays["decay"] is None)
+        # Computed before the plan so that a bad decay fails before any header is compared.
+        coefficients = ema_coefficients(len(selected.entries), steps=steps, **decays)
+        return Weighing(selected.items, coefficients, "ema", steps=steps)
+
+    return weigh
+
+
+def _plan(weighed: Weighing, request: Request, options: Mapping[str, Any]) -> Any:
+    from wa_cli.engine.plan import build_plan
+
+    r = request.reduce
+    plan = build_plan(weighed.items, keys=r.keys, non_float=r.non_float, dtype=r.dtype)
+    decays = decay_options(
+        options.get("decay"), options.get("decay_per_step"), options.get("half_life"),
+        options.get("alpha"),
+    )  # fmt: skip
+    return plan, decays, ema_weights(weighed.steps, **decays)
+
+
+class EmaArgs(ReadArgs, SelectArgs, ReduceArgs, total=False):
+    """The keyword arguments of :func:`ema`."""
+
+    decay: float | None
+    decay_per_step: float | None
+    half_life: float | None
+    alpha: float | None
+    steps: Sequence[int | None] | None
+    dry_run: bool
+
+
+class EmaToFileArgs(EmaArgs, WriteArgs, total=False):
+    """The keyword arguments of :func:`ema_to_file`."""
+
+
+_OWN = ("decay", "decay_per_step", "half_life", "alpha", "steps")
 
 
 @paused_gc()  # per-key records in bulk: see wa_cli.gc_pause
-def ema(
-    inputs: Inputs,
-    *,
-    decay: float | None = None,
-    decay_per_step: float | None = None,
-    half_life: float | None = None,
-    alpha: float | None = None,
-    steps: Sequence[int | None] | None = None,
-    keys: KeysMode = "strict",
-    non_float: NonFloatPolicy = "last",
-    dtype: torch.dtype | str | None = None,
-    precision: Precision = "auto",
-    device: str | torch.device = "auto",
-) -> Iterator[tuple[str, torch.Tensor]]:
+def ema(inputs: Inputs, **options: Unpack[EmaArgs]) -> Iterator[tuple[str, torch.Tensor]] | DryRun:
     """EMA of checkpoints in the order given; yields ``(key, tensor)`` pairs one at a time.
 
     e_0 = the first input, e_i = β_i e_{i−1} + (1 − β_i) θ_i, computed in one pass as
     Σ c_i θ_i (:func:`ema_coefficients`). Give exactly one of ``decay``, ``decay_per_step``,
     ``half_life`` or ``alpha`` (Lookahead's slow step, = decay 1 − α). Step-aware decay reads
     ``steps`` from each input's ``step`` metadata (else the last number in its name) unless
-    given. The inputs are not reordered: sort them with :func:`wa_cli.select.order_trajectory`.
+    given. The inputs are not reordered unless ``order`` or a selection is given (``wa ema``
+    passes ``order="auto"``): sort them with ``order="auto"``.
 
     Args:
         inputs: Checkpoint paths or opened checkpoints, oldest first.
-        decay: Fixed decay D in [0, 1].
-        decay_per_step: Decay per training step d in [0, 1].
-        half_life: Steps after which a checkpoint's weight halves (> 0).
-        alpha: Lookahead slow-weight step α in (0, 1].
-        steps: The inputs' training steps (step-aware decay; default: read from the inputs).
-        keys: ``strict``, ``intersection`` or ``union`` (see :func:`ema_weights`).
-        non_float: Copy non-float tensors from the ``last`` or ``first`` input, or ``error``.
-        dtype: Output dtype of floating tensors (default: each tensor's own).
-        precision: Accumulator dtype (``auto``: wider than the input).
-        device: Where to reduce.
+        **options: ``decay`` (fixed decay D in [0, 1]), ``decay_per_step`` (decay per training
+            step d in [0, 1]), ``half_life`` (steps after which a checkpoint's weight halves),
+            ``alpha`` (Lookahead slow-weight step α in (0, 1]), ``steps`` (the inputs' training
+            steps; default: read from the inputs). ``keys``, ``non_float``, ``dtype``,
+            ``precision``, ``device``, reading, selection and ``dry_run`` as for
+            :func:`wa_cli.methods.average.average`.
 
     Returns:
-        An iterator of ``(key, tensor)``; ``dict(ema(...))`` is a state dict.
+        An iterator of ``(key, tensor)``; ``dict(ema(...))`` is a state dict. With
+        ``dry_run=True``, the :class:`~wa_cli.methods.selection.DryRun` plan.
 
     Example:
         >>> paths = ["ckpt_100.safetensors", "ckpt_200.safetensors"]
         >>> state = dict(ema(paths, decay=0.9))  # doctest: +SKIP
     """
-    from wa_cli.engine.options import ReduceOptions
     from wa_cli.engine.reducers import linear_combination
     from wa_cli.engine.run import assemble
 
-    opts = ReduceOptions.checked(
-        keys=keys, non_float=non_float, dtype=dtype, precision=precision, device=device
-    )
-    decays = decay_options(decay, decay_per_step, half_life, alpha)
-    plan, _, _, weights = _prepare(inputs, steps, decays, opts)
-    chunks = linear_combination(plan, weights, precision=opts.precision, device=opts.device)
+    request = Request.of("ema", options, own=_OWN)
+    weigh = _weigh(options, request.dry_run)
+    selected = select_checkpoints(inputs, request.read, request.selection, dry_run=request.dry_run)
+    notes: list[str] = []
+    try:
+        weighed = weigh(selected)
+        if request.dry_run:
+            notes = check_run(weighed.items, None, request)
+    except BaseException:
+        close_opened(selected.items, inputs, keep=())
+        raise
+    if request.dry_run:
+        close_opened(selected.items, inputs, keep=())
+        dry = selected.plan(weighed.weights, weighed.method)
+        dry.notes = notes
+        return dry
+    plan, _, weights = _plan(weighed, request, options)
+    r = request.reduce
+    chunks = linear_combination(plan, weights, precision=r.precision, device=r.device)
     return assemble(plan, chunks)
 
 
 @paused_gc()  # per-key records in bulk: see wa_cli.gc_pause
 def ema_to_file(
     inputs: Inputs,
-    output: str | os.PathLike[str],
-    *,
-    decay: float | None = None,
-    decay_per_step: float | None = None,
-    half_life: float | None = None,
-    alpha: float | None = None,
-    steps: Sequence[int | None] | None = None,
-    keys: KeysMode = "strict",
-    non_float: NonFloatPolicy = "last",
-    dtype: torch.dtype | str | None = None,
-    precision: Precision = "auto",
-    device: str | torch.device = "auto",
-    force: bool = False,
-    max_shard_size: int | str | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    command: str | None = None,
-    shard_name: str | None = None,
-    copy_files: Sequence[str | os.PathLike[str]] = (),
-    output_format: str = "safetensors",
-) -> RunReport:
+    output: str | os.PathLike[str] | None = None,
+    **options: Unpack[EmaToFileArgs],
+) -> RunReport | DryRun:
     """EMA of checkpoints (in the order given) into a safetensors file, streaming and atomically.
 
     Arguments as for :func:`ema`, plus the output options of
@@ -227,27 +254,28 @@ def ema_to_file(
         >>> report.input_weights  # doctest: +SKIP
         [0.03, 0.06, 0.13, 0.26, 0.52]
     """
-    from wa_cli.engine.options import ReduceOptions, WriteOptions
     from wa_cli.engine.run import reduce_to_file
-    from wa_cli.methods.ema.step_units import step_report
-    from wa_cli.methods.graft.relatedness import unrelated_mean_warnings
 
-    opts = ReduceOptions.checked(
-        keys=keys, non_float=non_float, dtype=dtype, precision=precision, device=device
-    )
-    out = WriteOptions.checked(
-        force=force, max_shard_size=max_shard_size, progress=progress, command=command,
-        shard_name=shard_name, copy_files=copy_files, output_format=output_format,
-    )  # fmt: skip
-    decays = decay_options(decay, decay_per_step, half_life, alpha)
-    plan, steps_used, coefficients, weights = _prepare(inputs, steps, decays, opts)
-    units = step_report(plan.checkpoints, steps_used, decays, coefficients)  # epochs or steps
-    params: dict[str, Any] = {**decays, "alpha": alpha, "steps": steps_used, **opts.params()}
-    params |= units.params
-    unrelated = unrelated_mean_warnings(plan, coefficients, "EMA")
-    report = reduce_to_file(
-        plan, weights, output,
-        method="ema", params=params, input_weights=coefficients, opts=opts, out=out,
-    )  # fmt: skip
-    report.warnings.extend(unrelated)
-    return units.attach(report)
+    request = Request.of("ema_to_file", options, own=_OWN)
+
+    def write(weighed: Weighing, output: Path, out: WriteOptions) -> RunReport:
+        from wa_cli.methods.ema.step_units import step_report
+        from wa_cli.methods.graft.relatedness import unrelated_mean_warnings
+
+        plan, decays, weights = _plan(weighed, request, options)
+        coefficients = list(weighed.weights)
+        units = step_report(plan.checkpoints, weighed.steps, decays, coefficients)  # epochs?
+        params: dict[str, Any] = {
+            **decays, "alpha": options.get("alpha"), "steps": weighed.steps,
+            **request.reduce.params(),
+        }  # fmt: skip
+        params |= units.params
+        unrelated = unrelated_mean_warnings(plan, coefficients, "EMA")
+        report = reduce_to_file(
+            plan, weights, output, method="ema", params=params,
+            input_weights=coefficients, opts=request.reduce, out=out,
+        )  # fmt: skip
+        report.warnings.extend(unrelated)
+        return units.attach(report)
+
+    return run_trajectory(inputs, output, request, _weigh(options, request.dry_run), write)

@@ -107,6 +107,7 @@ class GraftPlan:
     rows: list[AlphaRow]
     dtype: torch.dtype | None = None
     warnings: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)  # a dry run's: the files it would write
 
     def params(self) -> dict[str, Any]:
         return {"rule": self.rule, "a": self.a, "c": self.c, "bins": self.bins}

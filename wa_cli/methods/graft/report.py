@@ -23,12 +23,13 @@ import torch
 
 from wa_cli.engine.device import resolve_device
 from wa_cli.engine.plan import KeysMode, Plan, build_plan
+from wa_cli.engine.report import check_output_is_not_input
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.gc_pause import paused_gc
-from wa_cli.io.atomic import atomic_destination
+from wa_cli.io.atomic import atomic_destination, check_destination
 from wa_cli.io.dtypes import dtype_name
 from wa_cli.io.names import distinct_names
-from wa_cli.io.reader import Checkpoint
+from wa_cli.io.reader import Checkpoint, ReadOptions
 from wa_cli.io.regex import checked_search
 from wa_cli.methods.graft.alpha import (
     check_graft_params,
@@ -178,6 +179,9 @@ def entropy_report(
     a: float = 0.4,
     c: float = 500.0,
     device: str | torch.device = "cpu",
+    read: ReadOptions | None = None,
+    plot: str | os.PathLike[str] | None = None,
+    force: bool = False,
 ) -> EntropyReport:
     """Entropy of every floating tensor (or module) of one or more checkpoints.
 
@@ -197,6 +201,8 @@ def entropy_report(
         keys: "strict" (all checkpoints hold the same keys), "intersection" or "union".
         a, c: the graft amplitude and steepness for the alpha column.
         device: where entropies are computed.
+        read: how inputs are read (``wa_cli.ReadOptions``: key, prefixes, include, ...).
+        plot: also write a PNG plot there (needs matplotlib); ``force`` replaces one.
 
     Returns:
         An ``EntropyReport``.
@@ -217,9 +223,14 @@ def entropy_report(
         check_base(base)
     check_threshold(l1_threshold)
     regex = compile_filter(pattern)
+    if plot is not None:
+        check_plot_available(plot)  # its suffix names a format wa writes (before any work)
+        check_destination(Path(plot), force)
     dev = resolve_device(device)
-    ckpts = open_inputs(inputs)
+    ckpts = open_inputs(inputs, options=read)
     try:
+        if plot is not None:
+            check_output_is_not_input(Path(plot), ckpts)
         # Checks key sets and shapes from headers; entropy does not care about dtypes, so floating
         # inputs of different dtypes are allowed (a target dtype lifts the dtype check).
         plan = build_plan(ckpts, keys=keys, dtype=torch.float64)
@@ -236,11 +247,14 @@ def entropy_report(
         rows.sort(key=lambda r: r.name)
     elif sort == "entropy":
         rows.sort(key=lambda r: (r.entropy[0] is None, r.entropy[0] or 0.0))
-    return EntropyReport(
+    report = EntropyReport(
         checkpoints=distinct_names([ck.path for ck in ckpts]),
         paths=[str(ck.path) for ck in ckpts],
         by=by, bins=bins, base=base, l1_threshold=l1_threshold, a=a, c=c, pairs=pairs, rows=rows,
     )  # fmt: skip
+    if plot is not None:
+        plot_entropies(report, plot, force=force)
+    return report
 
 
 def _named_keys(plan: Plan, by: By, regex: Callable[[str], bool] | None) -> list[tuple[str, str]]:

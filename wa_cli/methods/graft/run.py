@@ -9,9 +9,11 @@ streamed combination u' = α u + (1 − α) v per key through the engine ``wa av
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
+from typing_extensions import Unpack
 
 from wa_cli.engine.combine import CombineStats
 from wa_cli.engine.options import ReduceOptions
@@ -21,9 +23,17 @@ from wa_cli.engine.reducers import linear_combination
 from wa_cli.engine.run import RunReport, assemble
 from wa_cli.gc_pause import paused_gc
 from wa_cli.methods.graft.alpha import Rule
-from wa_cli.methods.graft.files import graft_to_files, pair_weights, plan_graft
-from wa_cli.methods.inputs import Inputs
+from wa_cli.methods.graft.files import (
+    GraftPlan,
+    graft_to_files,
+    output_paths,
+    pair_weights,
+    plan_graft,
+)
+from wa_cli.methods.inputs import Inputs, as_input_list
+from wa_cli.methods.request import ReadArgs, ReduceArgs, Request, WriteArgs
 from wa_cli.params import bad, integer
+from wa_cli.select.expand import require_one_per_folder
 
 
 @paused_gc()  # per-key records in bulk: see wa_cli.gc_pause
@@ -86,45 +96,73 @@ def graft(
 @paused_gc()  # per-key records in bulk: see wa_cli.gc_pause
 def graft_to_file(
     inputs: Inputs,
-    output: str | os.PathLike[str],
-    *,
-    rule: Rule = "module",
-    a: float = 0.4,
-    c: float = 500.0,
-    bins: int = 10,
-    dtype: torch.dtype | str | None = None,
-    precision: Precision = "auto",
-    device: str | torch.device = "auto",
-    force: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-    command: str | None = None,
-) -> RunReport:
+    output: str | os.PathLike[str] | None = None,
+    **options: Unpack[GraftToFileArgs],
+) -> RunReport | GraftPlan:
     """Graft checkpoints into ``output``: a file for two models, a folder for three or more.
 
     Returns one :class:`RunReport` (as ``average_to_file`` and ``ema_to_file`` do): its
-    ``outputs`` list every file written, its ``stats`` add up the runs, and its ``warnings`` hold
-    the plan's (the paper rule's notes). Arguments as for :func:`graft`, plus the output options
-    of ``average_to_file``.
+    ``outputs`` list every file written, its ``stats`` add up the runs, its ``warnings`` hold
+    the plan's (the paper rule's notes), its ``parts`` the report of each file and its ``plan``
+    the :class:`~wa_cli.methods.graft.files.GraftPlan`. Arguments as for :func:`graft`, plus
+    ``force``, ``progress``, ``command`` and ``read``. With ``dry_run=True`` it writes nothing
+    and returns the plan (every alpha; ``outputs``: the files a run would write).
 
     Example:
         >>> report = graft_to_file(["a.safetensors", "b.safetensors"], "g")  # doctest: +SKIP
     """
-    from wa_cli.engine.options import WriteOptions
+    from wa_cli.methods.inputs import open_inputs
 
-    opts = ReduceOptions.checked(dtype=dtype, precision=precision, device=device)
-    out = WriteOptions.checked(force=force, progress=progress, command=command)
-    dev = opts.device
-    plan = plan_graft(inputs, rule=rule, a=a, c=c, bins=bins, dtype=opts.dtype, device=dev)
+    rule: Any = options.get("rule", "module")  # checked by plan_graft
+    a: Any = options.get("a", 0.4)
+    c: Any = options.get("c", 500.0)
+    bins: Any = options.get("bins", 10)
+    request = Request.of("graft_to_file", options, own=[k for k, _ in _GRAFT_DEFAULTS])
+    if request.write.output_folder_options():
+        raise TypeError("graft_to_file() takes no max_shard_size, shard_name or copy_config")
+    if output is None and not request.dry_run:
+        raise bad("output", "output is required (a file, or a folder for 3+ inputs), or dry_run")
+    if isinstance(inputs, list) and len(inputs) < 2:  # before opening anything
+        plan_graft(inputs, rule=rule, a=a, c=c, bins=bins)
+    require_one_per_folder(as_input_list(inputs))  # run1/ run2/: one checkpoint per run, named
+    r = request.reduce
+    ckpts = open_inputs(inputs, options=request.read)
+    plan = plan_graft(ckpts, rule=rule, a=a, c=c, bins=bins, dtype=r.dtype, device=r.device)
+    if request.dry_run:
+        plan.outputs = [str(p) for p in output_paths(plan, output)] if output is not None else []
+        for ck in plan.checkpoints:
+            ck.close()
+        return plan
+    assert output is not None  # checked above
+    w = request.write
     plan, reports = graft_to_files(
-        plan,
-        output,
-        precision=opts.precision,
-        device=dev,
-        force=out.force,
-        progress=out.progress,
-        command=out.command,
-    )
-    return merge_reports(reports, plan.warnings)
+        plan, output, precision=r.precision, device=r.device, force=w.force,
+        progress=w.progress, command=w.command,
+    )  # fmt: skip
+    merged = merge_reports(reports, plan.warnings)
+    merged.parts, merged.plan = reports, plan
+    return merged
+
+
+class GraftArgs(ReadArgs, ReduceArgs, total=False):
+    """The keyword arguments of :func:`graft_to_file` (and of :func:`graft`)."""
+
+    rule: Rule
+    a: float
+    c: float
+    bins: int
+
+
+class GraftToFileArgs(GraftArgs, WriteArgs, total=False):
+    """The keyword arguments of :func:`graft_to_file`."""
+
+
+_GRAFT_DEFAULTS: tuple[tuple[str, Any], ...] = (
+    ("rule", "module"),
+    ("a", 0.4),
+    ("c", 500.0),
+    ("bins", 10),
+)
 
 
 def merge_reports(reports: list[RunReport], warnings: list[str]) -> RunReport:
