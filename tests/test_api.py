@@ -251,6 +251,13 @@ def test_every_export_is_called(tmp_path: Path) -> None:
         "write_state_dict": lambda: wa.write_state_dict(traj.states[0], out / "w.safetensors"),
         "WaError": lambda: wa.WaError("x").code,
         "RunReport": lambda: wa.average_to_file(p, out / "r.safetensors").to_json(),
+        "DryRun": lambda: wa.average(p, last=1, dry_run=True).to_json(),
+        "Selection": lambda: wa.average(p, selection=wa.Selection(every=2), dry_run=True),
+        "ReadOptions": lambda: wa.average(p, read=wa.ReadOptions(), dry_run=True),
+        "ReduceOptions": lambda: wa.ReduceOptions.checked(dtype="bf16").dtype,
+        "WriteOptions": lambda: wa.WriteOptions.checked(max_shard_size="1MB").max_shard_size,
+        "GraftPlan": lambda: wa.graft_to_file(p, dry_run=True).outputs,
+        "EntropyReport": lambda: wa.entropy_report(p, read=wa.ReadOptions()).rows,
     }
     out.mkdir()
     assert set(calls) == set(wa.__all__) - {"__version__"}

@@ -1,4 +1,4 @@
-"""The import graph: no cycle between modules; imports point down the layers of the architecture.
+"""The import graph: no cycle between modules, and every import follows docs/architecture.toml.
 
 Walks every module's ``import`` statements with ``ast`` (all of them, also those inside functions
 and under ``TYPE_CHECKING``), so a lazy import cannot hide an upward dependency.
@@ -9,9 +9,12 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import REPO
 
 PACKAGE = REPO / "wa_cli"
+ARCHITECTURE = REPO / "docs" / "architecture.toml"
 
 
 def _module_name(path: Path) -> str:
@@ -35,8 +38,11 @@ def _imports() -> dict[str, set[str]]:
                 if node.level:
                     base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
                     base = f"{base}.{node.module}" if node.module else base
-                found.add(base)
-                found.update(f"{base}.{a.name}" for a in node.names)
+                # `from pkg import mod` imports pkg.mod; `from pkg import name` imports pkg.
+                subs = {f"{base}.{a.name}" for a in node.names} & set(modules)
+                found.update(subs)
+                if len(subs) < len(node.names):
+                    found.add(base)
         graph[name] = {m for m in found if m in modules and m != name}
     return graph
 
@@ -49,40 +55,82 @@ def _top_level_only(graph: dict[str, set[str]]) -> dict[str, set[str]]:
     }
 
 
-def test_io_imports_nothing_from_engine_methods_cli_select():
+def _description() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    return tomllib.loads(ARCHITECTURE.read_text())
+
+
+def _part(module: str, parts: dict) -> str:
+    """The part whose longest module prefix matches (``wa_cli`` itself: the API)."""
+    best, length = "", -1
+    for name, part in parts.items():
+        for prefix in part["modules"]:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > length:
+                best, length = name, len(prefix)
+    assert best, f"{module} belongs to no part of docs/architecture.toml"
+    return best
+
+
+def test_every_import_follows_an_allowed_arrow():
+    """Every import between parts follows an arrow of docs/architecture.toml, or is listed as
+    debt there (and every debt entry is still needed)."""
+    desc = _description()
+    parts = desc["parts"]
+    debt = {(d["module"], t) for d in desc.get("debt", []) for t in d["imports"]}
+    used: set[tuple[str, str]] = set()
+    wrong = []
     for module, targets in _imports().items():
-        if module.startswith("wa_cli.io"):
-            upward = sorted(
-                t
-                for t in targets
-                if t.startswith(("wa_cli.engine", "wa_cli.methods", "wa_cli.cli", "wa_cli.select"))
-            )
-            assert not upward, (module, upward)
-
-
-def test_layers_point_down():
-    # docs/architecture.md: cli -> methods -> engine -> select -> io -> errors, gc_pause.
-    order = ["wa_cli.errors", "wa_cli.gc_pause", "wa_cli.io", "wa_cli.params", "wa_cli.select",
-             "wa_cli.engine", "wa_cli.methods", "wa_cli.train", "wa_cli.cli"]  # fmt: skip
-
-    def layer(module: str) -> int:
-        return max(
-            i
-            for i, prefix in enumerate(order)
-            if module == prefix
-            or module.startswith(prefix + ".")
-            or prefix == "wa_cli.errors"
-            and module == "wa_cli"
-        )
-
-    graph = _imports()
-    for module, targets in graph.items():
-        if module in ("wa_cli", "wa_cli.__main__"):
-            continue  # the lazy public API and the entry point name every layer
+        source = _part(module, parts)
         for target in targets:
-            if target in ("wa_cli",):
-                continue  # __version__
-            assert layer(target) <= layer(module), (module, "imports", target)
+            dest = _part(target, parts)
+            if dest == source or dest in parts[source]["imports"]:
+                continue
+            if (module, target) in debt:
+                used.add((module, target))
+                continue
+            wrong.append((module, target))
+    assert not wrong, f"imports against docs/architecture.toml: {sorted(wrong)}"
+    assert used == debt, f"debt entries no longer needed: {sorted(debt - used)}"
+
+
+def test_at_most_six_floors_and_no_cycle_between_parts():
+    parts = _description()["parts"]
+    floor: dict[str, int] = {}
+
+    def height(name: str, seen: tuple[str, ...] = ()) -> int:
+        assert name not in seen, "cycle between parts: " + " -> ".join((*seen, name))
+        if name not in floor:
+            below = [height(d, (*seen, name)) for d in parts[name]["imports"]]
+            floor[name] = 1 + max(below, default=-1)
+        return floor[name]
+
+    assert max(height(p) for p in parts) + 1 <= 6, floor
+
+
+def test_command_modules_import_only_the_api_cli_helpers_and_errors():
+    allowed = ("wa_cli.cli", "wa_cli.errors")
+    for module, targets in _imports().items():
+        if not module.startswith("wa_cli.cli.") or module.rsplit(".", 1)[1] in _SHELL:
+            continue
+        bad = sorted(t for t in targets if t != "wa_cli" and not t.startswith(allowed))
+        assert not bad, (module, bad)
+
+
+# The application shell and the flag helpers; every other module of cli/ is one command.
+_SHELL = {"app", "signals", "flags", "options", "render", "inputs", "__init__", "bn_recalibrate"}
+
+
+def test_docs_architecture_shows_the_parts_of_the_data_file():
+    desc = _description()
+    table = ["| part | modules | may import | what |", "|---|---|---|---|"]
+    for name, part in desc["parts"].items():
+        modules = ", ".join(f"`{m}`" for m in part["modules"])
+        arrows = ", ".join(part["imports"]) or "-"
+        table.append(f"| {name} | {modules} | {arrows} | {part['about']} |")
+    text = (REPO / "docs" / "architecture.md").read_text()
+    assert "\n".join(table) in text, "docs/architecture.md: regenerate the table:\n" + "\n".join(
+        table
+    )
 
 
 def test_no_import_cycle():

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from wa_cli._version import __version__
 
 # name -> (module, attribute). No module of this package is named like an export, so a
 # function is never shadowed by a submodule of the same name once that submodule is imported.

@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from wa_cli import __version__
+from wa_cli._version import __version__
 
 if TYPE_CHECKING:  # the CLI imports this module before torch, so `wa --help` stays fast
     from wa_cli.io.reader import Checkpoint

@@ -36,7 +36,6 @@ from wa_cli.engine.report import (
 )
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.writer import write_safetensors
-from wa_cli.select.order import step_metadata
 
 __all__ = [
     "BN_HINT",
@@ -136,16 +135,18 @@ def reduce_to_file(
     input_weights: list[float],
     opts: ReduceOptions,
     out: WriteOptions,
+    metadata: dict[str, str] | None = None,
 ) -> RunReport:
     """:func:`combine_to_file` for a method's checked options (``wa average``, ``wa ema``): the
-    metadata records the provenance and the inputs' step range."""
+    metadata records the provenance, and ``metadata`` (the inputs' step range, from the
+    method: the engine does not read steps)."""
     ckpts = plan.checkpoints
     return combine_to_file(
         plan,
         weights,
         output,
         method=method,
-        metadata={**provenance(ckpts, method, params, out.command), **step_metadata(ckpts)},
+        metadata={**provenance(ckpts, method, params, out.command), **(metadata or {})},
         params=params,
         input_weights=input_weights,
         precision=opts.precision,

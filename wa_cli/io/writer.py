@@ -303,7 +303,7 @@ def _write_index(
 
 
 def _version() -> str:
-    from wa_cli import __version__
+    from wa_cli._version import __version__
 
     return __version__
 

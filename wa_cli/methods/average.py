@@ -34,6 +34,7 @@ from wa_cli.methods.selection import (
 )
 from wa_cli.methods.trajectory import Weigh, Weighing, Write, check_run, run_trajectory
 from wa_cli.params import bad
+from wa_cli.select.order import step_metadata
 
 __all__ = ["PathOrCheckpoint", "average", "average_to_file", "source_weights", "validate_weights"]
 
@@ -156,6 +157,7 @@ def _write(request: Request) -> Write:
         report = reduce_to_file(
             plan, source_weights(w), output,
             method=method, params=params, input_weights=normalized_weights(w), opts=r, out=out,
+            metadata=step_metadata(items),
         )  # fmt: skip
         report.warnings.extend(unrelated)
         return report

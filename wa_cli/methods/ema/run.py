@@ -255,6 +255,7 @@ def ema_to_file(
         [0.03, 0.06, 0.13, 0.26, 0.52]
     """
     from wa_cli.engine.run import reduce_to_file
+    from wa_cli.select.order import step_metadata
 
     request = Request.of("ema_to_file", options, own=_OWN)
 
@@ -274,6 +275,7 @@ def ema_to_file(
         report = reduce_to_file(
             plan, weights, output, method="ema", params=params,
             input_weights=coefficients, opts=request.reduce, out=out,
+            metadata=step_metadata(weighed.items),
         )  # fmt: skip
         report.warnings.extend(unrelated)
         return units.attach(report)
