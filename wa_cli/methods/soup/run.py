@@ -156,9 +156,6 @@ def _write(
 ) -> RunReport:
     o = opts or ReduceOptions.checked()
     w = out or WriteOptions.checked()
-    return average_to_file(
-        list(ckpts), output, weights=weights,
-        keys=o.keys, non_float=o.non_float, dtype=o.dtype, precision=o.precision, device=o.device,
-        force=w.force, max_shard_size=w.max_shard_size, progress=w.progress, command=w.command,
-        shard_name=w.shard_name, copy_files=w.copy_files,
-    )  # fmt: skip
+    report = average_to_file(list(ckpts), output, weights=weights, reduce=o, write=w)
+    assert isinstance(report, RunReport)  # not a dry run
+    return report
