@@ -36,11 +36,12 @@ import torch
 
 from wa_cli.engine import distributed, plan_digest
 from wa_cli.engine.combine import CombineStats, WeightsFn, schedule
+from wa_cli.engine.options import ReduceOptions, WriteOptions
 from wa_cli.engine.plan import Plan
 from wa_cli.engine.precision import Precision
 from wa_cli.engine.reducers import linear_combination
 from wa_cli.engine.report import (
-    BN_HINT,
+    Recipe,
     RunReport,
     build_report,
     check_output_is_not_input,
@@ -67,32 +68,20 @@ def combine_to_file_distributed(
     plan: Plan,
     weights: WeightsFn,
     output: str | os.PathLike[str],
-    *,
-    method: str,
-    metadata: dict[str, str],
-    params: dict[str, Any],
-    input_weights: list[float] | None = None,
-    precision: Precision = "auto",
-    device: torch.device | None = None,
-    force: bool = False,
-    max_shard_size: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    bn_hint: str = BN_HINT,
+    recipe: Recipe,
+    opts: ReduceOptions,
+    out: WriteOptions,
 ) -> RunReport:
     """:func:`wa_cli.engine.run.combine_to_file` with this rank writing its share of the output."""
     try:
-        job = _Job(plan, weights, Path(output), metadata, max_shard_size)
-        ranks = job.run(precision, device, force, progress)
+        job = _Job(plan, weights, Path(output), recipe.metadata, out.max_shard_size)
+        ranks = job.run(opts.precision, opts.device, out.force, out.progress)
     finally:
         for ckpt in plan.checkpoints:
             ckpt.close()
     stats = _merge(plan, [r["stats"] for r in ranks])
     stats.seconds = job.seconds
-    report = build_report(
-        plan, stats, job.final_paths(),
-        method=method, params=params, input_weights=input_weights, bn_hint=bn_hint,
-        precision=precision,
-    )  # fmt: skip
+    report = build_report(plan, stats, job.final_paths(), recipe, opts.precision)
     report.ranks = [
         {
             "rank": rank,

@@ -25,6 +25,19 @@ BN_HINT = (
 )
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """What a method asks the engine to write, besides the inputs and the options: its name and
+    parameters (recorded in the report), the output's metadata, each input's weight in the
+    result (for the report), and the hint shown when the inputs hold BatchNorm statistics."""
+
+    method: str
+    params: dict[str, Any]
+    metadata: dict[str, str]
+    input_weights: list[float] | None = None
+    bn_hint: str = BN_HINT
+
+
 @dataclass
 class RunReport:
     """What a run did: shown as a summary, or as JSON with ``--json``."""
@@ -87,20 +100,16 @@ def build_report(
     plan: Plan,
     stats: CombineStats,
     written: Sequence[Path],
-    *,
-    method: str,
-    params: dict[str, Any],
-    input_weights: list[float] | None,
-    bn_hint: str = BN_HINT,
+    recipe: Recipe,
     precision: Precision = "auto",
 ) -> RunReport:
     """The report of a finished combination (one process, or every rank's stats merged)."""
     report = RunReport(
-        method=method,
+        method=recipe.method,
         inputs=[str(c.path) for c in plan.checkpoints],
         outputs=[str(p) for p in written],
-        params=params,
-        input_weights=input_weights,
+        params=recipe.params,
+        input_weights=recipe.input_weights,
         keys=len(plan.keys),
         stats=stats,
         notes=list(plan.notes),
@@ -121,5 +130,5 @@ def build_report(
             f"(most in {', '.join(repr(k) for k in worst)})"
         )
     if plan.holds_bn_statistics:
-        report.hints.append(bn_hint)
+        report.hints.append(recipe.bn_hint)
     return report

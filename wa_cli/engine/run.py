@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,11 @@ from wa_cli.engine.combine import (
 )
 from wa_cli.engine.options import ReduceOptions, WriteOptions
 from wa_cli.engine.plan import Plan
-from wa_cli.engine.precision import Precision
 from wa_cli.engine.provenance import provenance
 from wa_cli.engine.reducers import linear_combination
 from wa_cli.engine.report import (
     BN_HINT,
+    Recipe,
     RunReport,
     build_report,
     check_output_is_not_input,
@@ -45,6 +45,7 @@ __all__ = [
     "check_output_is_not_input",
     "combine_to_file",
     "input_reads",
+    "Recipe",
     "reduce_to_file",
 ]
 
@@ -53,76 +54,59 @@ def combine_to_file(
     plan: Plan,
     weights: WeightsFn,
     output: str | os.PathLike[str],
-    *,
-    method: str,
-    metadata: dict[str, str],
-    params: dict[str, Any],
-    input_weights: list[float] | None = None,
-    precision: Precision = "auto",
-    device: torch.device | None = None,
-    force: bool = False,
-    max_shard_size: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    bn_hint: str = BN_HINT,
-    shard_name: str = "model",
-    copy_files: Sequence[Path] = (),
-    output_format: str = "safetensors",
+    recipe: Recipe,
+    opts: ReduceOptions,
+    out: WriteOptions,
 ) -> RunReport:
     """Write ``Σ w_i θ_i / Σ w_i`` per key of ``plan`` to ``output`` and report what happened.
 
-    ``progress(bytes_done_now, bytes_total)`` is called as input bytes are consumed;
-    ``bn_hint`` is shown when the inputs hold BatchNorm statistics (they were combined too).
+    ``out.progress(bytes_done_now, bytes_total)`` is called as input bytes are consumed. Under
+    torchrun every rank writes its share (:mod:`wa_cli.engine.parallel_write`).
     """
+    dcp = out.output_format == "dcp"
     if distributed.active() is not None:  # torchrun: every rank writes its part
         from wa_cli.engine.parallel_write import combine_to_file_distributed
 
-        if shard_name != "model" or copy_files or output_format != "safetensors":
+        if (out.shard_name or "model") != "model" or out.copy_files or dcp:
             raise WaError(
                 "--shard-name, --copy-config and --format dcp are not supported under torchrun "
                 "yet "
                 "(run without torchrun)",
                 ExitCode.USAGE,
             )
-        return combine_to_file_distributed(
-            plan, weights, output,
-            method=method, metadata=metadata, params=params, input_weights=input_weights,
-            precision=precision, device=device, force=force, max_shard_size=max_shard_size,
-            progress=progress, bn_hint=bn_hint,
-        )  # fmt: skip
+        return combine_to_file_distributed(plan, weights, output, recipe, opts, out)
     output = Path(output)
     check_output_is_not_input(output, plan)
     stats = CombineStats()
     advance: ProgressFn | None = None
+    progress = out.progress
     if progress is not None:
         total = planned_read_bytes(plan, weights)
         advance = lambda n: progress(n, total)  # noqa: E731
     chunks = linear_combination(
         plan, weights,
-        precision=precision, device=device, progress=advance, stats=stats, whole_spans=True,
+        precision=opts.precision, device=opts.device, progress=advance, stats=stats,
+        whole_spans=True,
     )  # fmt: skip
     try:
         # closing(): on a write error the engine's reader thread stops before files close.
         with contextlib.closing(chunks):
-            if output_format == "dcp":  # a DCP folder, written by torch's own writer
+            if dcp:  # a DCP folder, written by torch's own writer
                 from wa_cli.io.dcp_write import write_dcp
 
                 written = write_dcp(
-                    output, plan.output_tensors(), chunks, force=force, reads=input_reads(plan)
+                    output, plan.output_tensors(), chunks, force=out.force, reads=input_reads(plan)
                 )
             else:
                 written = write_safetensors(
-                    output, plan.output_tensors(), chunks, metadata,
-                    force=force, max_shard_size=max_shard_size, reads=input_reads(plan),
-                    shard_name=shard_name, copy_files=copy_files,
+                    output, plan.output_tensors(), chunks, recipe.metadata,
+                    force=out.force, max_shard_size=out.max_shard_size, reads=input_reads(plan),
+                    shard_name=out.shard_name or "model", copy_files=out.copy_files,
                 )  # fmt: skip
     finally:
         for ckpt in plan.checkpoints:
             ckpt.close()
-    return build_report(
-        plan, stats, written,
-        method=method, params=params, input_weights=input_weights, bn_hint=bn_hint,
-        precision=precision,
-    )  # fmt: skip
+    return build_report(plan, stats, written, recipe, opts.precision)
 
 
 def reduce_to_file(
@@ -138,26 +122,11 @@ def reduce_to_file(
     metadata: dict[str, str] | None = None,
 ) -> RunReport:
     """:func:`combine_to_file` for a method's checked options (``wa average``, ``wa ema``): the
-    metadata records the provenance, and ``metadata`` (the inputs' step range, from the
+    metadata records the provenance, then ``metadata`` (the inputs' step range, from the
     method: the engine does not read steps)."""
-    ckpts = plan.checkpoints
-    return combine_to_file(
-        plan,
-        weights,
-        output,
-        method=method,
-        metadata={**provenance(ckpts, method, params, out.command), **(metadata or {})},
-        params=params,
-        input_weights=input_weights,
-        precision=opts.precision,
-        device=opts.device,
-        force=out.force,
-        max_shard_size=out.max_shard_size,
-        shard_name=out.shard_name or "model",
-        copy_files=out.copy_files,
-        progress=out.progress,
-        output_format=out.output_format,
-    )
+    meta = {**provenance(plan.checkpoints, method, params, out.command), **(metadata or {})}
+    recipe = Recipe(method, params, meta, input_weights)
+    return combine_to_file(plan, weights, output, recipe, opts, out)
 
 
 def assemble(

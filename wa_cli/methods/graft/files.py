@@ -27,10 +27,17 @@ import torch
 
 from wa_cli.engine import distributed
 from wa_cli.engine.device import resolve_device
+from wa_cli.engine.options import ReduceOptions, WriteOptions
 from wa_cli.engine.plan import ARCHITECTURE_HINT, KeyPlan, Plan, build_plan
 from wa_cli.engine.precision import Precision
 from wa_cli.engine.provenance import provenance
-from wa_cli.engine.run import RunReport, check_output_is_not_input, combine_to_file, input_reads
+from wa_cli.engine.run import (
+    Recipe,
+    RunReport,
+    check_output_is_not_input,
+    combine_to_file,
+    input_reads,
+)
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.atomic import check_destination, transaction
 from wa_cli.io.dtypes import dtype_name
@@ -324,8 +331,10 @@ def graft_to_files(
     if len(paths) > 1:
         paths[0].parent.mkdir(parents=True, exist_ok=True)
     reports: list[RunReport] = []
+    opts = ReduceOptions(precision=precision, device=dev)
+    out = WriteOptions(force=force, progress=progress, command=command)
     with transaction():  # N outputs: all or none (a full disk at the last leaves no other)
-        _write_all(plan, paths, pair_plans, reports, precision, dev, force, progress, command)
+        _write_all(plan, paths, pair_plans, reports, opts, out)
     return plan, reports
 
 
@@ -334,13 +343,11 @@ def _write_all(
     paths: list[Path],
     pair_plans: list[Plan],
     reports: list[RunReport],
-    precision: Precision,
-    dev: torch.device,
-    force: bool,
-    progress: Callable[[int, int], None] | None,
-    command: str | None,
+    opts: ReduceOptions,
+    out: WriteOptions,
 ) -> None:
     ckpts, names = plan.checkpoints, plan.names
+    precision = opts.precision
     for path, pair_plan, (r, d), alphas in zip(
         paths, pair_plans, plan.pairs, plan.alphas, strict=True
     ):
@@ -350,19 +357,9 @@ def _write_all(
             "precision": precision,
             "dtype": dtype_name(plan.dtype) if plan.dtype else None,
         }  # fmt: skip
-        report = combine_to_file(
-            pair_plan,
-            pair_weights(alphas),
-            path,
-            method="graft",
-            metadata=provenance([ckpts[r], ckpts[d]], "graft", params, command),
-            params=params,
-            precision=precision,
-            device=dev,
-            force=force,
-            progress=progress,
-            bn_hint=GRAFT_BN_HINT,
-        )
+        metadata = provenance([ckpts[r], ckpts[d]], "graft", params, out.command)
+        recipe = Recipe("graft", params, metadata, bn_hint=GRAFT_BN_HINT)
+        report = combine_to_file(pair_plan, pair_weights(alphas), path, recipe, opts, out)
         values = sorted(set(by_name.values()))
         if values:
             report.notes.append(
