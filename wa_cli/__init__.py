@@ -34,7 +34,7 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "graft_state_dicts": ("wa_cli.methods.graft.state", "graft_state_dicts"),
     "graft_ring": ("wa_cli.methods.graft.state", "graft_ring"),
     "tensor_entropy": ("wa_cli.methods.graft.entropy", "tensor_entropy"),
-    "entropy_report": ("wa_cli.methods.graft.report", "entropy_report"),
+    "entropy_report": ("wa_cli.methods.graft.inspect", "entropy_report"),
     "recalibrate_bn": ("wa_cli.methods.bn.recalibrate", "recalibrate_bn"),
     "update_bn": ("wa_cli.methods.bn.recalibrate", "update_bn"),
     "recalibrate_checkpoint": ("wa_cli.methods.bn.checkpoint", "recalibrate_checkpoint"),
@@ -69,8 +69,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from wa_cli.methods.ema import ema_to_file as ema_to_file
     from wa_cli.methods.graft.entropy import tensor_entropy as tensor_entropy
     from wa_cli.methods.graft.files import GraftPlan as GraftPlan
+    from wa_cli.methods.graft.inspect import entropy_report as entropy_report
     from wa_cli.methods.graft.report import EntropyReport as EntropyReport
-    from wa_cli.methods.graft.report import entropy_report as entropy_report
     from wa_cli.methods.graft.run import graft as graft
     from wa_cli.methods.graft.run import graft_to_file as graft_to_file
     from wa_cli.methods.graft.state import graft_ring as graft_ring

@@ -58,10 +58,12 @@ def average_command(
       wa average 'runs/a/ckpt_*.safetensors' --last 5 -o swa.safetensors
     """
     import wa_cli as wa
-    from wa_cli.cli.inputs import emit_reduction, parse_weight_list, read_options, selection
+    from wa_cli.cli.inputs import emit_reduction, parse_weight_list, read_options
     from wa_cli.cli.render import progress_bar
 
-    sel = selection(order, last, every, from_step, to_step, top_k, metric, mode, metrics)
+    sel = wa.Selection(
+        order, last, every, from_step, to_step, top_k, metric, mode, metrics, drop_duplicates=True
+    )  # the same checkpoint given twice is used once
     # torch is imported here, before the progress bar draws (a bar over an import says nothing).
     reduce = wa.ReduceOptions.checked(
         keys=keys, non_float=non_float, dtype=dtype, precision=precision, device=device

@@ -88,12 +88,14 @@ def ema_command(
       wa ema 'runs/a/ckpt_*.safetensors' --half-life 500 -o ema.safetensors
     """
     import wa_cli as wa
-    from wa_cli.cli.inputs import emit_reduction, read_options, selection
+    from wa_cli.cli.inputs import emit_reduction, read_options
     from wa_cli.cli.render import progress_bar
 
     # An EMA needs trajectory order: the inputs are sorted unless --order says otherwise.
     order = order or "auto"
-    sel = selection(order, last, every, from_step, to_step, top_k, metric, mode, metrics)
+    sel = wa.Selection(
+        order, last, every, from_step, to_step, top_k, metric, mode, metrics, drop_duplicates=True
+    )  # the same checkpoint given twice is used once
     # torch is imported here, before the progress bar draws (a bar over an import says nothing).
     reduce = wa.ReduceOptions.checked(
         keys=keys, non_float=non_float, dtype=dtype, precision=precision, device=device

@@ -8,7 +8,6 @@ opened here: selection, dry-run checks and the output layout are the library's.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wa_cli.errors import ExitCode, WaError, printable
@@ -121,22 +120,3 @@ def emit_reduction(
     print(f"  {title}")
     for line in format_rows(result.selection, selection.metric):
         print(line)
-
-
-def selection(
-    order: str | None,
-    last: int | None,
-    every: int | None,
-    from_step: int | None,
-    to_step: int | None,
-    top_k: int | None,
-    metric: str | None,
-    mode: str | None,
-    metrics: Path | None,
-) -> wa.Selection:
-    """The selection flags of ``wa average`` and ``wa ema`` (duplicates used once)."""
-    import wa_cli as wa
-
-    return wa.Selection(
-        order, last, every, from_step, to_step, top_k, metric, mode, metrics, drop_duplicates=True
-    )

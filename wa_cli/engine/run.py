@@ -11,7 +11,6 @@ import contextlib
 import os
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -24,7 +23,6 @@ from wa_cli.engine.combine import (
 )
 from wa_cli.engine.options import ReduceOptions, WriteOptions
 from wa_cli.engine.plan import Plan
-from wa_cli.engine.provenance import provenance
 from wa_cli.engine.reducers import linear_combination
 from wa_cli.engine.report import (
     BN_HINT,
@@ -46,7 +44,6 @@ __all__ = [
     "combine_to_file",
     "input_reads",
     "Recipe",
-    "reduce_to_file",
 ]
 
 
@@ -107,26 +104,6 @@ def combine_to_file(
         for ckpt in plan.checkpoints:
             ckpt.close()
     return build_report(plan, stats, written, recipe, opts.precision)
-
-
-def reduce_to_file(
-    plan: Plan,
-    weights: WeightsFn,
-    output: str | os.PathLike[str],
-    *,
-    method: str,
-    params: dict[str, Any],
-    input_weights: list[float],
-    opts: ReduceOptions,
-    out: WriteOptions,
-    metadata: dict[str, str] | None = None,
-) -> RunReport:
-    """:func:`combine_to_file` for a method's checked options (``wa average``, ``wa ema``): the
-    metadata records the provenance, then ``metadata`` (the inputs' step range, from the
-    method: the engine does not read steps)."""
-    meta = {**provenance(plan.checkpoints, method, params, out.command), **(metadata or {})}
-    recipe = Recipe(method, params, meta, input_weights)
-    return combine_to_file(plan, weights, output, recipe, opts, out)
 
 
 def assemble(

@@ -20,7 +20,7 @@ from wa_cli.engine.options import WriteOptions
 from wa_cli.engine.plan import KeyPlan, build_plan
 from wa_cli.engine.reducers import linear_combination
 from wa_cli.engine.rounding import normalized_weights
-from wa_cli.engine.run import RunReport, assemble, reduce_to_file
+from wa_cli.engine.run import RunReport, assemble
 from wa_cli.errors import WaError
 from wa_cli.gc_pause import paused_gc
 from wa_cli.methods.inputs import Inputs, PathOrCheckpoint
@@ -32,9 +32,15 @@ from wa_cli.methods.selection import (
     select_checkpoints,
     training_order_for_copies,
 )
-from wa_cli.methods.trajectory import Weigh, Weighing, Write, check_run, run_trajectory
+from wa_cli.methods.trajectory import (
+    Weigh,
+    Weighing,
+    Write,
+    check_run,
+    reduce_to_file,
+    run_trajectory,
+)
 from wa_cli.params import bad
-from wa_cli.select.order import step_metadata
 
 __all__ = ["PathOrCheckpoint", "average", "average_to_file", "source_weights", "validate_weights"]
 
@@ -157,7 +163,6 @@ def _write(request: Request) -> Write:
         report = reduce_to_file(
             plan, source_weights(w), output,
             method=method, params=params, input_weights=normalized_weights(w), opts=r, out=out,
-            metadata=step_metadata(items),
         )  # fmt: skip
         report.warnings.extend(unrelated)
         return report

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.methods.selection import (
@@ -27,7 +27,9 @@ from wa_cli.methods.selection import (
 )
 
 if TYPE_CHECKING:
-    from wa_cli.engine.options import WriteOptions
+    from wa_cli.engine.combine import WeightsFn
+    from wa_cli.engine.options import ReduceOptions, WriteOptions
+    from wa_cli.engine.plan import Plan
     from wa_cli.engine.report import RunReport
     from wa_cli.io.reader import Checkpoint
     from wa_cli.methods.inputs import Inputs
@@ -135,3 +137,27 @@ def run_trajectory(
         names = ", ".join(f.name for f in layout.copy_files)
         result.notes.append(f"copied {names} from '{folder}'")
     return attach_selection(result, plan, weighed.note)
+
+
+def reduce_to_file(
+    plan: Plan,
+    weights: WeightsFn,
+    output: str | os.PathLike[str],
+    *,
+    method: str,
+    params: dict[str, Any],
+    input_weights: list[float],
+    opts: ReduceOptions,
+    out: WriteOptions,
+) -> RunReport:
+    """:func:`wa_cli.engine.run.combine_to_file` for a method over a trajectory: the output's
+    metadata records the provenance and the inputs' step range (read here: the engine reads no
+    steps)."""
+    from wa_cli.engine.provenance import provenance
+    from wa_cli.engine.run import Recipe, combine_to_file
+    from wa_cli.select.order import step_metadata
+
+    ckpts = plan.checkpoints
+    meta = {**provenance(ckpts, method, params, out.command), **step_metadata(ckpts)}
+    recipe = Recipe(method, params, meta, input_weights)
+    return combine_to_file(plan, weights, output, recipe, opts, out)

@@ -27,7 +27,7 @@ from typing import Any
 
 from wa_cli.engine.options import ReduceOptions, WriteOptions
 from wa_cli.engine.plan import build_plan
-from wa_cli.engine.run import RunReport, reduce_to_file
+from wa_cli.engine.run import RunReport
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.reader import Checkpoint, ReadOptions
 from wa_cli.methods.average import source_weights
@@ -41,6 +41,7 @@ from wa_cli.methods.ema.power import (
     sigma_rel_of_gamma,
 )
 from wa_cli.methods.inputs import Inputs, open_inputs
+from wa_cli.methods.trajectory import reduce_to_file
 from wa_cli.select import order_trajectory
 
 EXTRAPOLATED_WARNING = 0.10

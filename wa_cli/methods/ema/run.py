@@ -1,8 +1,9 @@
 """Running an EMA over checkpoints through the averaging engine (one pass, no running state).
 
 Part of :mod:`wa_cli.methods.ema`: the coefficients of :mod:`wa_cli.methods.ema.coefficients` become
-the per-key weights of :func:`wa_cli.engine.run.reduce_to_file`, the engine ``wa average`` uses, so
-precision, non-float policy, devices, progress, provenance and atomic output are the same.
+the per-key weights of :func:`wa_cli.methods.trajectory.reduce_to_file`, the engine run
+``wa average`` uses, so precision, non-float policy, devices, progress, provenance and atomic
+output are the same.
 Lookahead (Zhang et al. 2019, arXiv 1907.08610) slow weights are the EMA with decay 1 − α.
 """
 
@@ -20,7 +21,7 @@ from wa_cli.gc_pause import paused_gc
 from wa_cli.methods.ema.coefficients import ema_coefficients, lookahead_decay
 from wa_cli.methods.request import ReadArgs, ReduceArgs, Request, SelectArgs, WriteArgs
 from wa_cli.methods.selection import DryRun, Selected, close_opened, select_checkpoints
-from wa_cli.methods.trajectory import Weigh, Weighing, check_run, run_trajectory
+from wa_cli.methods.trajectory import Weigh, Weighing, check_run, reduce_to_file, run_trajectory
 
 if TYPE_CHECKING:
     # The coefficients need no torch, and `wa ema --help` (which shows LOOKAHEAD_HELP) must not
@@ -254,8 +255,6 @@ def ema_to_file(
         >>> report.input_weights  # doctest: +SKIP
         [0.03, 0.06, 0.13, 0.26, 0.52]
     """
-    from wa_cli.engine.run import reduce_to_file
-    from wa_cli.select.order import step_metadata
 
     request = Request.of("ema_to_file", options, own=_OWN)
 
@@ -275,7 +274,6 @@ def ema_to_file(
         report = reduce_to_file(
             plan, weights, output, method="ema", params=params,
             input_weights=coefficients, opts=request.reduce, out=out,
-            metadata=step_metadata(weighed.items),
         )  # fmt: skip
         report.warnings.extend(unrelated)
         return units.attach(report)

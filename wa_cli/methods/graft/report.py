@@ -21,31 +21,20 @@ from typing import Any, Literal
 
 import torch
 
-from wa_cli.engine.device import resolve_device
-from wa_cli.engine.plan import KeysMode, Plan, build_plan
-from wa_cli.engine.report import check_output_is_not_input
+from wa_cli.engine.plan import Plan
 from wa_cli.errors import ExitCode, WaError
-from wa_cli.gc_pause import paused_gc
-from wa_cli.io.atomic import atomic_destination, check_destination
+from wa_cli.io.atomic import atomic_destination
 from wa_cli.io.dtypes import dtype_name
-from wa_cli.io.names import distinct_names
-from wa_cli.io.reader import Checkpoint, ReadOptions
+from wa_cli.io.reader import Checkpoint
 from wa_cli.io.regex import checked_search
 from wa_cli.methods.graft.alpha import (
-    check_graft_params,
     graft_alpha,
     module_of,
     plan_alphas,
-    ring_pairs_to_write,
 )
 from wa_cli.methods.graft.entropy import (
-    check_base,
-    check_bins,
-    check_threshold,
     checkpoint_measure,
 )
-from wa_cli.methods.inputs import Inputs, open_inputs
-from wa_cli.params import choice
 
 By = Literal["tensor", "module"]
 Sort = Literal["order", "name", "entropy"]
@@ -165,99 +154,7 @@ def compile_filter(pattern: str | None) -> Callable[[str], bool] | None:
     return checked_search(pattern, "pattern")
 
 
-@paused_gc()  # per-key records in bulk: see wa_cli.gc_pause
-def entropy_report(
-    inputs: Inputs,
-    *,
-    by: By = "tensor",
-    bins: int = 10,
-    base: float | None = None,
-    l1_threshold: float = 0.1,
-    pattern: str | None = None,
-    sort: Sort = "order",
-    keys: KeysMode = "strict",
-    a: float = 0.4,
-    c: float = 500.0,
-    device: str | torch.device = "cpu",
-    read: ReadOptions | None = None,
-    plot: str | os.PathLike[str] | None = None,
-    force: bool = False,
-) -> EntropyReport:
-    """Entropy of every floating tensor (or module) of one or more checkpoints.
-
-    By module, a module is measured on its ``weight`` (else its first floating tensor), as
-    ``wa graft --rule module`` does; by tensor, each floating tensor is measured, and the alpha
-    column is then ``wa graft --rule tensor``'s. Alphas use nats whatever ``base`` is.
-
-    Args:
-        inputs: checkpoints (paths or opened); two or more add the alpha columns.
-        by: one row per "tensor" or per "module".
-        bins: histogram bins B >= 2 (paper: 10).
-        base: logarithm base of the reported entropies (None: nats; 2: bits).
-        l1_threshold: filters with L1 norm below this are invalid (paper: 0.1 or 0.01).
-        pattern: keep rows whose name matches this regular expression (searched, RE2 syntax).
-        sort: "order" (the checkpoint's key order), "name", or "entropy" (lowest first, on the
-            first checkpoint).
-        keys: "strict" (all checkpoints hold the same keys), "intersection" or "union".
-        a, c: the graft amplitude and steepness for the alpha column.
-        device: where entropies are computed.
-        read: how inputs are read (``wa_cli.ReadOptions``: key, prefixes, include, ...).
-        plot: also write a PNG plot there (needs matplotlib); ``force`` replaces one.
-
-    Returns:
-        An ``EntropyReport``.
-
-    Raises:
-        WaError: bad bins, base, threshold, pattern, a or c; incompatible checkpoints.
-
-    Example:
-        >>> report = entropy_report(["run_a/last.safetensors"], by="module")  # doctest: +SKIP
-        >>> [(r.name, r.entropy[0]) for r in report.rows]  # doctest: +SKIP
-    """
-    choice("by", by, By)
-    choice("sort", sort, Sort)
-    choice("keys", keys, KeysMode)
-    check_bins(bins)
-    check_graft_params(a, c)
-    if base is not None:
-        check_base(base)
-    check_threshold(l1_threshold)
-    regex = compile_filter(pattern)
-    if plot is not None:
-        check_plot_available(plot)  # its suffix names a format wa writes (before any work)
-        check_destination(Path(plot), force)
-    dev = resolve_device(device)
-    ckpts = open_inputs(inputs, options=read)
-    try:
-        if plot is not None:
-            check_output_is_not_input(Path(plot), ckpts)
-        # Checks key sets and shapes from headers; entropy does not care about dtypes, so floating
-        # inputs of different dtypes are allowed (a target dtype lifts the dtype check).
-        plan = build_plan(ckpts, keys=keys, dtype=torch.float64)
-        named = _named_keys(plan, by, regex)
-        pairs = ring_pairs_to_write(len(ckpts)) if len(ckpts) >= 2 else []
-        rows = _measure_rows(
-            ckpts, plan, named, pairs, bins=bins, base=base, l1_threshold=l1_threshold,
-            a=a, c=c, dev=dev,
-        )  # fmt: skip
-    finally:
-        for ck in ckpts:
-            ck.close()
-    if sort == "name":
-        rows.sort(key=lambda r: r.name)
-    elif sort == "entropy":
-        rows.sort(key=lambda r: (r.entropy[0] is None, r.entropy[0] or 0.0))
-    report = EntropyReport(
-        checkpoints=distinct_names([ck.path for ck in ckpts]),
-        paths=[str(ck.path) for ck in ckpts],
-        by=by, bins=bins, base=base, l1_threshold=l1_threshold, a=a, c=c, pairs=pairs, rows=rows,
-    )  # fmt: skip
-    if plot is not None:
-        plot_entropies(report, plot, force=force)
-    return report
-
-
-def _named_keys(plan: Plan, by: By, regex: Callable[[str], bool] | None) -> list[tuple[str, str]]:
+def named_keys(plan: Plan, by: By, regex: Callable[[str], bool] | None) -> list[tuple[str, str]]:
     """(row name, measured key) pairs: every floating tensor, or each module's chosen tensor."""
     floating = [k.key for k in plan.keys if k.interpolate]
     if by == "module":
@@ -272,7 +169,7 @@ def _named_keys(plan: Plan, by: By, regex: Callable[[str], bool] | None) -> list
     return named
 
 
-def _measure_rows(
+def measure_rows(
     ckpts: Sequence[Checkpoint],
     plan: Plan,
     named: list[tuple[str, str]],

@@ -9,16 +9,15 @@ streamed combination u' = α u + (1 − α) v per key through the engine ``wa av
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from typing_extensions import Unpack
 
 from wa_cli.engine.combine import CombineStats
-from wa_cli.engine.options import ReduceOptions
+from wa_cli.engine.options import WriteOptions
 from wa_cli.engine.plan import build_plan
-from wa_cli.engine.precision import Precision
 from wa_cli.engine.reducers import linear_combination
 from wa_cli.engine.run import RunReport, assemble
 from wa_cli.gc_pause import paused_gc
@@ -31,24 +30,46 @@ from wa_cli.methods.graft.files import (
     plan_graft,
 )
 from wa_cli.methods.inputs import Inputs, as_input_list
-from wa_cli.methods.request import ReadArgs, ReduceArgs, Request, WriteArgs
+from wa_cli.methods.request import ReadArgs, ReduceArgs, Request, SelectArgs, WriteArgs
+from wa_cli.methods.selection import select_checkpoints
 from wa_cli.params import bad, integer
 from wa_cli.select.expand import require_one_per_folder
 
 
+class GraftArgs(ReadArgs, SelectArgs, ReduceArgs, total=False):
+    """The keyword arguments of :func:`graft`."""
+
+    receiver: int
+    rule: Rule
+    a: float
+    c: float
+    bins: int
+
+
+class GraftToFileArgs(GraftArgs, WriteArgs, total=False):
+    """The keyword arguments of :func:`graft_to_file`."""
+
+
+_OWN = ("receiver", "rule", "a", "c", "bins")
+_NO_WRITE = WriteOptions()
+
+
+def _plan(inputs: Inputs, request: Request, options: Mapping[str, Any]) -> GraftPlan:
+    """Select the inputs and compute every alpha (the first pass)."""
+    rule: Any = options.get("rule", "module")  # checked by plan_graft
+    a: Any = options.get("a", 0.4)
+    c: Any = options.get("c", 500.0)
+    bins: Any = options.get("bins", 10)
+    if isinstance(inputs, list) and len(inputs) < 2:  # before opening anything
+        plan_graft(inputs, rule=rule, a=a, c=c, bins=bins)
+    require_one_per_folder(as_input_list(inputs))  # run1/ run2/: one checkpoint per run, named
+    r = request.reduce
+    ckpts = select_checkpoints(inputs, request.read, request.selection).items
+    return plan_graft(ckpts, rule=rule, a=a, c=c, bins=bins, dtype=r.dtype, device=r.device)
+
+
 @paused_gc()  # per-key records in bulk: see wa_cli.gc_pause
-def graft(
-    inputs: Inputs,
-    *,
-    receiver: int = 0,
-    rule: Rule = "module",
-    a: float = 0.4,
-    c: float = 500.0,
-    bins: int = 10,
-    dtype: torch.dtype | str | None = None,
-    precision: Precision = "auto",
-    device: str | torch.device = "auto",
-) -> Iterator[tuple[str, torch.Tensor]]:
+def graft(inputs: Inputs, **options: Unpack[GraftArgs]) -> Iterator[tuple[str, torch.Tensor]]:
     """Graft checkpoints; yields the ``(key, tensor)`` pairs of one grafted model.
 
     The models form a ring (model i receives from model i − 1, model 0 from the last); the
@@ -56,21 +77,22 @@ def graft(
 
     Args:
         inputs: two or more checkpoints: paths, a glob, a folder, opened checkpoints.
-        receiver: which model receives (its non-float tensors are kept).
-        rule: ``"module"`` (one α per module), ``"tensor"`` or ``"paper"``.
-        a: amplitude A, 0 <= a < 1 (paper: 0.4; 0 gives a plain mean).
-        c: steepness, c > 0 (paper: 500).
-        bins: histogram bins (paper: 10).
-        dtype: output dtype of floating tensors (``"bfloat16"`` or a ``torch.dtype``).
-        precision: accumulator (``"auto"``, ``"float32"``, ``"float64"``).
-        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        **options: ``receiver``: which model receives (its non-float tensors are kept).
+            ``rule``: ``"module"`` (one α per module), ``"tensor"`` or ``"paper"``. ``a``:
+            amplitude A, 0 <= a < 1 (paper: 0.4; 0 gives a plain mean). ``c``: steepness,
+            c > 0 (paper: 500). ``bins``: histogram bins (paper: 10). ``dtype``: output dtype
+            of floating tensors (``"bfloat16"`` or a ``torch.dtype``). ``precision``:
+            accumulator (``"auto"``, ``"float32"``, ``"float64"``). ``device``: ``"auto"``,
+            ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Reading and selection as for ``wa.average``.
 
     Example:
         >>> state = dict(graft(["a/last.safetensors", "b/last.safetensors"]))  # doctest: +SKIP
     """
-    opts = ReduceOptions.checked(dtype=dtype, precision=precision, device=device)
-    dev = opts.device
-    plan = plan_graft(inputs, rule=rule, a=a, c=c, bins=bins, dtype=opts.dtype, device=dev)
+    request = Request.of("graft", options, own=_OWN)
+    if request.dry_run or request.write != _NO_WRITE:
+        raise TypeError("graft() writes nothing: the output options belong to graft_to_file()")
+    receiver = options.get("receiver", 0)
+    plan = _plan(inputs, request, options)
     n = len(plan.checkpoints)
     index = integer("receiver", receiver)
     if index is None or not -n <= index < n:
@@ -87,6 +109,7 @@ def graft(
     for i, ck in enumerate(plan.checkpoints):
         if i not in (r, d):
             ck.close()
+    opts = request.reduce
     chunks = linear_combination(
         pair, pair_weights(plan.alphas[which]), precision=opts.precision, device=opts.device
     )
@@ -111,23 +134,13 @@ def graft_to_file(
     Example:
         >>> report = graft_to_file(["a.safetensors", "b.safetensors"], "g")  # doctest: +SKIP
     """
-    from wa_cli.methods.inputs import open_inputs
-
-    rule: Any = options.get("rule", "module")  # checked by plan_graft
-    a: Any = options.get("a", 0.4)
-    c: Any = options.get("c", 500.0)
-    bins: Any = options.get("bins", 10)
-    request = Request.of("graft_to_file", options, own=[k for k, _ in _GRAFT_DEFAULTS])
+    request = Request.of("graft_to_file", options, own=_OWN[1:])  # no receiver: all are written
     if request.write.output_folder_options():
         raise TypeError("graft_to_file() takes no max_shard_size, shard_name or copy_config")
     if output is None and not request.dry_run:
         raise bad("output", "output is required (a file, or a folder for 3+ inputs), or dry_run")
-    if isinstance(inputs, list) and len(inputs) < 2:  # before opening anything
-        plan_graft(inputs, rule=rule, a=a, c=c, bins=bins)
-    require_one_per_folder(as_input_list(inputs))  # run1/ run2/: one checkpoint per run, named
+    plan = _plan(inputs, request, options)
     r = request.reduce
-    ckpts = open_inputs(inputs, options=request.read)
-    plan = plan_graft(ckpts, rule=rule, a=a, c=c, bins=bins, dtype=r.dtype, device=r.device)
     if request.dry_run:
         plan.outputs = [str(p) for p in output_paths(plan, output)] if output is not None else []
         for ck in plan.checkpoints:
@@ -142,27 +155,6 @@ def graft_to_file(
     merged = merge_reports(reports, plan.warnings)
     merged.parts, merged.plan = reports, plan
     return merged
-
-
-class GraftArgs(ReadArgs, ReduceArgs, total=False):
-    """The keyword arguments of :func:`graft_to_file` (and of :func:`graft`)."""
-
-    rule: Rule
-    a: float
-    c: float
-    bins: int
-
-
-class GraftToFileArgs(GraftArgs, WriteArgs, total=False):
-    """The keyword arguments of :func:`graft_to_file`."""
-
-
-_GRAFT_DEFAULTS: tuple[tuple[str, Any], ...] = (
-    ("rule", "module"),
-    ("a", 0.4),
-    ("c", 500.0),
-    ("bins", 10),
-)
 
 
 def merge_reports(reports: list[RunReport], warnings: list[str]) -> RunReport:

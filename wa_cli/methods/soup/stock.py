@@ -27,9 +27,10 @@ import torch
 from wa_cli.engine.combine import WeightsFn
 from wa_cli.engine.options import ReduceOptions, WriteOptions
 from wa_cli.engine.plan import KeyPlan, Plan, build_plan
-from wa_cli.engine.run import RunReport, reduce_to_file
+from wa_cli.engine.run import RunReport
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.methods.inputs import Inputs, open_inputs
+from wa_cli.methods.trajectory import reduce_to_file
 
 
 def stock_ratio(cos_theta: float, n: int) -> float:
