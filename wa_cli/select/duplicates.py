@@ -28,9 +28,9 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wa_cli.io.fingerprint import file_identity, file_sample, file_size
 from wa_cli.select.order import checkpoint_stem
 from wa_cli.select.steps import number_in_name, step_in_metadata
 
@@ -39,32 +39,12 @@ if TYPE_CHECKING:  # the reader imports torch; selection must not
 
 logger = logging.getLogger(__name__)
 
-_BLOCK = 64 * 1024
-_SAMPLES = 8
 _TENSOR_SAMPLE = 256
 _COMPARE_BLOCK = 4 << 20  # bytes compared at a time: memory stays bounded for any file size
 
 
 def _identity(ckpt: Checkpoint) -> frozenset[tuple[int, int]] | None:
-    try:
-        return frozenset((s.st_dev, s.st_ino) for s in (os.stat(f) for f in ckpt.files))
-    except OSError:
-        return None
-
-
-def _file_sample(path: Path, size: int) -> str | None:
-    """A hash of the first and last 64 KiB and 8 evenly spaced 64 KiB blocks of a file."""
-    digest = hashlib.sha256(str(size).encode())
-    offsets = {0, max(0, size - _BLOCK)}
-    offsets |= {size * i // (_SAMPLES + 1) for i in range(1, _SAMPLES + 1)}
-    try:
-        with open(path, "rb") as f:
-            for offset in sorted(offsets):
-                f.seek(offset)
-                digest.update(f.read(_BLOCK))
-    except OSError:
-        return None
-    return digest.hexdigest()
+    return file_identity(ckpt.files)
 
 
 def _tensor_sample(ckpt: Checkpoint) -> str:
@@ -170,10 +150,9 @@ def _same_bytes(ckpts: Sequence[Checkpoint], skip: set[int]) -> dict[int, tuple[
     for i, c in enumerate(ckpts):
         if i in skip or len(c.files) != 1:
             continue
-        try:
-            by_size.setdefault(os.path.getsize(c.path), []).append(i)
-        except OSError:
-            continue
+        size = file_size(c.path)
+        if size is not None:
+            by_size.setdefault(size, []).append(i)
     dropped: dict[int, tuple[int, str]] = {}
     # Read once per nominated file: many files with one sample (a frozen backbone) cost one
     # read each, not one per pair.
@@ -183,7 +162,7 @@ def _same_bytes(ckpts: Sequence[Checkpoint], skip: set[int]) -> dict[int, tuple[
             continue
         seen: dict[str, list[int]] = {}
         for i in group:
-            sample = _file_sample(ckpts[i].path, size)
+            sample = file_sample(ckpts[i].path, size)
             if sample is None:
                 continue
             # The sample nominates; only bytes equal in full make a copy.

@@ -1,0 +1,46 @@
+"""What tells two inputs apart without reading them whole: file identity and sampled bytes.
+
+Used by :mod:`wa_cli.select.duplicates` (the same checkpoint given twice is used once); the
+bytes are read here, in ``io/``, so that selection reads no file itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+_BLOCK = 64 * 1024
+_SAMPLES = 8
+
+
+def file_identity(files: Sequence[str | os.PathLike[str]]) -> frozenset[tuple[int, int]] | None:
+    """The (device, inode) pairs of a checkpoint's files: equal for hard links and repeats."""
+    try:
+        return frozenset((s.st_dev, s.st_ino) for s in (os.stat(f) for f in files))
+    except OSError:
+        return None
+
+
+def file_size(path: str | os.PathLike[str]) -> int | None:
+    """The size of a file in bytes, or ``None`` when it cannot be read."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def file_sample(path: Path, size: int) -> str | None:
+    """A hash of the first and last 64 KiB and 8 evenly spaced 64 KiB blocks of a file."""
+    digest = hashlib.sha256(str(size).encode())
+    offsets = {0, max(0, size - _BLOCK)}
+    offsets |= {size * i // (_SAMPLES + 1) for i in range(1, _SAMPLES + 1)}
+    try:
+        with open(path, "rb") as f:
+            for offset in sorted(offsets):
+                f.seek(offset)
+                digest.update(f.read(_BLOCK))
+    except OSError:
+        return None
+    return digest.hexdigest()
