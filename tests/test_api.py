@@ -258,6 +258,10 @@ def test_every_export_is_called(tmp_path: Path) -> None:
         "WriteOptions": lambda: wa.WriteOptions.checked(max_shard_size="1MB").max_shard_size,
         "GraftPlan": lambda: wa.graft_to_file(p, dry_run=True).outputs,
         "EntropyReport": lambda: wa.entropy_report(p, read=wa.ReadOptions()).rows,
+        "BNSpecs": lambda: wa.BNSpecs(batch_size=2).batch_size,
+        "BNCheckpointReport": lambda: wa.recalibrate_checkpoint(
+            p[0], out / "bn2.safetensors", _cnn, [torch.randn(2, 3, 5, 5)]
+        ).to_json(),
     }
     out.mkdir()
     assert set(calls) == set(wa.__all__) - {"__version__"}

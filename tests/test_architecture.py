@@ -192,7 +192,10 @@ def _sizes() -> list[tuple[str, str]]:
             if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
                 body = body[1:]  # the docstring
             code = lines[body[0].lineno - 1 : node.end_lineno] if body else []
-            if sum(1 for x in code if x.strip() and not x.strip().startswith("#")) > MAX_FUNCTION_LINES:
+            if (
+                sum(1 for x in code if x.strip() and not x.strip().startswith("#"))
+                > MAX_FUNCTION_LINES
+            ):
                 found.append(("function lines", name))
             a = node.args
             params = [*a.posonlyargs, *a.args, *a.kwonlyargs, *filter(None, (a.vararg, a.kwarg))]

@@ -45,6 +45,8 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "Selection": ("wa_cli.methods.selection", "Selection"),
     "GraftPlan": ("wa_cli.methods.graft.files", "GraftPlan"),
     "EntropyReport": ("wa_cli.methods.graft.report", "EntropyReport"),
+    "BNSpecs": ("wa_cli.methods.bn.specs", "BNSpecs"),
+    "BNCheckpointReport": ("wa_cli.methods.bn.checkpoint", "BNCheckpointReport"),
     "ReadOptions": ("wa_cli.io.reader", "ReadOptions"),
     "ReduceOptions": ("wa_cli.engine.options", "ReduceOptions"),
     "WriteOptions": ("wa_cli.engine.options", "WriteOptions"),
@@ -62,9 +64,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from wa_cli.io.writer import write_state_dict as write_state_dict
     from wa_cli.methods.average import average as average
     from wa_cli.methods.average import average_to_file as average_to_file
+    from wa_cli.methods.bn.checkpoint import BNCheckpointReport as BNCheckpointReport
     from wa_cli.methods.bn.checkpoint import recalibrate_checkpoint as recalibrate_checkpoint
     from wa_cli.methods.bn.recalibrate import recalibrate_bn as recalibrate_bn
     from wa_cli.methods.bn.recalibrate import update_bn as update_bn
+    from wa_cli.methods.bn.specs import BNSpecs as BNSpecs
     from wa_cli.methods.ema import ema as ema
     from wa_cli.methods.ema import ema_to_file as ema_to_file
     from wa_cli.methods.graft.entropy import tensor_entropy as tensor_entropy

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from wa_cli.cli import options as opt
-from wa_cli.errors import ExitCode, WaError
 
 if TYPE_CHECKING:
-    from wa_cli.methods.bn.checkpoint import BNCheckpointReport
+    from wa_cli import BNCheckpointReport
 
 
 def bn_recalibrate_command(
@@ -113,109 +112,32 @@ def bn_recalibrate_command(
       wa bn-recalibrate swa.safetensors --model net.py:build \\
         --data net.py:loader -o swa_bn.safetensors
     """
+    import wa_cli as wa
     from wa_cli.cli.inputs import read_options
     from wa_cli.cli.render import progress_bar, warn
-    from wa_cli.io.reader import open_checkpoint
-    from wa_cli.io.writer import parse_size
-    from wa_cli.methods.bn.checkpoint import recalibrate_checkpoint, resolve_data, resolve_model
-    from wa_cli.methods.bn.usercode import resolve_callable
 
-    build = resolve_model(model, _json_kwargs(model_kwargs, "--model-kwargs"))
-    source = resolve_data(
-        data,
-        batch_size=batch_size,
-        input_key=input_key,
-        kwargs=_json_kwargs(data_kwargs, "--data-kwargs"),
-        drop_last=True if drop_last else None,
-    )
-    fn = resolve_callable(forward, what="forward function") if forward else None
     # auto is decided against the model's keys (recalibrate_checkpoint's fit_prefix), not the
     # checkpoint's alone: a model whose keys all start with one child must keep that prefix.
     fit_prefix = strip_prefix == ["auto"]
-    options = read_options(
-        key=key,
-        strip_prefix=None if fit_prefix else strip_prefix,
-        include=include,
-        exclude=exclude,
-        allow_global=allow_global,
-        variant=variant,
-    )
-    ckpt = open_checkpoint(checkpoint, options=options)
-    specs = _recorded_specs(source, model, model_kwargs, data, data_kwargs, forward)
+    prefixes = None if fit_prefix else strip_prefix
+    read = read_options(key, prefixes, include, exclude, allow_global, variant)
+    specs = wa.BNSpecs(
+        model_kwargs=model_kwargs, data_kwargs=data_kwargs, batch_size=batch_size,
+        input_key=input_key, drop_last=True if drop_last else None,
+    )  # fmt: skip
     with progress_bar("re-estimating BN", quiet, unit="batches") as progress:
-        report = recalibrate_checkpoint(
-            ckpt,
-            output,
-            build,
-            source,
-            device=device,
-            weighting=weighting,
-            max_batches=batches,
-            forward=fn,
-            include_instancenorm=include_instancenorm,
-            force=force,
-            max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
-            progress=progress,
-            params=specs,
-            fit_prefix=fit_prefix,
-        )
+        report = wa.recalibrate_checkpoint(
+            checkpoint, output, model, data, specs=specs, read=read, device=device,
+            weighting=weighting, max_batches=batches, forward=forward,
+            include_instancenorm=include_instancenorm, force=force,
+            max_shard_size=max_shard_size, progress=progress, fit_prefix=fit_prefix,
+        )  # fmt: skip
     for message in report.warnings:
         warn(message)
     if json_:
         sys.stdout.write(json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n")
     else:
         _print_summary(report)
-
-
-def _recorded_specs(
-    source: object,
-    model: str,
-    model_kwargs: str | None,
-    data: str,
-    data_kwargs: str | None,
-    forward: str | None,
-) -> dict[str, Any]:
-    """What the output's metadata records: everything that shapes the statistics (the batch
-    size changes every batch's mean and var); for a tensor file, the values used, defaults and
-    the key found too."""
-    from wa_cli.methods.bn.tensor_data import TensorFileBatches
-
-    specs: dict[str, Any] = {
-        "model": model,
-        "model_kwargs": model_kwargs,
-        "data": data,
-        "data_kwargs": data_kwargs,
-        "forward": forward,
-    }
-    if isinstance(source, TensorFileBatches):
-        specs.update(
-            batch_size=source.batch_size,
-            input_key=source.key,
-            drop_last=source.drop_last is True,
-            dropped_rows=source.dropped,
-        )
-    return {k: v for k, v in specs.items() if v is not None}
-
-
-def _json_kwargs(text: str | None, option: str) -> dict[str, Any] | None:
-    from wa_cli.io.hostile import json_reason, parse_json
-
-    if text is None:
-        return None
-    try:
-        value = parse_json(text)
-    except ValueError as e:
-        raise WaError(
-            f"cannot read {option}: {json_reason(e)} "
-            "(expected a JSON object, e.g. '{\"depth\": 18}')",
-            ExitCode.USAGE,
-        ) from e
-    if not isinstance(value, dict):
-        raise WaError(
-            f"{option} must be a JSON object of keyword arguments, got {type(value).__name__}",
-            ExitCode.USAGE,
-        )
-    return value
 
 
 def _percent(value: float | None) -> str:

@@ -17,10 +17,10 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -30,9 +30,8 @@ from wa_cli.engine import distributed
 from wa_cli.engine.device import resolve_device
 from wa_cli.engine.provenance import provenance
 from wa_cli.engine.run import check_output_is_not_input
-from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.atomic import check_destination
-from wa_cli.io.reader import Checkpoint, open_checkpoint
+from wa_cli.io.reader import Checkpoint, ReadOptions, open_checkpoint
 from wa_cli.io.writer import OutputTensor, check_output_name, write_safetensors
 from wa_cli.methods.bn.recalibrate import (
     NO_BN_NOTE,
@@ -42,23 +41,28 @@ from wa_cli.methods.bn.recalibrate import (
     norm_layers,
     recalibrate_bn,
 )
-from wa_cli.methods.bn.tensor_data import (
-    SUFFIXES,
-    TensorFileBatches,
-    data_suffix,
-    tensor_file_batches,
+from wa_cli.methods.bn.specs import (
+    DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE,  # re-exported: its home until the split
 )
-from wa_cli.methods.bn.usercode import call_factory, load_state_dict_strict, resolve_callable
+from wa_cli.methods.bn.specs import (
+    BNSpecs,
+    DataSource,
+    ModelSource,
+    as_module,
+    resolve_specs,
+)
+from wa_cli.methods.bn.specs import resolve_data as resolve_data
+from wa_cli.methods.bn.specs import resolve_model as resolve_model
+from wa_cli.methods.bn.tensor_data import (
+    TensorFileBatches,
+)
+from wa_cli.methods.bn.usercode import call_factory, load_state_dict_strict
 from wa_cli.params import flag, size
 
 logger = logging.getLogger(__name__)
 
 METHOD = "bn_recalibrate"
-DEFAULT_BATCH_SIZE = 64
 _STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
-
-ModelSource = nn.Module | Callable[[], nn.Module]
-DataSource = Iterable[Any] | Callable[[], Iterable[Any]]
 
 
 @dataclass
@@ -101,96 +105,18 @@ class BNCheckpointReport:
         }
 
 
-def resolve_model(spec: str, kwargs: Mapping[str, Any] | None = None) -> Callable[[], nn.Module]:
-    """The model factory named by ``spec`` (``pkg.mod:fn`` or ``file.py:fn``), ready to call.
-
-    The spec is resolved (imported) now, so a typo fails at once; the factory runs when the
-    returned function is called, and an exception it raises becomes a one-line ``WaError``.
-
-    Args:
-        spec: where the factory lives.
-        kwargs: keyword arguments for the factory (``--model-kwargs``).
-
-    Returns:
-        A function of no arguments that builds the model.
-
-    Example:
-        >>> build = resolve_model("torch.nn:Linear", {"in_features": 2, "out_features": 1})
-        >>> build().weight.shape
-        torch.Size([1, 2])
-    """
-    factory = resolve_callable(spec, what="model factory")
-    return lambda: _as_module(call_factory(factory, kwargs, what="model factory"), spec)
-
-
-def resolve_data(
-    spec: str,
-    *,
-    batch_size: int | None = None,
-    input_key: str | None = None,
-    kwargs: Mapping[str, Any] | None = None,
-    drop_last: bool | None = None,
-) -> DataSource:
-    """The batches named by ``--data``: a loader factory spec, or a tensor file of inputs.
-
-    A spec ending in ``.safetensors``, ``.pt``, ``.pth``, ``.npy`` or ``.npz`` (or holding no
-    ``:``) is a tensor file, opened and checked now and cut into ``batch_size`` rows per batch;
-    anything else is ``pkg.mod:fn`` or ``file.py:fn``, resolved now and called with ``kwargs``
-    only when the batches are needed (a model without BatchNorm never loads data).
-
-    Args:
-        spec: the tensor file or the loader factory.
-        batch_size: rows per batch of a tensor file (default 64).
-        input_key: the tensor holding the inputs, in a file with several.
-        kwargs: keyword arguments for a loader factory (``--data-kwargs``).
-        drop_last: for a tensor file, as in
-            :func:`~wa_cli.methods.bn.tensor_data.tensor_file_batches`
-            (None: leave out only a last batch of one row).
-
-    Returns:
-        An iterable of batches, or a function of no arguments that returns one.
-
-    Raises:
-        WaError: a spec that does not resolve, a bad tensor file, or options of the other form.
-
-    Example:
-        >>> batches = resolve_data("calib.safetensors", batch_size=128)  # doctest: +SKIP
-    """
-    source, sep, _ = spec.rpartition(":")
-    is_file = data_suffix(Path(spec)) in SUFFIXES or not sep or not source
-    if is_file:
-        if kwargs:
-            raise WaError(
-                f"--data '{spec}' is a tensor file, which takes no --data-kwargs "
-                "(use --batch-size and --input-key)",
-                ExitCode.USAGE,
-            )
-        return tensor_file_batches(
-            spec,
-            batch_size=batch_size or DEFAULT_BATCH_SIZE,
-            input_key=input_key,
-            drop_last=drop_last,
-        )
-    if batch_size is not None or input_key is not None or drop_last is not None:
-        raise WaError(
-            f"--batch-size, --input-key and --drop-last apply to a tensor file, but --data "
-            f"'{spec}' names a loader (pass its arguments with --data-kwargs)",
-            ExitCode.USAGE,
-        )
-    loader = resolve_callable(spec, what="data loader")
-    return lambda: call_factory(loader, kwargs, what="data loader")
-
-
 def recalibrate_checkpoint(
     checkpoint: str | os.PathLike[str] | Checkpoint,
     output: str | os.PathLike[str],
-    model: ModelSource,
-    data: DataSource,
+    model: ModelSource | str,
+    data: DataSource | str,
     *,
+    specs: BNSpecs | None = None,
+    read: ReadOptions | None = None,
     device: str | torch.device = "auto",
     weighting: Weighting = "batch",
     max_batches: int | None = None,
-    forward: Callable[[nn.Module, Any], Any] | None = None,
+    forward: Callable[[nn.Module, Any], Any] | str | None = None,
     include_instancenorm: bool = False,
     force: bool = False,
     max_shard_size: int | str | None = None,
@@ -213,13 +139,18 @@ def recalibrate_checkpoint(
     Args:
         checkpoint: any checkpoint ``open_checkpoint`` reads, or an opened one.
         output: the output ``.safetensors`` file (a folder with ``max_shard_size``).
-        model: the network, or a function of no arguments that builds it (on the CPU).
+        model: the network, or a function of no arguments that builds it (on the CPU), or its
+            spec (``pkg.mod:fn`` or ``file.py:fn``, :func:`resolve_model`).
         data: an iterable of batches, or a function of no arguments returning one (called only
-            when there is something to re-estimate).
+            when there is something to re-estimate), or a spec or tensor file
+            (:func:`resolve_data`).
+        specs: how text specs are resolved (factory arguments, batch size, input key...).
+        read: how a checkpoint path is read (``wa_cli.ReadOptions``).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``: where the forward passes run.
         weighting: ``"batch"`` (update_bn) or ``"sample"`` (batches weighted by their size).
         max_batches: stop after this many batches.
-        forward: ``forward(model, batch)`` for dict batches and multi-input models.
+        forward: ``forward(model, batch)`` for dict batches and multi-input models (or its
+            spec).
         include_instancenorm: also re-estimate InstanceNorm layers with running statistics.
         force: replace an existing output; write a copy even without BatchNorm layers.
         max_shard_size: write Hugging Face style shards of at most this many bytes.
@@ -243,10 +174,16 @@ def recalibrate_checkpoint(
         >>> report.bn.batches  # doctest: +SKIP
         23
     """
+    built, batches, fn, resolved = resolve_specs(model, data, forward, specs or BNSpecs())
+    model, data, forward = cast(ModelSource, built), cast(DataSource, batches), fn
+    params = {**resolved, **(params or {})}
     _check_arguments(weighting, max_batches)
     shard_size = size("max_shard_size", max_shard_size)
     flag("force", force)
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint)
+    if isinstance(checkpoint, Checkpoint):
+        ckpt = checkpoint
+    else:
+        ckpt = open_checkpoint(checkpoint, options=read)
     output = Path(output)
     try:
         check_output_is_not_input(output, [ckpt])
@@ -299,7 +236,7 @@ def _load_model(
     ckpt: Checkpoint, model: ModelSource, fit_prefix: bool
 ) -> tuple[nn.Module, list[str]]:
     """The model with the checkpoint loaded strictly, and the keys (in the input's order)."""
-    net = _as_module(
+    net = as_module(
         call_factory(model, what="model factory") if not isinstance(model, nn.Module) else model
     )
     if fit_prefix:
@@ -405,17 +342,6 @@ def _write_once(write: Callable[[], list[Path]]) -> list[Path]:
     from wa_cli.methods.bn.parallel import write_on_rank_0
 
     return write_on_rank_0(write)
-
-
-def _as_module(value: Any, spec: str | None = None) -> nn.Module:
-    if isinstance(value, nn.Module):
-        return value
-    where = f"model factory '{spec}'" if spec else "the model factory"
-    raise WaError(
-        f"{where} returned a {type(value).__name__}, not a torch.nn.Module "
-        "(it must build and return the network)",
-        ExitCode.USAGE,
-    )
 
 
 def _in_model_dtype(batches: Any, net: nn.Module) -> Any:
