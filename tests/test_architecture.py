@@ -117,7 +117,7 @@ def test_command_modules_import_only_the_api_cli_helpers_and_errors():
 
 
 # The application shell and the flag helpers; every other module of cli/ is one command.
-_SHELL = {"app", "signals", "flags", "options", "render", "inputs", "__init__", "bn_recalibrate"}
+_SHELL = {"app", "signals", "flags", "options", "render", "inputs", "__init__"}
 
 
 def test_docs_architecture_shows_the_parts_of_the_data_file():
