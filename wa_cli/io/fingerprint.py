@@ -13,6 +13,7 @@ from pathlib import Path
 
 _BLOCK = 64 * 1024
 _SAMPLES = 8
+COMPARE_BLOCK = 4 << 20  # bytes compared at a time: memory stays bounded for any file size
 
 
 def file_identity(files: Sequence[str | os.PathLike[str]]) -> frozenset[tuple[int, int]] | None:
@@ -44,3 +45,29 @@ def file_sample(path: Path, size: int) -> str | None:
     except OSError:
         return None
     return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str | None:
+    """A hash of every byte of a file (None when unreadable)."""
+    digest = hashlib.blake2b()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(COMPARE_BLOCK):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def files_equal(a: Path, b: Path) -> bool:
+    """Whether two files hold the same bytes, compared in full, block by block."""
+    try:
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            while True:
+                block = fa.read(COMPARE_BLOCK)
+                if block != fb.read(COMPARE_BLOCK):
+                    return False
+                if not block:
+                    return True
+    except OSError:
+        return False  # unreadable: never dropped on a guess (the reader reports it later)

@@ -30,7 +30,13 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from wa_cli.io.fingerprint import file_identity, file_sample, file_size
+from wa_cli.io.fingerprint import (
+    file_digest,
+    file_identity,
+    file_sample,
+    file_size,
+    files_equal,
+)
 from wa_cli.select.order import checkpoint_stem
 from wa_cli.select.steps import number_in_name, step_in_metadata
 
@@ -63,32 +69,6 @@ def _tensor_sample(ckpt: Checkpoint) -> str:
             ckpt.read_into(key, buf, offset)
             digest.update(buf.numpy().tobytes())
     return digest.hexdigest()
-
-
-def _file_digest(path: Path) -> str | None:
-    """A hash of every byte of a file (None when unreadable)."""
-    digest = hashlib.blake2b()
-    try:
-        with open(path, "rb") as f:
-            while block := f.read(_COMPARE_BLOCK):
-                digest.update(block)
-    except OSError:
-        return None
-    return digest.hexdigest()
-
-
-def _files_equal(a: Path, b: Path) -> bool:
-    """Whether two files hold the same bytes, compared in full, block by block."""
-    try:
-        with open(a, "rb") as fa, open(b, "rb") as fb:
-            while True:
-                block = fa.read(_COMPARE_BLOCK)
-                if block != fb.read(_COMPARE_BLOCK):
-                    return False
-                if not block:
-                    return True
-    except OSError:
-        return False  # unreadable: never dropped on a guess (the reader reports it later)
 
 
 def _tensors_equal(a: Checkpoint, b: Checkpoint) -> bool:
@@ -156,7 +136,7 @@ def _same_bytes(ckpts: Sequence[Checkpoint], skip: set[int]) -> dict[int, tuple[
     dropped: dict[int, tuple[int, str]] = {}
     # Read once per nominated file: many files with one sample (a frozen backbone) cost one
     # read each, not one per pair.
-    digest = functools.cache(lambda k: _file_digest(ckpts[k].path))
+    digest = functools.cache(lambda k: file_digest(ckpts[k].path))
     for size, group in by_size.items():
         if len(group) < 2:
             continue
@@ -172,7 +152,7 @@ def _same_bytes(ckpts: Sequence[Checkpoint], skip: set[int]) -> dict[int, tuple[
                     for j in seen.get(sample, [])
                     if digest(i) is not None
                     and digest(j) == digest(i)
-                    and _files_equal(ckpts[j].path, ckpts[i].path)
+                    and files_equal(ckpts[j].path, ckpts[i].path)
                 ),
                 None,
             )
