@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.helpers import run_wa
-from wa_cli.select.duplicates import _file_sample
+from wa_cli.io.fingerprint import file_sample as _file_sample
 
 N = 1 << 19  # 2 MiB of float32: the samples are 64 KiB blocks every ~233 KB
 
