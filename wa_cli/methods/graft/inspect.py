@@ -104,12 +104,13 @@ def entropy_report(inputs: Inputs, **options: Unpack[EntropyArgs]) -> EntropyRep
     regex = compile_filter(options.get("pattern"))
     plot = options.get("plot")
     if plot is not None:
-        check_plot_available(plot)  # its suffix names a format wa writes (before any work)
+        check_plot_available()
         check_destination(Path(plot), request.write.force)
     ckpts = select_checkpoints(inputs, request.read, request.selection).items
     try:
         if plot is not None:
             check_output_is_not_input(Path(plot), ckpts)
+            check_plot_available(plot)  # its suffix names a format wa writes (before any work)
         # Checks key sets and shapes from headers; entropy does not care about dtypes, so floating
         # inputs of different dtypes are allowed (a target dtype lifts the dtype check).
         plan = build_plan(ckpts, keys=request.reduce.keys, dtype=torch.float64)
