@@ -75,8 +75,9 @@ def entropy_report(inputs: Inputs, **options: Unpack[EntropyArgs]) -> EntropyRep
             key order), ``"name"``, or ``"entropy"`` (lowest first, on the first checkpoint).
             ``keys``: ``"strict"``, ``"intersection"`` or ``"union"``. ``a``, ``c``: the graft
             amplitude and steepness of the alpha column. ``device``: where entropies are computed
-            (default ``"cpu"``). ``plot``: also write a plot there (.png, .pdf, .svg, .eps or .ps; needs matplotlib);
-            ``force`` replaces one. Reading and selection as for ``wa.average``.
+            (default ``"cpu"``). ``plot``: also write a plot there (.png, .pdf, .svg, .eps or
+            .ps; needs matplotlib); ``force`` replaces one. Reading and selection as for
+            ``wa.average``.
 
     Returns:
         An ``EntropyReport``.
