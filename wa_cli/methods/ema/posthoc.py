@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
-from wa_cli.engine.options import ReduceOptions, WriteOptions
-from wa_cli.engine.plan import build_plan
+from wa_cli.engine.options import WriteOptions
 from wa_cli.engine.run import RunReport
 from wa_cli.errors import ExitCode, WaError
-from wa_cli.io.reader import Checkpoint, ReadOptions
-from wa_cli.methods.average import source_weights
+from wa_cli.io.reader import Checkpoint
 from wa_cli.methods.ema.power import (
     Kernel,
     Profile,
@@ -40,8 +39,10 @@ from wa_cli.methods.ema.power import (
     reconstruct,
     sigma_rel_of_gamma,
 )
-from wa_cli.methods.inputs import Inputs, open_inputs
-from wa_cli.methods.trajectory import reduce_to_file
+from wa_cli.methods.inputs import Inputs
+from wa_cli.methods.request import Request
+from wa_cli.methods.selection import DryRun, Selected
+from wa_cli.methods.trajectory import Weigh, Weighing, Write, reduce_to_file
 from wa_cli.select import order_trajectory
 
 EXTRAPOLATED_WARNING = 0.10
@@ -62,6 +63,7 @@ class PosthocWeights:
     extrapolated: float | None = None
     fit_error: float | None = None
     warnings: list[str] = field(default_factory=list)
+    snapshot_gammas: list[float] | None = None  # of the used snapshots (for the plot)
 
     def params(self) -> dict[str, Any]:
         return {
@@ -72,6 +74,7 @@ class PosthocWeights:
             "steps": self.steps,
             "extrapolated": self.extrapolated,
             "fit_error": self.fit_error,
+            "snapshot_gammas": self.snapshot_gammas,
         }
 
 
@@ -197,6 +200,100 @@ def _steps(ckpts: Sequence[Checkpoint], *, snapshots: bool, named: bool) -> list
     return [int(by_input[id(c)]) for c in ckpts]  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class PosthocRequest:
+    """The post-hoc options of ``ema``/``ema_to_file`` (``sigma_rel`` or ``gamma`` given)."""
+
+    gamma: float
+    at_step: int | None = None
+    quadrature: Quadrature = "linear"
+    snapshot_sigma_rels: Sequence[float] | None = None
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any]) -> PosthocRequest | None:
+        """None when neither ``sigma_rel`` nor ``gamma`` is given (an ordinary EMA)."""
+        sigma_rel, gamma = options.get("sigma_rel"), options.get("gamma")
+        if sigma_rel is None and gamma is None:
+            for name in ("at_step", "snapshot_sigma_rels"):
+                if options.get(name) is not None:
+                    raise WaError(f"{name} needs sigma_rel or gamma", ExitCode.USAGE,
+                                  params=(name, "sigma_rel"))  # fmt: skip
+            return None
+        decays = [n for n in ("decay", "decay_per_step", "half_life", "alpha") if options.get(n)]
+        if decays:
+            raise WaError(
+                f"give sigma_rel/gamma (a power EMA) or {decays[0]} (an exponential one), not both",
+                ExitCode.USAGE, params=("sigma_rel", decays[0]),
+            )  # fmt: skip
+        quadrature = options.get("quadrature") or "linear"
+        if quadrature not in ("linear", "step"):
+            raise WaError(f"quadrature must be 'linear' or 'step', got {quadrature!r}",
+                          ExitCode.USAGE, params=("quadrature",))  # fmt: skip
+        return cls(target_gamma(sigma_rel, gamma), options.get("at_step"),
+                   cast(Quadrature, quadrature), options.get("snapshot_sigma_rels"))  # fmt: skip
+
+    def weigh(self, items: Sequence[Checkpoint]) -> PosthocWeights:
+        """The weights over ``items`` (the selected inputs, in any order)."""
+        snap = snapshot_gammas(items, self.snapshot_sigma_rels)
+        named = self.snapshot_sigma_rels is not None
+        steps = _steps(items, snapshots=snap is not None, named=named)
+        chosen = posthoc_weights(steps, self.gamma, snapshot=snap, at_step=self.at_step,
+                                 quadrature=self.quadrature)  # fmt: skip
+        chosen.snapshot_gammas = None if snap is None else [snap[i] for i in chosen.used]
+        return chosen
+
+    def weighing(self, selected: Selected) -> Weighing:
+        """The engine's view of :meth:`weigh`'s result (see :func:`_weighing`)."""
+        return _weighing(selected, self.weigh(selected.items))
+
+
+def _weighing(selected: Selected, chosen: PosthocWeights) -> Weighing:
+    """The used inputs (by step) with their weights; every selected input's weight (0 for
+    those after the target step) for the table."""
+    table = [0.0] * len(selected.items)
+    for weight, i in zip(chosen.weights, chosen.used):
+        table[i] = weight
+    items = [selected.items[i] for i in chosen.used]
+    return Weighing(items, table, "posthoc_ema", given_weights=list(chosen.weights),
+                    steps=list(chosen.steps), note=_note(chosen))  # fmt: skip
+
+
+def _note(chosen: PosthocWeights) -> str:
+    sigma = sigma_rel_of_gamma(chosen.gamma)
+    if chosen.kind == "reconstruction":
+        return (f"power EMA sigma_rel {sigma:.4g} at step {chosen.target_step}, rebuilt from "
+                f"{len(chosen.used)} snapshots (fit error {chosen.fit_error:.2%})")  # fmt: skip
+    return (f"power EMA sigma_rel {sigma:.4g} at step {chosen.target_step} over "
+            f"{len(chosen.used)} checkpoints ({chosen.extrapolated:.1%} extrapolated before the "
+            "first)")  # fmt: skip
+
+
+def posthoc_run(posthoc: PosthocRequest, request: Request) -> tuple[Weigh, Write]:
+    """The weigh and write steps of :func:`~wa_cli.methods.trajectory.run_trajectory`."""
+    chosen: list[PosthocWeights] = []
+
+    def weigh(selected: Selected) -> Weighing:
+        chosen[:] = [posthoc.weigh(selected.items)]
+        return _weighing(selected, chosen[0])
+
+    def write(weighed: Weighing, output: Path, out: WriteOptions) -> RunReport:
+        from wa_cli.engine.plan import build_plan
+        from wa_cli.methods.average import source_weights
+
+        r = request.reduce
+        plan = build_plan(weighed.items, keys=r.keys, non_float=r.non_float, dtype=r.dtype)
+        weights = list(weighed.given_weights or ())
+        params = {**chosen[0].params(), "quadrature": posthoc.quadrature, **r.params()}
+        report = reduce_to_file(
+            plan, source_weights(weights), output,
+            method="posthoc_ema", params=params, input_weights=weights, opts=r, out=out,
+        )  # fmt: skip
+        report.warnings.extend(chosen[0].warnings)
+        return report
+
+    return weigh, write
+
+
 def posthoc_ema_to_file(
     inputs: Inputs,
     output: str | os.PathLike[str],
@@ -206,39 +303,21 @@ def posthoc_ema_to_file(
     at_step: int | None = None,
     quadrature: Quadrature = "linear",
     snapshot_sigma_rels: Sequence[float] | None = None,
-    read: ReadOptions | None = None,
-    opts: ReduceOptions | None = None,
-    out: WriteOptions | None = None,
+    **options: Any,
 ) -> RunReport:
-    """Post-hoc EMA of width ``sigma_rel`` (or exponent ``gamma``) ending at ``at_step``.
-
-    With ``snapshot_sigma_rels`` (ema-pytorch ``PostHocEMA`` files), only the ``ema_model.``
-    entries are read, under their model names (``initted`` and ``step`` are ema-pytorch's own
-    counters), unless ``read`` says otherwise.
+    """Post-hoc EMA of width ``sigma_rel`` (or exponent ``gamma``) ending at ``at_step``:
+    :func:`wa_cli.methods.ema.ema_to_file` with those options (reading, selection and output
+    options as there).
 
     Example:
         >>> report = posthoc_ema_to_file("snaps/*.safetensors", "ema_0.08.safetensors",
         ...                              sigma_rel=0.08)  # doctest: +SKIP
     """
-    g = target_gamma(sigma_rel, gamma)
-    opts = opts or ReduceOptions.checked()
-    out = out or WriteOptions.checked()
-    if read is None and snapshot_sigma_rels is not None:
-        read = ReadOptions(variant="ema")  # ema_model.* under the model's names
-    ckpts = open_inputs(inputs, options=read)
-    snap = snapshot_gammas(ckpts, snapshot_sigma_rels)
-    steps = _steps(ckpts, snapshots=snap is not None, named=snapshot_sigma_rels is not None)
-    chosen = posthoc_weights(steps, g, snapshot=snap, at_step=at_step, quadrature=quadrature)
-    used = [ckpts[i] for i in chosen.used]
-    for i, c in enumerate(ckpts):
-        if i not in chosen.used:
-            c.close()
-    plan = build_plan(used, keys=opts.keys, non_float=opts.non_float, dtype=opts.dtype)
-    params = {**chosen.params(), "quadrature": quadrature if snap is None else None,
-              **opts.params()}  # fmt: skip
-    report = reduce_to_file(
-        plan, source_weights(chosen.weights), output,
-        method="posthoc_ema", params=params, input_weights=chosen.weights, opts=opts, out=out,
+    from wa_cli.methods.ema.run import ema_to_file
+
+    report = ema_to_file(
+        inputs, output, sigma_rel=sigma_rel, gamma=gamma, at_step=at_step, quadrature=quadrature,
+        snapshot_sigma_rels=snapshot_sigma_rels, **options,
     )  # fmt: skip
-    report.warnings.extend(chosen.warnings)
+    assert not isinstance(report, DryRun)  # no dry_run given
     return report

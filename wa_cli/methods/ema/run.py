@@ -135,8 +135,20 @@ def _given_steps(steps: object, selected: Selected) -> list[int | None] | None:
     return list(steps)
 
 
+def _posthoc(options: Mapping[str, Any]) -> Any:
+    """The post-hoc (power-profile) request, or None for an exponential EMA."""
+    if not any(options.get(name) is not None for name in _POSTHOC):
+        return None  # no torch import for the exponential EMA's coefficients
+    from wa_cli.methods.ema.posthoc import PosthocRequest
+
+    return PosthocRequest.of(options)
+
+
 def _weigh(options: Mapping[str, Any], dry_run: bool) -> Weigh:
     """The EMA's coefficients for the selected inputs (in trajectory order when ordered)."""
+    posthoc = _posthoc(options)
+    if posthoc is not None:
+        return posthoc.weighing
     decays = decay_options(
         options.get("decay"), options.get("decay_per_step"), options.get("half_life"),
         options.get("alpha"),
@@ -160,11 +172,18 @@ def _plan(weighed: Weighing, request: Request, options: Mapping[str, Any]) -> An
 
     r = request.reduce
     plan = build_plan(weighed.items, keys=r.keys, non_float=r.non_float, dtype=r.dtype)
+    if weighed.given_weights is not None:  # post-hoc: the weights of the items, as computed
+        from wa_cli.methods.average import source_weights
+
+        return plan, {}, source_weights(weighed.given_weights)
     decays = decay_options(
         options.get("decay"), options.get("decay_per_step"), options.get("half_life"),
         options.get("alpha"),
     )  # fmt: skip
     return plan, decays, ema_weights(weighed.steps, **decays)
+
+
+_POSTHOC = ("sigma_rel", "gamma", "at_step", "quadrature", "snapshot_sigma_rels")
 
 
 class EmaArgs(ReadArgs, SelectArgs, ReduceArgs, total=False):
@@ -175,6 +194,11 @@ class EmaArgs(ReadArgs, SelectArgs, ReduceArgs, total=False):
     half_life: float | None
     alpha: float | None
     steps: Sequence[int | None] | None
+    sigma_rel: float | None
+    gamma: float | None
+    at_step: int | None
+    quadrature: str | None
+    snapshot_sigma_rels: Sequence[float] | None
     dry_run: bool
 
 
@@ -182,7 +206,7 @@ class EmaToFileArgs(EmaArgs, WriteArgs, total=False):
     """The keyword arguments of :func:`ema_to_file`."""
 
 
-_OWN = ("decay", "decay_per_step", "half_life", "alpha", "steps")
+_OWN = ("decay", "decay_per_step", "half_life", "alpha", "steps", *_POSTHOC)
 
 
 @paused_gc()  # per-key records in bulk: see wa_cli.gc_pause
@@ -257,6 +281,11 @@ def ema_to_file(
     """
 
     request = Request.of("ema_to_file", options, own=_OWN)
+    posthoc = _posthoc(options)
+    if posthoc is not None:
+        from wa_cli.methods.ema.posthoc import posthoc_run
+
+        return run_trajectory(inputs, output, request, *posthoc_run(posthoc, request))
 
     def write(weighed: Weighing, output: Path, out: WriteOptions) -> RunReport:
         from wa_cli.methods.ema.step_units import step_report
