@@ -3,7 +3,7 @@
 Trains the sample CNN on digits (``examples/digits.py``) while ``wa_cli.train.PowerEMA`` tracks
 two power-function EMAs (σ_rel 0.05 and 0.10) and saves them every ``--every`` steps. Then, for
 each σ_rel of a grid, the EMA of that width is reconstructed from the snapshots with
-``wa_cli.methods.ema.posthoc.posthoc_ema_to_file`` (what ``wa ema --sigma-rel`` runs) and scored
+``wa_cli.methods.ema.ema_to_file(..., sigma_rel=S)`` (what ``wa ema --sigma-rel`` runs) and scored
 on the held-out split, beside the raw final weights.
 
     python examples/posthoc_ema.py --epochs 10 --every 45 --out /tmp/posthoc
@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
 import torch.nn.functional as F  # noqa: E402
 
 from examples.digits import Run, RunConfig, evaluate, load_model  # noqa: E402
-from wa_cli.methods.ema.posthoc import posthoc_ema_to_file  # noqa: E402
+from wa_cli.methods.ema import ema_to_file  # noqa: E402
 from wa_cli.train import PowerEMA  # noqa: E402
 
 GRID = (0.05, 0.08, 0.10, 0.15, 0.20, 0.25)
@@ -61,7 +61,7 @@ def run(
     files = sorted(snapshots.glob("*.safetensors"))
     for sigma_rel in grid:
         target = out / f"ema_{sigma_rel:g}.safetensors"
-        report = posthoc_ema_to_file(files, target, sigma_rel=sigma_rel)
+        report = ema_to_file(files, target, sigma_rel=sigma_rel)
         loss, accuracy = evaluate(load_model(target))
         rows.append(Row(sigma_rel, float(report.params["fit_error"]), loss, accuracy))
     return raw_accuracy, rows

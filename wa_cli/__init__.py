@@ -50,6 +50,10 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "ReadOptions": ("wa_cli.io.reader", "ReadOptions"),
     "ReduceOptions": ("wa_cli.engine.options", "ReduceOptions"),
     "WriteOptions": ("wa_cli.engine.options", "WriteOptions"),
+    "plot_posthoc": ("wa_cli.methods.ema.posthoc", "plot_posthoc"),
+    "model_stock_to_file": ("wa_cli.methods.soup.stock", "model_stock_to_file"),
+    "greedy_soup_to_file": ("wa_cli.methods.soup.run", "greedy_soup_to_file"),
+    "sweep_to_file": ("wa_cli.methods.soup.run", "sweep_to_file"),
     "WaError": ("wa_cli.errors", "WaError"),
 }
 __all__ = ["__version__", *_PUBLIC]
@@ -71,6 +75,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from wa_cli.methods.bn.specs import BNSpecs as BNSpecs
     from wa_cli.methods.ema import ema as ema
     from wa_cli.methods.ema import ema_to_file as ema_to_file
+    from wa_cli.methods.ema.posthoc import plot_posthoc as plot_posthoc
     from wa_cli.methods.graft.entropy import tensor_entropy as tensor_entropy
     from wa_cli.methods.graft.files import GraftPlan as GraftPlan
     from wa_cli.methods.graft.inspect import entropy_report as entropy_report
@@ -81,6 +86,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from wa_cli.methods.graft.state import graft_state_dicts as graft_state_dicts
     from wa_cli.methods.selection import DryRun as DryRun
     from wa_cli.methods.selection import Selection as Selection
+    from wa_cli.methods.soup.run import greedy_soup_to_file as greedy_soup_to_file
+    from wa_cli.methods.soup.run import sweep_to_file as sweep_to_file
+    from wa_cli.methods.soup.stock import model_stock_to_file as model_stock_to_file
 
 
 def __getattr__(name: str) -> Any:

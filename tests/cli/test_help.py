@@ -70,7 +70,8 @@ def test_help_fits_one_screen_at_80_columns_with_no_flag_or_metavar_split():
     for name in COMMANDS:
         text = _help_at_80_columns([name])
         lines = text.splitlines()
-        assert len(lines) <= 50, (name, len(lines))
+        # One tall screen: average and ema gained the soup and post-hoc EMA panels (issues 23, 24).
+        assert len(lines) <= 60, (name, len(lines))
         assert all(len(line) <= 80 for line in lines), name
         assert "<bool>" not in text, name  # flags look like flags (no `--force <bool>`)
         assert lines[0].startswith(f"Usage: wa {name} [OPTIONS] ") and "{" not in lines[0]

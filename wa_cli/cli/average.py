@@ -8,6 +8,8 @@ import typer
 
 from wa_cli.cli import options as opt
 
+_SOUP = "Soups (docs/soups.md)"
+
 
 def average_command(
     inputs: opt.Inputs,
@@ -18,6 +20,45 @@ def average_command(
             "--weights", help="One weight per selected input, e.g. 1,2,1.", metavar="W,W,..."
         ),
     ] = None,
+    greedy: Annotated[
+        bool,
+        typer.Option("--greedy", rich_help_panel=_SOUP, help="Greedy soup scored by --eval."),
+    ] = False,
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            "--sweep",
+            rich_help_panel=_SOUP,
+            help="WiSE-FT: best α on a grid (2 inputs).",
+            metavar="A:B:STEP",
+        ),
+    ] = None,  # fmt: skip
+    model_stock: Annotated[
+        str | None,
+        typer.Option(
+            "--model-stock",
+            rich_help_panel=_SOUP,
+            help="Model Stock of fine-tunes of BASE.",
+            metavar="BASE",
+        ),
+    ] = None,  # fmt: skip
+    model: Annotated[
+        str | None,
+        typer.Option("--model", rich_help_panel=_SOUP, help="Model factory.", metavar="SPEC"),
+    ] = None,
+    evaluate: Annotated[
+        str | None,
+        typer.Option("--eval", rich_help_panel=_SOUP, help="fn(model) -> score.", metavar="SPEC"),
+    ] = None,
+    bn_data: Annotated[
+        str | None,
+        typer.Option(
+            "--bn-data",
+            rich_help_panel=_SOUP,
+            help="Re-estimate BN before scoring.",
+            metavar="SPEC",
+        ),
+    ] = None,  # fmt: skip
     order: opt.Order = None,
     last: opt.Last = None,
     every: opt.Every = None,
@@ -60,6 +101,12 @@ def average_command(
     import wa_cli as wa
     from wa_cli.cli.inputs import emit_reduction, parse_weight_list, read_options
     from wa_cli.cli.render import progress_bar
+    from wa_cli.cli.soups import SoupFlags, run_soup
+
+    soup = SoupFlags(greedy, sweep, model_stock, model, evaluate, bn_data, metric, mode)
+    if soup.chosen:
+        soup.refuse_with(weights=weights, last=last, every=every, top_k=top_k, dry_run=dry_run,
+                         from_step=from_step, to_step=to_step, metrics=metrics)  # fmt: skip
 
     sel = wa.Selection(
         order, last, every, from_step, to_step, top_k, metric, mode, metrics, drop_duplicates=True
@@ -75,6 +122,9 @@ def average_command(
         copy_config=copy_config,
         output_format=output_format,
     )
+    if soup.chosen:
+        run_soup(soup, inputs, output, reduce, write, json, quiet)
+        return
     with progress_bar("average", quiet) as progress:
         result = wa.average_to_file(
             inputs, output, weights=parse_weight_list(weights),

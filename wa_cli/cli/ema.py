@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -9,6 +10,7 @@ import typer
 from wa_cli.cli import options as opt
 
 _DECAY = "Decay (give exactly one)"
+_POSTHOC = "Post-hoc power EMA (docs/posthoc-ema.md)"
 
 
 def ema_command(
@@ -50,6 +52,46 @@ def ema_command(
             metavar="A",
         ),
     ] = None,
+    sigma_rel: Annotated[
+        str | None,
+        typer.Option(
+            "--sigma-rel",
+            rich_help_panel=_POSTHOC,
+            help="Power EMA of this width (S,S,... with -o DIR).",
+            metavar="S",
+        ),
+    ] = None,
+    gamma: Annotated[
+        float | None,
+        typer.Option(
+            "--gamma", rich_help_panel=_POSTHOC, help="Its exponent instead.", metavar="G"
+        ),
+    ] = None,
+    at_step: Annotated[
+        int | None,
+        typer.Option(
+            "--at-step", rich_help_panel=_POSTHOC, help="End at this saved step.", metavar="T"
+        ),
+    ] = None,
+    quadrature: Annotated[
+        str | None,
+        typer.Option(
+            "--quadrature", rich_help_panel=_POSTHOC, help="linear (default) or step.", metavar="Q"
+        ),
+    ] = None,
+    snapshot_sigma_rels: Annotated[
+        str | None,
+        typer.Option(
+            "--snapshot-sigma-rels",
+            rich_help_panel=_POSTHOC,
+            help="σ_rel per ema-pytorch snapshot index.",
+            metavar="S,S",
+        ),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", rich_help_panel=_POSTHOC, help="Draw the profile.", metavar="FILE"),
+    ] = None,
     order: opt.Order = None,
     last: opt.Last = None,
     every: opt.Every = None,
@@ -88,11 +130,13 @@ def ema_command(
       wa ema 'runs/a/ckpt_*.safetensors' --half-life 500 -o ema.safetensors
     """
     import wa_cli as wa
-    from wa_cli.cli.inputs import emit_reduction, read_options
+    from wa_cli.cli.inputs import emit_reduction, posthoc_options, posthoc_targets, read_options
     from wa_cli.cli.render import progress_bar
 
-    # An EMA needs trajectory order: the inputs are sorted unless --order says otherwise.
-    order = order or "auto"
+    # An EMA needs trajectory order: the inputs are sorted unless --order says otherwise. A
+    # post-hoc EMA weighs by the recorded steps itself, and snapshots of two widths share steps.
+    posthoc = posthoc_options(sigma_rel, gamma, at_step, quadrature, snapshot_sigma_rels)
+    order = order or ("given" if posthoc else "auto")
     sel = wa.Selection(
         order, last, every, from_step, to_step, top_k, metric, mode, metrics, drop_duplicates=True
     )  # the same checkpoint given twice is used once
@@ -107,13 +151,17 @@ def ema_command(
         output_format=output_format,
     )
     read = read_options(key, strip_prefix, include, exclude, allow_global, variant)
-    with progress_bar("ema", quiet) as progress:
-        result = wa.ema_to_file(
-            inputs, output, decay=decay, decay_per_step=decay_per_step, half_life=half_life,
-            alpha=alpha, read=read,
-            selection=sel,
-            reduce=reduce,
-            write=write.with_progress(progress),
-            dry_run=dry_run,
-        )  # fmt: skip
-    emit_reduction(result, sel, json, quiet)
+    for target, extra in posthoc_targets(posthoc, output, dry_run):
+        with progress_bar("ema", quiet) as progress:
+            result = wa.ema_to_file(
+                inputs, target, decay=decay, decay_per_step=decay_per_step, half_life=half_life,
+                alpha=alpha, read=read,
+                selection=sel,
+                reduce=reduce,
+                write=write.with_progress(progress),
+                dry_run=dry_run,
+                **extra,
+            )  # fmt: skip
+        emit_reduction(result, sel, json, quiet)
+        if plot is not None and isinstance(result, wa.RunReport):
+            wa.plot_posthoc(result, plot, force=force)

@@ -8,6 +8,7 @@ opened here: selection, dry-run checks and the output layout are the library's.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wa_cli.errors import ExitCode, WaError, printable
@@ -120,3 +121,66 @@ def emit_reduction(
     print(f"  {title}")
     for line in format_rows(result.selection, selection.metric):
         print(line)
+
+
+def posthoc_options(
+    sigma_rel: str | None,
+    gamma: float | None,
+    at_step: int | None,
+    quadrature: str | None,
+    snapshot_sigma_rels: str | None,
+) -> dict[str, Any]:
+    """``wa ema``'s post-hoc flags as the library's keywords (empty: an exponential EMA).
+    ``sigma_rel`` stays a list here: several widths are several outputs."""
+    given = {
+        "sigma_rel": None if sigma_rel is None else _numbers("--sigma-rel", sigma_rel),
+        "gamma": gamma,
+        "at_step": at_step,
+        "quadrature": quadrature,
+        "snapshot_sigma_rels": None
+        if snapshot_sigma_rels is None
+        else _numbers("--snapshot-sigma-rels", snapshot_sigma_rels),
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def posthoc_targets(
+    posthoc: dict[str, Any], output: Path | None, dry_run: bool
+) -> list[tuple[Path | None, dict[str, Any]]]:
+    """One (output, keywords) per requested width: ``-o DIR`` receives ``ema_sigma_S.safetensors``
+    per width when several are given (each reads the inputs again)."""
+    widths = posthoc.get("sigma_rel")
+    rest = {k: v for k, v in posthoc.items() if k != "sigma_rel"}
+    if not widths:
+        return [(output, rest)]
+    if len(widths) == 1:
+        return [(output, {**rest, "sigma_rel": widths[0]})]
+    if output is None and not dry_run:
+        raise WaError("several --sigma-rel values need -o DIR (one file per width)", ExitCode.USAGE)
+    if output is not None and output.suffix:
+        raise WaError(
+            f"several --sigma-rel values write one file each into a folder: -o '{output}' has a "
+            "suffix (name a folder)",
+            ExitCode.USAGE,
+        )
+    if output is not None and not dry_run:
+        output.mkdir(parents=True, exist_ok=True)
+    return [
+        (
+            None if output is None else output / f"ema_sigma_{s:g}.safetensors",
+            {**rest, "sigma_rel": s},
+        )
+        for s in widths
+    ]
+
+
+def _numbers(flag: str, text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise WaError(
+            f"{flag} '{text}': expected numbers separated by commas", ExitCode.USAGE
+        ) from None
+    if not values:
+        raise WaError(f"{flag} is empty", ExitCode.USAGE)
+    return values

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from wa_cli.errors import WaError
-from wa_cli.methods.ema.posthoc import posthoc_ema_to_file
+from wa_cli.methods.ema import ema_to_file
 from wa_cli.methods.ema.power import Profile, gamma_of_sigma_rel, inner
 from wa_cli.train import PowerEMA
 
@@ -54,7 +54,7 @@ def _hat_weights(steps, t, gamma):
 def test_raw_trajectory_linear_quadrature_equals_the_weighted_sum(tmp_path):
     paths, states = _trajectory(tmp_path, STEPS)
     out = tmp_path / "o.safetensors"
-    report = posthoc_ema_to_file(paths, out, sigma_rel=0.1)
+    report = ema_to_file(paths, out, sigma_rel=0.1)
     gamma = gamma_of_sigma_rel(0.1)
     w = _hat_weights(STEPS, 1000, gamma)
     np.testing.assert_allclose(report.input_weights, w, atol=1e-10)
@@ -66,18 +66,18 @@ def test_raw_trajectory_linear_quadrature_equals_the_weighted_sum(tmp_path):
 
 def test_at_step_leaves_later_checkpoints_out_and_warns_on_extrapolation(tmp_path):
     paths, _ = _trajectory(tmp_path, STEPS)
-    report = posthoc_ema_to_file(paths, tmp_path / "o.safetensors", sigma_rel=0.25, at_step=300)
+    report = ema_to_file(paths, tmp_path / "o.safetensors", sigma_rel=0.25, at_step=300)
     assert len(report.input_weights) == 3
     assert any("before the first checkpoint" in w for w in report.warnings)
     with pytest.raises(WaError, match="not a saved step"):
-        posthoc_ema_to_file(paths, tmp_path / "p.safetensors", sigma_rel=0.1, at_step=301)
+        ema_to_file(paths, tmp_path / "p.safetensors", sigma_rel=0.1, at_step=301)
 
 
 def test_linear_quadrature_is_exact_for_a_linear_drift_from_step_zero(tmp_path):
     steps = [0, 130, 170, 520, 1000]
     paths, states = _trajectory(tmp_path, steps, slope="linear")
     out = tmp_path / "o.safetensors"
-    posthoc_ema_to_file(paths, out, gamma=3.0)
+    ema_to_file(paths, out, gamma=3.0)
     a, b = states[0]["w"].double(), (states[-1]["w"].double() - states[0]["w"].double()) / 1000
     exact = a + b * 1000 * 4 / 5  # ∫ p_T(τ)(a + bτ) dτ with (γ+1)/(γ+2) = 4/5
     torch.testing.assert_close(load_file(out)["w"].double(), exact, rtol=1e-5, atol=1e-5)
@@ -95,7 +95,7 @@ def test_snapshots_reconstruct_with_an_independent_solve(tmp_path):
         ema.maybe_save()
     paths = sorted((tmp_path / "snaps").glob("*.safetensors"))
     out = tmp_path / "o.safetensors"
-    report = posthoc_ema_to_file(paths, out, sigma_rel=0.07, at_step=250)
+    report = ema_to_file(paths, out, sigma_rel=0.07, at_step=250)
     snaps = [(int(p.stem.rsplit("_", 1)[1]), float(p.stem.split("_")[1]), p) for p in paths]
     used = sorted((s for s in snaps if s[0] <= 250), key=lambda s: s[0])
     assert len(report.input_weights) == len(used) == 10  # snapshots after step 250 left out
@@ -114,7 +114,7 @@ def test_mixed_snapshots_and_raw_checkpoints_are_refused(tmp_path):
     save_file({"w": torch.zeros(3, 4), "n": torch.tensor(0)}, tmp_path / "s.safetensors",
               metadata={"step": "30", "wa_ema_sigma_rel": "0.05"})  # fmt: skip
     with pytest.raises(WaError, match="not an EMA snapshot"):
-        posthoc_ema_to_file([*paths, tmp_path / "s.safetensors"], tmp_path / "o.safetensors",
+        ema_to_file([*paths, tmp_path / "s.safetensors"], tmp_path / "o.safetensors",
                             sigma_rel=0.1)  # fmt: skip
     assert math.isfinite(gamma_of_sigma_rel(0.1))
 
@@ -137,7 +137,7 @@ def test_ema_pytorch_posthoc_folder_is_read_with_its_sigma_rels(tmp_path):
         emas.update()
     paths = sorted(folder.glob("*.pt"))
     out = tmp_path / "o.safetensors"
-    report = posthoc_ema_to_file(paths, out, sigma_rel=0.15, snapshot_sigma_rels=[0.05, 0.28])
+    report = ema_to_file(paths, out, sigma_rel=0.15, snapshot_sigma_rels=[0.05, 0.28])
     got = load_file(out)
     assert set(got) == {"0.weight", "0.bias", "1.weight", "1.bias"}
     files = [(int(p.name.split(".")[1]), [0.05, 0.28][int(p.name.split(".")[0])], p) for p in paths]

@@ -39,9 +39,8 @@ from wa_cli.methods.ema.power import (
     reconstruct,
     sigma_rel_of_gamma,
 )
-from wa_cli.methods.inputs import Inputs
 from wa_cli.methods.request import Request
-from wa_cli.methods.selection import DryRun, Selected
+from wa_cli.methods.selection import Selected
 from wa_cli.methods.trajectory import Weigh, Weighing, Write, reduce_to_file
 from wa_cli.select import order_trajectory
 
@@ -294,30 +293,38 @@ def posthoc_run(posthoc: PosthocRequest, request: Request) -> tuple[Weigh, Write
     return weigh, write
 
 
-def posthoc_ema_to_file(
-    inputs: Inputs,
-    output: str | os.PathLike[str],
-    *,
-    sigma_rel: float | None = None,
-    gamma: float | None = None,
-    at_step: int | None = None,
-    quadrature: Quadrature = "linear",
-    snapshot_sigma_rels: Sequence[float] | None = None,
-    **options: Any,
-) -> RunReport:
-    """Post-hoc EMA of width ``sigma_rel`` (or exponent ``gamma``) ending at ``at_step``:
-    :func:`wa_cli.methods.ema.ema_to_file` with those options (reading, selection and output
-    options as there).
+def plot_posthoc(report: RunReport, path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """The target power profile over steps, with what stands for it: the snapshots' combined
+    profile (reconstruction) or each checkpoint's weight (quadrature), in ``path``'s format.
 
     Example:
-        >>> report = posthoc_ema_to_file("snaps/*.safetensors", "ema_0.08.safetensors",
-        ...                              sigma_rel=0.08)  # doctest: +SKIP
+        >>> report = ema_to_file(snaps, "e.safetensors", sigma_rel=0.1)  # doctest: +SKIP
+        >>> plot_posthoc(report, "profile.png")  # doctest: +SKIP
     """
-    from wa_cli.methods.ema.run import ema_to_file
+    import numpy as np
 
-    report = ema_to_file(
-        inputs, output, sigma_rel=sigma_rel, gamma=gamma, at_step=at_step, quadrature=quadrature,
-        snapshot_sigma_rels=snapshot_sigma_rels, **options,
-    )  # fmt: skip
-    assert not isinstance(report, DryRun)  # no dry_run given
-    return report
+    from wa_cli.methods.plots import check_plot_available, new_figure, save_figure
+
+    check_plot_available(path)
+    p = report.params
+    target, gamma, steps = float(p["at_step"]), float(p["gamma"]), list(p["steps"])
+    taus = np.linspace(0.0, target, 400)
+    fig = new_figure()
+    ax = fig.add_subplot()
+    ax.plot(taus, (gamma + 1) / target * (taus / target) ** gamma, label="target profile")
+    weights = list(report.input_weights or [])
+    if p.get("snapshot_gammas"):
+        fit = sum(
+            w * np.where(taus <= t, (g + 1) / t * (taus / t) ** g, 0.0)
+            for w, t, g in zip(weights, steps, p["snapshot_gammas"])
+        )
+        ax.plot(taus, fit, linestyle="--", label=f"from snapshots (fit error {p['fit_error']:.1%})")
+    else:
+        twin = ax.twinx()
+        twin.stem(steps, weights, linefmt="C1-", markerfmt="C1o", basefmt=" ")
+        twin.set_ylabel("checkpoint weight")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("profile density")
+    ax.set_title(f"power EMA, sigma_rel {p['sigma_rel']:.4g}, at step {int(target)}")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path, force=force)

@@ -25,13 +25,13 @@ from wa_cli.methods.graft.report import (
     By,
     EntropyReport,
     Sort,
-    check_plot_available,
     compile_filter,
     measure_rows,
     named_keys,
     plot_entropies,
 )
 from wa_cli.methods.inputs import Inputs
+from wa_cli.methods.plots import check_plot_available
 from wa_cli.methods.request import ReadArgs, Request, SelectArgs
 from wa_cli.methods.selection import close_opened, select_checkpoints
 from wa_cli.params import choice

@@ -22,8 +22,7 @@ from typing import Any, Literal
 import torch
 
 from wa_cli.engine.plan import Plan
-from wa_cli.errors import ExitCode, WaError
-from wa_cli.io.atomic import atomic_destination
+from wa_cli.errors import WaError
 from wa_cli.io.dtypes import dtype_name
 from wa_cli.io.reader import Checkpoint
 from wa_cli.io.regex import checked_search
@@ -35,6 +34,7 @@ from wa_cli.methods.graft.alpha import (
 from wa_cli.methods.graft.entropy import (
     checkpoint_measure,
 )
+from wa_cli.methods.plots import check_plot_available, new_figure, save_figure
 
 By = Literal["tensor", "module"]
 Sort = Literal["order", "name", "entropy"]
@@ -217,44 +217,6 @@ def _alpha(h_u: float | None, h_v: float | None, a: float, c: float) -> float | 
     return None if h_u is None or h_v is None else graft_alpha(h_u, h_v, a=a, c=c)
 
 
-PLOT_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg", ".eps": "eps", ".ps": "ps"}
-"""The plot formats by suffix: matplotlib writes these without other packages (no LaTeX, no
-Pillow). The suffix names the format written: ``e.pdf`` is a PDF, never a PNG named .pdf."""
-
-
-def plot_format(path: str | os.PathLike[str]) -> str:
-    """The format a plot at ``path`` is written in, from its suffix; ``WaError`` for another.
-
-    Example:
-        >>> plot_format("entropy.pdf")
-        'pdf'
-    """
-    suffix = Path(path).suffix.lower()
-    if suffix not in PLOT_FORMATS:
-        raise WaError(
-            f"--plot '{path}': wa writes the format its suffix names, one of "
-            f"{', '.join(PLOT_FORMATS)} (got {suffix or 'no suffix'})",
-            ExitCode.USAGE,
-            params=("plot",),
-        )
-    return PLOT_FORMATS[suffix]
-
-
-def check_plot_available(path: str | os.PathLike[str] | None = None) -> None:
-    """Raise a one-line ``WaError`` when matplotlib (the ``plot`` extra) is missing, or when
-    ``path``'s suffix names no format wa writes (:func:`plot_format`)."""
-    if path is not None:
-        plot_format(path)
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise WaError(
-            "--plot needs matplotlib, which is not installed "
-            "(pip install matplotlib, or pip install -e '.[plot]' in a checkout of wa)",
-            ExitCode.USAGE,
-        ) from None
-
-
 def plot_entropies(
     report: EntropyReport, path: str | os.PathLike[str], *, force: bool = False
 ) -> Path:
@@ -265,13 +227,8 @@ def plot_entropies(
         >>> plot_entropies(entropy_report(["a.safetensors"]), "entropy.png")  # doctest: +SKIP
     """
     check_plot_available(path)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    # A Figure with its own Agg canvas: no pyplot global state, no display needed.
     n = len(report.rows)
-    fig = Figure(figsize=(max(6.0, 0.35 * n + 2), 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(max(6.0, 0.35 * n + 2), 4.5)
     ax = fig.add_subplot()
     xs = list(range(n))
     for i, name in enumerate(report.checkpoints):
@@ -282,10 +239,4 @@ def plot_entropies(
     ax.set_ylabel(f"weight entropy ({report.unit}, {report.bins} bins)")
     ax.set_title(f"entropy per {report.by}")
     ax.legend(fontsize=8)
-    destination = Path(path)
-    try:
-        with atomic_destination(destination, force) as tmp:
-            fig.savefig(tmp, format=plot_format(destination), dpi=120)
-    except OSError as e:  # a full disk, a vanished folder: one line, no plot left half-written
-        raise WaError(f"cannot write '{destination}': {e.strerror or e}", ExitCode.OUTPUT) from e
-    return destination
+    return save_figure(fig, path, force=force)

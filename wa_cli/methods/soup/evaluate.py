@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from wa_cli.errors import ExitCode, WaError, describe_exception
+from wa_cli.methods.bn.usercalls import user_code
 from wa_cli.methods.bn.usercode import resolve_callable
 from wa_cli.select.direction import Mode, mode_from_name
 
@@ -60,15 +61,11 @@ class Evaluator:
             self.prepare(model)
         self.calls += 1
         try:
-            value = self.fn(model)
+            # wa's rules for user code: its exits fail naming it, Ctrl-C always reaches wa.
+            with user_code(f"evaluation function '{self.name}'"):
+                value = self.fn(model)
         except WaError:
             raise
-        except SystemExit as e:
-            raise WaError(
-                f"evaluation function '{self.name}' called sys.exit({e.code!r}) instead of "
-                "returning a score",
-                ExitCode.BAD_INPUT,
-            ) from e
         except Exception as e:
             raise WaError(
                 f"evaluation function '{self.name}' raised {describe_exception(e)}",
