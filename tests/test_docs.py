@@ -29,6 +29,16 @@ EXPECT = {
     ),
     "selection.md": (("best5.safetensors",), ""),
     "large-model-formats.md": (("fsdp_avg.safetensors", "titan_ema.safetensors"), "['0', '2']"),
+    "soups.md": (("soup.safetensors", "wise.safetensors", "stock.safetensors"), ""),
+    "posthoc-ema.md": (
+        (
+            "ema_0.08.safetensors",
+            "ema_cli.safetensors",
+            "widths/ema_sigma_0.07.safetensors",
+            "profile_sigma_0.09.png",
+        ),
+        "",
+    ),
 }
 
 

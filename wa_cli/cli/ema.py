@@ -130,7 +130,13 @@ def ema_command(
       wa ema 'runs/a/ckpt_*.safetensors' --half-life 500 -o ema.safetensors
     """
     import wa_cli as wa
-    from wa_cli.cli.inputs import emit_reduction, posthoc_options, posthoc_targets, read_options
+    from wa_cli.cli.inputs import (
+        emit_reduction,
+        plot_path,
+        posthoc_options,
+        posthoc_targets,
+        read_options,
+    )
     from wa_cli.cli.render import progress_bar
 
     # An EMA needs trajectory order: the inputs are sorted unless --order says otherwise. A
@@ -151,7 +157,8 @@ def ema_command(
         output_format=output_format,
     )
     read = read_options(key, strip_prefix, include, exclude, allow_global, variant)
-    for target, extra in posthoc_targets(posthoc, output, dry_run):
+    targets = posthoc_targets(posthoc, output, dry_run)
+    for target, extra in targets:
         with progress_bar("ema", quiet) as progress:
             result = wa.ema_to_file(
                 inputs, target, decay=decay, decay_per_step=decay_per_step, half_life=half_life,
@@ -164,4 +171,4 @@ def ema_command(
             )  # fmt: skip
         emit_reduction(result, sel, json, quiet)
         if plot is not None and isinstance(result, wa.RunReport):
-            wa.plot_posthoc(result, plot, force=force)
+            wa.plot_posthoc(result, plot_path(plot, extra, len(targets) > 1), force=force)

@@ -174,6 +174,13 @@ def posthoc_targets(
     ]
 
 
+def plot_path(plot: Path, extra: dict[str, Any], several: bool) -> Path:
+    """``--plot`` as given, or ``NAME_sigma_S.SUFFIX`` beside it when several widths are drawn."""
+    if not several:
+        return plot
+    return plot.with_name(f"{plot.stem}_sigma_{extra['sigma_rel']:g}{plot.suffix}")
+
+
 def _numbers(flag: str, text: str) -> list[float]:
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
