@@ -153,3 +153,24 @@ def test_ema_pytorch_posthoc_folder_is_read_with_its_sigma_rels(tmp_path):
         torch.testing.assert_close(got[key].double(), expected, rtol=2e-3, atol=2e-3)
     assert got["0.weight"].dtype == torch.float16
     assert report.params["posthoc"] == "reconstruction"
+
+
+def test_half_life_with_linear_quadrature_integrates_the_exponential_kernel(tmp_path):
+    paths, states = _trajectory(tmp_path, STEPS)
+    half_life, t = 200.0, STEPS[-1]
+    rate = math.log(2) / half_life
+    p = lambda x: rate * math.exp(-rate * (t - x))  # noqa: E731
+    expected = []
+    for i in range(len(STEPS)):
+        e = np.eye(len(STEPS))[i]
+        h = lambda x, e=e: float(np.interp(x, STEPS, e))  # noqa: E731
+        inside = sum(integrate.quad(lambda x, h=h: p(x) * h(x), lo, hi, epsabs=1e-14)[0]
+                     for lo, hi in zip(STEPS[:-1], STEPS[1:]))  # fmt: skip
+        expected.append(inside + (math.exp(-rate * (t - STEPS[0])) if i == 0 else 0.0))
+    out = tmp_path / "o.safetensors"
+    report = ema_to_file(paths, out, half_life=half_life, quadrature="linear", order="auto")
+    np.testing.assert_allclose(report.input_weights, expected, atol=1e-10)
+    mean = sum(w * s["w"].double() for w, s in zip(expected, states)).float()
+    torch.testing.assert_close(load_file(out)["w"], mean, rtol=1e-6, atol=1e-6)
+    with pytest.raises(WaError, match="quadrature='linear'"):
+        ema_to_file(paths, tmp_path / "p.safetensors", decay=0.5, quadrature="linear")

@@ -162,9 +162,42 @@ def _weigh(options: Mapping[str, Any], dry_run: bool) -> Weigh:
             steps = _steps_of(selected.items, decays["decay"] is None)
         # Computed before the plan so that a bad decay fails before any header is compared.
         coefficients = ema_coefficients(len(selected.entries), steps=steps, **decays)
+        if options.get("quadrature") == "linear":  # the exponential kernel between saves
+            linear = _linear_exponential(steps, decays)
+            return Weighing(selected.items, linear, "ema", given_weights=linear, steps=steps)
         return Weighing(selected.items, coefficients, "ema", steps=steps)
 
     return weigh
+
+
+def _linear_exponential(
+    steps: Sequence[int | None] | None, decays: Mapping[str, Any]
+) -> list[float]:
+    """Weights of the exponential kernel ending at the last step, integrated against the
+    piecewise-linear interpolation of the saved trajectory (docs/posthoc-ema.md: the measured
+    error of both rules); ``step`` is today's EMA recursion over the saved checkpoints."""
+    import math
+
+    from wa_cli.methods.ema.power import Kernel, quadrature_weights
+
+    if decays["decay"] is not None or steps is None or any(s is None for s in steps):
+        raise WaError(
+            "quadrature='linear' integrates over training steps: give half_life or "
+            "decay_per_step, and inputs with steps",
+            ExitCode.USAGE,
+            params=("quadrature",),
+        )
+    if decays["half_life"] is not None:
+        rate = math.log(2.0) / decays["half_life"]
+    else:
+        rate = -math.log(decays["decay_per_step"]) if decays["decay_per_step"] > 0 else math.inf
+    saved = [int(s) for s in steps if s is not None]
+    if not math.isfinite(rate) or rate <= 0:
+        raise WaError(
+            "quadrature='linear' needs a decay per step in (0, 1)", ExitCode.USAGE,
+            params=("quadrature", "decay_per_step"),
+        )  # fmt: skip
+    return quadrature_weights(saved, Kernel(float(saved[-1]), rate=rate), "linear")
 
 
 def _plan(weighed: Weighing, request: Request, options: Mapping[str, Any]) -> Any:
@@ -172,14 +205,14 @@ def _plan(weighed: Weighing, request: Request, options: Mapping[str, Any]) -> An
 
     r = request.reduce
     plan = build_plan(weighed.items, keys=r.keys, non_float=r.non_float, dtype=r.dtype)
-    if weighed.given_weights is not None:  # post-hoc: the weights of the items, as computed
-        from wa_cli.methods.average import source_weights
-
-        return plan, {}, source_weights(weighed.given_weights)
     decays = decay_options(
         options.get("decay"), options.get("decay_per_step"), options.get("half_life"),
         options.get("alpha"),
     )  # fmt: skip
+    if weighed.given_weights is not None:  # post-hoc or linear quadrature: computed weights
+        from wa_cli.methods.average import source_weights
+
+        return plan, decays, source_weights(weighed.given_weights)
     return plan, decays, ema_weights(weighed.steps, **decays)
 
 
