@@ -262,6 +262,23 @@ def test_every_export_is_called(tmp_path: Path) -> None:
         "BNCheckpointReport": lambda: wa.recalibrate_checkpoint(
             p[0], out / "bn2.safetensors", _cnn, [torch.randn(2, 3, 5, 5)]
         ).to_json(),
+        "plot_posthoc": lambda: wa.plot_posthoc(
+            wa.ema_to_file(p, out / "pe.safetensors", gamma=2.0), out / "pe.png"
+        ),
+        "model_stock_to_file": lambda: wa.model_stock_to_file(
+            p[0], [p[0], p[1]], out / "ms.safetensors"
+        ),
+        "greedy_soup_to_file": lambda: wa.greedy_soup_to_file(
+            p, out / "gs.safetensors", model=_cnn, evaluate=lambda m: 1.0, mode="max"
+        ),
+        "sweep_to_file": lambda: wa.sweep_to_file(
+            p,
+            out / "sw.safetensors",
+            grid="0:1:0.5",
+            model=_cnn,
+            evaluate=lambda m: 1.0,
+            mode="max",
+        ),
     }
     out.mkdir()
     assert set(calls) == set(wa.__all__) - {"__version__"}
