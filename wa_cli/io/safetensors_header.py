@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import struct
 from collections.abc import Callable
@@ -20,8 +21,9 @@ import torch
 
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.gc_pause import paused_gc
+from wa_cli.io.descriptors import open_regular, pread_exact
 from wa_cli.io.dtypes import SAFETENSORS_DTYPES, from_safetensors_name, safetensors_name
-from wa_cli.io.hostile import JsonLimitError, json_reason, parse_json, require_regular
+from wa_cli.io.hostile import JsonLimitError, json_reason, parse_json
 
 # The reference implementation refuses headers above 100 MB; a larger one means a corrupt file.
 MAX_HEADER_BYTES = 100_000_000
@@ -111,7 +113,7 @@ _METADATA_FIRST = re.compile(rb'\{[ \t\n\r]*"__metadata__"[ \t\n\r]*:[ \t\n\r]*'
 _JSON_WHITESPACE = " \t\n\r"
 
 
-def read_header(path: Path, memo: LayoutMemo | None = None) -> Header:
+def read_header(path: Path, memo: LayoutMemo | None = None, *, fd: int | None = None) -> Header:
     """Read and validate the header of a safetensors file; ``WaError`` (exit 3) when corrupt.
 
     As strict as the reference library: strict JSON (no NaN, no duplicate keys), known dtypes,
@@ -119,26 +121,29 @@ def read_header(path: Path, memo: LayoutMemo | None = None) -> Header:
     without gap or overlap, and end exactly at the end of the file. An 80 MB header (a million
     tensors) is parsed in seconds: the collector is paused while its objects are built. With a
     ``memo``, a header whose tensor entries repeat one validated before is not checked again.
+    ``fd``: the file already opened (:func:`wa_cli.io.descriptors.open_regular`), read through
+    that descriptor; otherwise ``path`` is opened (and closed) here.
     """
+    if fd is None:
+        fd, _ = open_regular(path)
+        try:
+            return read_header(path, memo, fd=fd)
+        finally:
+            os.close(fd)
 
     def corrupt(why: str) -> WaError:
         return WaError(f"'{path}' is not a valid safetensors file: {why}", ExitCode.BAD_INPUT)
 
-    size = require_regular(path).st_size
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise corrupt(f"{size} bytes, too short for a header")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER_BYTES or 8 + n > size:
-                raise corrupt(
-                    f"header length {n} does not fit the file's {size} bytes "
-                    "(truncated, or not a safetensors file)"
-                )
-            raw = f.read(n)
-    except OSError as e:
-        raise WaError(f"cannot read '{path}': {e.strerror or e}", ExitCode.BAD_INPUT) from e
+    size = os.fstat(fd).st_size
+    if size < 8:
+        raise corrupt(f"{size} bytes, too short for a header")
+    (n,) = struct.unpack("<Q", pread_exact(fd, 8, 0, path))
+    if n > MAX_HEADER_BYTES or 8 + n > size:
+        raise corrupt(
+            f"header length {n} does not fit the file's {size} bytes "
+            "(truncated, or not a safetensors file)"
+        )
+    raw = pread_exact(fd, n, 8, path)
     with paused_gc():
         if memo is None or n > memo.limit:  # a larger header is not remembered
             return _validated(raw, 8 + n, size - 8 - n, corrupt)
