@@ -227,12 +227,7 @@ def _run(args: list[str], debug: bool) -> None:
     except (signals.Interrupted, KeyboardInterrupt) as e:
         stop = e if isinstance(e, signals.Interrupted) else signals.Interrupted(signal.SIGINT)
         distributed.interrupted()  # torchrun stops every rank with SIGTERM when one fails
-        written = atomic.committed[written_before:]
-        what = (
-            f"after writing {', '.join(repr(str(p)) for p in written)}"
-            if written
-            else "nothing was written"
-        )
+        what = atomic.written_note(written_before)
         signals.reported()
         _fail(f"interrupted by {stop.name}; {what}", ExitCode.USAGE, status=stop.status)
     except Exception as e:
