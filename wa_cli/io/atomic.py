@@ -37,10 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from wa_cli.errors import ExitCode, WaError
-from wa_cli.io.guard import Reads
+from wa_cli.io.guard import PLOT, SAFETENSORS, Reads
 from wa_cli.io.guard import check_destination as _guard_check
 
 logger = logging.getLogger("wa_cli")
+
+__all__ = ["PLOT", "SAFETENSORS", "atomic_destination", "check_destination", "transaction"]
 
 _TMP = ".wa-tmp-"
 _TMP_RE = re.compile(r"\.wa-tmp-(\d+)-[0-9a-f]+$")
@@ -138,9 +140,10 @@ def check_destination(
     *,
     folder: bool = False,
     reads: Reads = (),
+    kind: str = SAFETENSORS,
 ) -> None:
     """The guard (``wa_cli.io.guard``): every writer checks its destination through this."""
-    _guard_check(destination, force, folder=folder, reads=reads)
+    _guard_check(destination, force, folder=folder, reads=reads, kind=kind)
 
 
 # renameat2 -----------------------------------------------------------------------------------
@@ -393,11 +396,13 @@ def atomic_destination(
     *,
     folder: bool = False,
     reads: Reads = (),
+    kind: str = SAFETENSORS,
 ) -> Iterator[Path]:
     """Yield a temporary path to fill; on success it replaces ``destination`` atomically.
 
     The destination is checked by the guard first (``folder``: the output is a shard folder;
-    ``reads``: files the caller reads). The temporary may be made a file or a folder by the
+    ``reads``: files the caller reads; ``kind``: ``SAFETENSORS`` or ``PLOT``, what ``force`` may
+    replace). The temporary may be made a file or a folder by the
     caller. On any exception (KeyboardInterrupt included) it is removed and ``destination`` is
     left as it was. Inside ``transaction()`` the commit waits for the end of the block.
 
@@ -406,7 +411,7 @@ def atomic_destination(
         ...     tmp.write_bytes(b"...")
     """
     destination = Path(destination)
-    check_destination(destination, force, folder=folder, reads=reads)
+    check_destination(destination, force, folder=folder, reads=reads, kind=kind)
     remove_stale(destination)
     tmp = temporary_sibling(destination)
     _live.add(tmp)
