@@ -10,9 +10,13 @@ Guarantees (docs/safety.md, "Nothing lost"):
   crash or SIGKILL there leaves the old folder at its ``.wa-tmp`` name).
 * Without ``--force`` the destination is created exclusively (``RENAME_NOREPLACE``, or a hard link
   for files), so two runs writing one path cannot both succeed.
-* Temporary names are ``.NAME.wa-tmp-PID-XXXX`` (cut to fit NAME_MAX). A run writing a
-  destination first removes the stale temporaries of processes that no longer exist (left by a
-  SIGKILL or a power cut) and says so once.
+* Temporary names are ``.NAME.wa-tmp-PID-XXXX`` (cut to fit NAME_MAX). The writing process
+  holds an exclusive ``flock`` on its temporary from before the name exists (it is created under
+  a ``.wa-new-`` name, locked, then renamed) until it is committed or removed. A run writing a
+  destination first removes the stale temporaries: those whose process is not alive in its PID
+  namespace *and* whose lock it can take (left by a SIGKILL or a power cut), and says so once.
+  A run in another PID namespace (a container sharing the folder) holds its lock, so its live
+  temporary is never taken for stale.
 * ``transaction()`` commits several outputs together (graft's N outputs): all are written to
   temporaries first, and a failure before the commit leaves none of them.
 """
@@ -37,6 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from wa_cli.errors import ExitCode, WaError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: the PID rule alone
+    fcntl = None  # type: ignore[assignment]
 from wa_cli.io.guard import PLOT, SAFETENSORS, Reads
 from wa_cli.io.guard import check_destination as _guard_check
 
@@ -45,6 +54,7 @@ logger = logging.getLogger("wa_cli")
 __all__ = ["PLOT", "SAFETENSORS", "atomic_destination", "check_destination", "transaction"]
 
 _TMP = ".wa-tmp-"
+_NEW = ".wa-new-"  # a temporary before it is locked (never taken for a stale one)
 _TMP_RE = re.compile(r"\.wa-tmp-(\d+)-[0-9a-f]+$")
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
@@ -110,8 +120,58 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _create_locked(tmp: Path, folder: bool) -> int | None:
+    """Create ``tmp`` (a folder with ``folder``) already locked; the descriptor holds the lock.
+
+    Created under another name and renamed once locked, so no process ever sees a ``.wa-tmp-``
+    name without its lock held. None where ``flock`` does not exist (the PID rule alone).
+    """
+    if fcntl is None:
+        return None
+    new = tmp.with_name(tmp.name.replace(_TMP, _NEW, 1))
+    if folder:
+        os.mkdir(new)
+        fd = os.open(new, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    else:
+        fd = os.open(new, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(new, tmp)
+    except BaseException:
+        os.close(fd)
+        _remove(new)
+        raise
+    return fd
+
+
+def _lock_held(path: str) -> bool:
+    """Whether another open file holds ``path``'s lock (a live writer, in any PID namespace)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # releases the lock taken just now
+    return False
+
+
+def _release(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def remove_stale(destination: Path) -> list[Path]:
-    """Remove temporaries of ``destination`` whose process is gone; say so in one line."""
+    """Remove temporaries of ``destination`` whose process is gone; say so in one line.
+
+    Gone means both: no process of that PID in this namespace, and nobody holds the lock.
+    """
     parent = destination.parent if str(destination.parent) else Path(".")
     stem = _stem(destination) + _TMP
     removed = []
@@ -122,6 +182,8 @@ def remove_stale(destination: Path) -> list[Path]:
     for entry in entries:
         m = _TMP_RE.search(entry.name)
         if m and entry.name[: m.start()] + _TMP == stem and not _alive(int(m.group(1))):
+            if _lock_held(entry.path):
+                continue
             with contextlib.suppress(OSError):
                 _remove(Path(entry.path))
                 removed.append(Path(entry.path))
@@ -257,6 +319,7 @@ class _Pending:
     force: bool
     old: Path | None = None  # where the previous output went, until removed
     done: bool = False
+    lock: int | None = None  # the descriptor holding the temporary's lock until the end
 
 
 @dataclass
@@ -387,6 +450,9 @@ def transaction() -> Iterator[None]:
             if not p.done:
                 _remove(p.tmp)
         raise
+    finally:
+        for p in t.pending:
+            _release(p.lock)
 
 
 @contextlib.contextmanager
@@ -414,8 +480,12 @@ def atomic_destination(
     check_destination(destination, force, folder=folder, reads=reads, kind=kind)
     remove_stale(destination)
     tmp = temporary_sibling(destination)
+    try:
+        lock = _create_locked(tmp, folder)
+    except OSError as e:
+        raise WaError(f"cannot write '{destination}': {e.strerror or e}", ExitCode.OUTPUT) from e
     _live.add(tmp)
-    pending = _Pending(tmp, destination, force)
+    pending = _Pending(tmp, destination, force, lock=lock)
     try:
         yield tmp
         if tmp.is_dir():
@@ -424,6 +494,7 @@ def atomic_destination(
         fsync_path(tmp)
     except BaseException:
         _remove(tmp)
+        _release(lock)
         raise
     t = _transaction.get()
     if t is not None:
@@ -435,6 +506,8 @@ def atomic_destination(
         if not pending.done:
             _remove(tmp)
         raise
+    finally:
+        _release(lock)
 
 
 def _remove(path: Path) -> None:
