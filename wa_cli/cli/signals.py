@@ -126,7 +126,8 @@ def hard_exit(signum: int) -> None:
     if not _state["reported"]:
         with contextlib.suppress(BaseException):
             what = atomic.written_note()  # what is on disk: outputs already renamed into place
-            os.write(2, f"wa: error: interrupted by {Interrupted(signum).name}; {what}\n".encode())
+            line = f"wa: error: interrupted by {Interrupted(signum).name}; {what}\n"
+            os.write(2, line.encode("utf-8", "backslashreplace"))
     _real_exit(128 + signum)
 
 

@@ -75,10 +75,11 @@ def _stem(destination: Path) -> str:
     """``.NAME`` for the temporaries of ``destination``, shortened (with a hash) past NAME_MAX."""
     name = destination.name
     room = _name_max(destination.parent if str(destination.parent) else Path(".")) - 40
-    if len(name.encode()) <= room:
+    raw = os.fsencode(name)  # the bytes on disk: a name need not be UTF-8
+    if len(raw) <= room:
         return f".{name}"
-    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-    short = name.encode()[: room - 9].decode(errors="ignore")
+    digest = hashlib.sha1(raw).hexdigest()[:8]
+    short = os.fsdecode(raw[: room - 9])
     return f".{short}~{digest}"
 
 

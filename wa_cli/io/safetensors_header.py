@@ -298,7 +298,8 @@ def build_header(
         raise ValueError("a tensor name appears twice in the output")
     parts = []
     if metadata:
-        parts.append('"__metadata__":' + json.dumps(dict(metadata), separators=(",", ":")))
+        text = {_unicode(k): _unicode(v) for k, v in metadata.items()}
+        parts.append('"__metadata__":' + json.dumps(text, separators=(",", ":")))
     known: dict[tuple[torch.dtype, tuple[int, ...]], tuple[str, int]] = {}
     sizes = []
     offset = 0
@@ -316,6 +317,21 @@ def build_header(
     # Pad with spaces so tensor data starts 8-byte aligned, as the reference writer does.
     body += b" " * (-(len(body) + 8) % ALIGNMENT)
     return struct.pack("<Q", len(body)) + body, sizes
+
+
+def _unicode(text: str) -> str:
+    """``text`` with the bytes of a non-UTF-8 file name (lone surrogates, as ``os.fsdecode``
+    gives them) written as ``\\xff``: JSON readers such as the safetensors library refuse a
+    header holding a lone surrogate, so a file name must not make the output unreadable."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a surrogate not from a file name: escape it as it is
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return raw.decode("utf-8", "backslashreplace")
+    return text
 
 
 # How json.dumps writes a string (ASCII, escaped): its own C function.
