@@ -298,8 +298,8 @@ def build_header(
         raise ValueError("a tensor name appears twice in the output")
     parts = []
     if metadata:
-        text = {_unicode(k): _unicode(v) for k, v in metadata.items()}
-        parts.append('"__metadata__":' + json.dumps(text, separators=(",", ":")))
+        clean = {_unicode(k): _unicode(v) for k, v in metadata.items()}
+        parts.append('"__metadata__":' + json.dumps(clean, separators=(",", ":")))
     known: dict[tuple[torch.dtype, tuple[int, ...]], tuple[str, int]] = {}
     sizes = []
     offset = 0
