@@ -28,6 +28,9 @@ from wa_cli.io.hostile import JsonLimitError, json_reason, parse_json
 # The reference implementation refuses headers above 100 MB; a larger one means a corrupt file.
 MAX_HEADER_BYTES = 100_000_000
 ALIGNMENT = 8
+# No checkpoint's tensor has more; a 100 MB header of one shape [1, 1, ...] (49 million dims)
+# made 4 GB of Python objects downstream (the library itself takes 2 GB to hold it).
+MAX_DIMS = 1024
 _INT64 = 2**63 - 1
 _FIELDS = (b'"dtype"', b'"shape"', b'"data_offsets"')
 
@@ -233,6 +236,8 @@ def _tensors(
             raise corrupt(f"malformed entry for tensor {key!r}") from None
         if type(shape) is not list:
             raise corrupt(f"tensor {key!r} has shape {_short(shape)} (expected a list)")
+        if len(shape) > MAX_DIMS:
+            raise corrupt(f"tensor {key!r} has {len(shape)} dimensions (at most {MAX_DIMS})")
         numel = 1
         for d in shape:
             if type(d) is not int or not 0 <= d <= _INT64:
