@@ -14,6 +14,7 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
 import torch
 
 from tests.helpers import REPO, CliResult, assert_one_line_error, make_trajectory, run_wa
@@ -69,3 +70,18 @@ def test_a_header_with_millions_of_dimensions_is_refused_in_little_memory(tmp_pa
     assert_one_line_error(CliResult(proc.returncode, "", proc.stderr), 3, "dimensions")
     # torch alone is ~250 MB; before the fix this run peaked near 700 MB.
     assert int(proc.stdout) < 600 * 1024, proc.stdout
+
+
+def test_a_compressed_npz_of_zeros_is_refused_before_it_is_inflated(tmp_path):
+    """BatchNorm data: numpy inflates a member whole (1.6 MB took 1.8 GB for two batches)."""
+    import numpy as np
+
+    from wa_cli.errors import WaError
+    from wa_cli.methods.bn.tensor_data import tensor_file_batches
+
+    bomb = tmp_path / "bomb.npz"
+    np.savez_compressed(bomb, x=np.zeros((2048, 3, 64, 64), dtype=np.float32))  # 96 MiB
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(WaError, match="expand") as e:
+        tensor_file_batches(bomb, batch_size=4)
+    assert e.value.code == 3
