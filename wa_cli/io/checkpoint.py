@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 
 from wa_cli.errors import ExitCode, WaError
-from wa_cli.io.descriptors import changed, identity, reopen
+from wa_cli.io.descriptors import changed, identity, reopen, special_kind
 from wa_cli.io.guard import ReadPath, describe
-from wa_cli.io.hostile import special_kind
 from wa_cli.io.keys import strip_names
 from wa_cli.io.safetensors_header import TensorInfo
 

@@ -15,7 +15,19 @@ import stat
 from pathlib import Path
 
 from wa_cli.errors import ExitCode, WaError
-from wa_cli.io.hostile import special_kind
+
+
+def special_kind(mode: int) -> str:
+    """What a file that is not a regular one is, in words (a FIFO, a device, ...)."""
+    kinds = [
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISFIFO, "FIFO (named pipe)"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISDIR, "folder"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "special file")
+
 
 _FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
