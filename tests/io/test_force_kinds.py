@@ -106,3 +106,13 @@ def test_force_replaces_an_empty_file_and_an_earlier_output(tmp_path, capsys):
     assert run_wa(["average", traj.paths[0], "-o", out, "--force"], capsys).code == 0
     assert torch.equal(load_file(out)["0.weight"], traj.states[0]["0.weight"])
     assert set(first) == set(traj.states[0])
+
+
+def test_graft_refuses_a_dangling_link_before_reading(tmp_path, capsys, monkeypatch):
+    traj = make_trajectory(tmp_path / "run", n=2)
+    link = tmp_path / "g.safetensors"
+    link.symlink_to(tmp_path / "gone.safetensors")
+    _no_tensor_read(monkeypatch)
+    r = run_wa(["graft", *traj.paths, "-o", link], capsys)
+    assert_one_line_error(r, 5, str(link), "symbolic link")
+    assert link.is_symlink() and temporaries(tmp_path) == []

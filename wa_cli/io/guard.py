@@ -179,6 +179,13 @@ def refuse_inputs(destination: str | os.PathLike[str], reads: Reads = ()) -> Non
             )
 
 
+def refuse_file_link(destination: str | os.PathLike[str]) -> None:
+    """Refuse, before anything is read, a link (dangling, or to a file) where a file goes."""
+    dest = Path(destination)
+    if dest.is_symlink() and not dest.is_dir():
+        _refuse_link(dest)
+
+
 def _refuse_link(dest: Path) -> None:
     try:
         target = f" to '{os.readlink(dest)}'"
