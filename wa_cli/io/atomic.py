@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import ctypes
 import errno
 import hashlib
 import logging
 import os
 import re
 import secrets
-import shutil
 import signal
 import threading
 from collections.abc import Iterator
@@ -48,6 +46,9 @@ except ImportError:  # not POSIX: the PID rule alone
     fcntl = None  # type: ignore[assignment]
 from wa_cli.io.guard import PLOT, SAFETENSORS, Reads
 from wa_cli.io.guard import check_destination as _guard_check
+from wa_cli.io.renames import exchange as _exchange
+from wa_cli.io.renames import remove_path
+from wa_cli.io.renames import rename_noreplace as _rename_noreplace
 
 logger = logging.getLogger("wa_cli")
 
@@ -56,9 +57,6 @@ __all__ = ["PLOT", "SAFETENSORS", "atomic_destination", "check_destination", "tr
 _TMP = ".wa-tmp-"
 _NEW = ".wa-new-"  # a temporary before it is locked (never taken for a stale one)
 _TMP_RE = re.compile(r"\.wa-tmp-(\d+)-[0-9a-f]+$")
-_RENAME_NOREPLACE = 1
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
 _SIGNALS = tuple(
     s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None
 )
@@ -207,51 +205,6 @@ def check_destination(
 ) -> None:
     """The guard (``wa_cli.io.guard``): every writer checks its destination through this."""
     _guard_check(destination, force, folder=folder, reads=reads, kind=kind)
-
-
-# renameat2 -----------------------------------------------------------------------------------
-
-_libc: ctypes.CDLL | None = None
-
-
-def _renameat2(src: Path, dst: Path, flags: int) -> bool:
-    """``renameat2(src, dst, flags)``; False when the kernel, libc or filesystem lacks it."""
-    global _libc
-    if not hasattr(os, "uname") or os.uname().sysname != "Linux":
-        return False
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    a, b = os.fsencode(src), os.fsencode(dst)
-    fn = getattr(_libc, "renameat2", None)
-    if fn is not None:
-        rc = fn(_AT_FDCWD, a, _AT_FDCWD, b, ctypes.c_uint(flags))
-    else:  # glibc before 2.28: the raw system call
-        number = {"x86_64": 316, "aarch64": 276}.get(os.uname().machine)
-        if number is None:
-            return False
-        rc = _libc.syscall(number, _AT_FDCWD, a, _AT_FDCWD, b, ctypes.c_uint(flags))
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(dst))
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two existing paths in one step; False where unsupported (the caller falls back)."""
-    return _renameat2(a, b, _RENAME_EXCHANGE)
-
-
-def _rename_noreplace(src: Path, dst: Path) -> None:
-    """Rename, failing with EEXIST if ``dst`` exists (two runs cannot both create it)."""
-    if _renameat2(src, dst, _RENAME_NOREPLACE):
-        return
-    if src.is_dir():
-        os.rename(src, dst)  # POSIX refuses a non-empty folder; an empty one is no output
-        return
-    os.link(src, dst)  # fails with EEXIST
-    os.unlink(src)
 
 
 @contextlib.contextmanager
@@ -513,8 +466,4 @@ def atomic_destination(
 
 def _remove(path: Path) -> None:
     _live.discard(path)
-    with contextlib.suppress(FileNotFoundError):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+    remove_path(path)
