@@ -18,7 +18,8 @@ Guarantees (docs/safety.md, "Nothing lost"):
   A run in another PID namespace (a container sharing the folder) holds its lock, so its live
   temporary is never taken for stale.
 * ``transaction()`` commits several outputs together (graft's N outputs): all are written to
-  temporaries first, and a failure before the commit leaves none of them.
+  temporaries first, and a failure before the commit leaves none of them. The commit itself is
+  journaled (:mod:`wa_cli.io.journal`): a crash during it is finished by the next run.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ try:
     import fcntl
 except ImportError:  # not POSIX: the PID rule alone
     fcntl = None  # type: ignore[assignment]
+from wa_cli.io import journal
 from wa_cli.io.guard import PLOT, SAFETENSORS, Reads
 from wa_cli.io.guard import check_destination as _guard_check
 from wa_cli.io.renames import exchange as _exchange
@@ -172,6 +174,7 @@ def remove_stale(destination: Path) -> list[Path]:
     Gone means both: no process of that PID in this namespace, and nobody holds the lock.
     """
     parent = destination.parent if str(destination.parent) else Path(".")
+    journal.finish_interrupted(parent)  # first: its temporaries are the outputs it commits
     stem = _stem(destination) + _TMP
     removed = []
     try:
@@ -359,6 +362,10 @@ def _finish(pending: list[_Pending]) -> None:
     """
     with signals_blocked():
         done: list[_Pending] = []
+        # Several outputs: a journal lets the next run finish a commit that a crash cut short.
+        started = (
+            journal.begin([(p.tmp, p.destination) for p in pending]) if len(pending) > 1 else None
+        )
         try:
             for p in pending:
                 try:
@@ -372,6 +379,7 @@ def _finish(pending: list[_Pending]) -> None:
             for p in reversed(done):
                 with contextlib.suppress(OSError):
                     _rollback(p)
+            journal.end(started)
             raise
         for p in pending:
             parent = p.destination.parent if str(p.destination.parent) else Path(".")
@@ -386,6 +394,7 @@ def _finish(pending: list[_Pending]) -> None:
                     with contextlib.suppress(OSError):
                         _remove(p.old)  # retry once; a stale copy is removed by the next run
                     raise
+        journal.end(started)
 
 
 @contextlib.contextmanager
