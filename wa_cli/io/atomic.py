@@ -32,22 +32,20 @@ import logging
 import os
 import re
 import secrets
-import signal
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from wa_cli.errors import ExitCode, WaError
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: the PID rule alone
-    fcntl = None  # type: ignore[assignment]
 from wa_cli.io import journal
 from wa_cli.io.guard import PLOT, SAFETENSORS, Reads
 from wa_cli.io.guard import check_destination as _guard_check
+from wa_cli.io.held_signals import signals_blocked
+from wa_cli.io.locks import TMP
+from wa_cli.io.locks import alive as _alive
+from wa_cli.io.locks import create_locked as _create_locked
+from wa_cli.io.locks import lock_held as _lock_held
+from wa_cli.io.locks import release as _release
 from wa_cli.io.renames import exchange as _exchange
 from wa_cli.io.renames import remove_path
 from wa_cli.io.renames import rename_noreplace as _rename_noreplace
@@ -56,12 +54,8 @@ logger = logging.getLogger("wa_cli")
 
 __all__ = ["PLOT", "SAFETENSORS", "atomic_destination", "check_destination", "transaction"]
 
-_TMP = ".wa-tmp-"
-_NEW = ".wa-new-"  # a temporary before it is locked (never taken for a stale one)
+_TMP = TMP
 _TMP_RE = re.compile(r"\.wa-tmp-(\d+)-[0-9a-f]+$")
-_SIGNALS = tuple(
-    s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None
-)
 
 
 def _name_max(folder: Path) -> int:
@@ -109,65 +103,6 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _create_locked(tmp: Path, folder: bool) -> int | None:
-    """Create ``tmp`` (a folder with ``folder``) already locked; the descriptor holds the lock.
-
-    Created under another name and renamed once locked, so no process ever sees a ``.wa-tmp-``
-    name without its lock held. None where ``flock`` does not exist (the PID rule alone).
-    """
-    if fcntl is None:
-        return None
-    new = tmp.with_name(tmp.name.replace(_TMP, _NEW, 1))
-    if folder:
-        os.mkdir(new)
-        fd = os.open(new, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    else:
-        fd = os.open(new, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.rename(new, tmp)
-    except BaseException:
-        os.close(fd)
-        _remove(new)
-        raise
-    return fd
-
-
-def _lock_held(path: str) -> bool:
-    """Whether another open file holds ``path``'s lock (a live writer, in any PID namespace)."""
-    if fcntl is None:
-        return False
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # releases the lock taken just now
-    return False
-
-
-def _release(fd: int | None) -> None:
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
 def remove_stale(destination: Path) -> list[Path]:
     """Remove temporaries of ``destination`` whose process is gone; say so in one line.
 
@@ -208,62 +143,6 @@ def check_destination(
 ) -> None:
     """The guard (``wa_cli.io.guard``): every writer checks its destination through this."""
     _guard_check(destination, force, folder=folder, reads=reads, kind=kind)
-
-
-@contextlib.contextmanager
-def signals_blocked() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM/SIGHUP until the block ends (they are delivered after it).
-
-    Two layers: the kernel's mask holds signals that arrive inside the block, and the Python
-    handlers are swapped for ones that only note the signal, because a signal that reached the
-    process just before the mask was set still runs its Python handler at the next bytecode,
-    inside the block (the interrupt then landed between a rename and its record, and the
-    message said nothing was written while the new output was in place). The first noted
-    signal is handed to the real handler when the block ends, so whatever the handler reports
-    is what is on disk by then.
-    """
-    noted: list[int] = []
-    swapped = _note_signals(noted)
-    masked = hasattr(signal, "pthread_sigmask")
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS) if masked else None
-    try:
-        yield
-    finally:
-        if masked:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)  # type: ignore[arg-type]
-        # Signals held by the mask run the noting handlers now; then the real ones return.
-        for signum, handler in swapped.items():
-            with contextlib.suppress(OSError, ValueError, TypeError):
-                signal.signal(signum, handler)
-        if noted:
-            _deliver(noted[0], swapped.get(noted[0]))
-
-
-def _note_signals(noted: list[int]) -> dict[int, Any]:
-    """Replace the Python handlers of the held signals by ones appending to ``noted``."""
-    swapped: dict[int, Any] = {}
-    if threading.current_thread() is not threading.main_thread():
-        return swapped  # handlers run in the main thread only; the mask alone holds them
-
-    def note(signum: int, frame: object) -> None:
-        noted.append(signum)
-
-    for s in _SIGNALS:
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            previous = signal.getsignal(s)
-            if previous is signal.SIG_IGN or previous is None:
-                continue
-            signal.signal(s, note)
-            swapped[s] = previous
-    return swapped
-
-
-def _deliver(signum: int, handler: object) -> None:
-    """Hand a signal noted during the block to the handler that was in place."""
-    if callable(handler):
-        handler(signum, None)
-    else:  # the default action (end the process) or a handler unknown to Python
-        os.kill(os.getpid(), signum)
 
 
 # commit --------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
+from wa_cli.io.locks import alive
 from wa_cli.io.renames import exchange, remove_path
 
 try:
@@ -90,7 +91,7 @@ def finish_interrupted(folder: Path) -> int:
     finished = 0
     for name in names:
         m = _NAME.match(name)
-        if m is None or _alive(int(m.group(1))) or _locked(folder / name):
+        if m is None or alive(int(m.group(1))) or _locked(folder / name):
             continue
         try:
             outputs = json.loads((folder / name).read_bytes())["outputs"]
@@ -134,18 +135,6 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _locked(path: Path) -> bool:
