@@ -128,10 +128,11 @@ def test_zero_inputs_is_a_usage_error(tmp_path, capsys):
 def test_existing_output_needs_force(tmp_path, capsys):
     traj = make_trajectory(tmp_path, n=2)
     out = tmp_path / "o.safetensors"
-    out.write_bytes(b"keep me")
+    save_file({"0.weight": torch.zeros(1)}, out)  # an earlier output: --force may replace it
+    keep = out.read_bytes()
     r = run_wa(["average", *traj.paths, "-o", out], capsys)
     assert_one_line_error(r, 5, "already exists", "--force")
-    assert out.read_bytes() == b"keep me"
+    assert out.read_bytes() == keep
     assert run_wa(["average", *traj.paths, "-o", out, "--force"], capsys).code == 0
     assert "0.weight" in load_file(out)
 

@@ -13,12 +13,15 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save as safetensors_bytes
 from torch.optim.swa_utils import update_bn
 
 from tests.helpers import REPO, assert_one_line_error, cnn_state, run_wa, tiny_cnn
 
 SAMPLE = REPO / "sample_checkpoints"
 BN_KEYS = ("1.running_mean", "1.running_var", "1.num_batches_tracked")
+# An earlier output: a safetensors file, which --force may replace (anything else it may not).
+KEEP_ME = safetensors_bytes({"keep": torch.zeros(1)})
 
 USER_CODE = """
 import torch
@@ -332,14 +335,14 @@ def test_user_errors_are_one_line_and_write_nothing(user, tmp_path, capsys):
 
 
 def test_existing_output_is_refused_before_the_model_runs(user, capsys):
-    user["out"].write_bytes(b"keep me")
+    user["out"].write_bytes(KEEP_ME)
     r = run_wa(
         ["bn-recalibrate", user["ckpt"], "-o", user["out"], "--model", f"{user['code']}:build",
          "--data", f"{user['code']}:dict_loader"],  # would fail in the forward pass
         capsys,
     )  # fmt: skip
     assert_one_line_error(r, 5, "already exists", "--force")
-    assert user["out"].read_bytes() == b"keep me"
+    assert user["out"].read_bytes() == KEEP_ME
 
 
 def reject_constant(token: str) -> None:

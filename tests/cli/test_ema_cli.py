@@ -10,9 +10,13 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save as safetensors_bytes
 
 from tests.helpers import assert_one_line_error, make_trajectory, run_wa
 from tests.oracles import torch_ema
+
+# An earlier output: a safetensors file, which --force may replace (anything else it may not).
+KEEP_ME = safetensors_bytes({"keep": torch.zeros(1)})
 
 
 def test_ema_matches_torch_in_step_order_whatever_the_argument_order(tmp_path, capsys):
@@ -95,10 +99,10 @@ def test_text_report_lists_each_weight(tmp_path, capsys):
 def test_dtype_and_existing_output_behave_as_in_average(tmp_path, capsys):
     traj = make_trajectory(tmp_path / "in", n=2)
     out = tmp_path / "e.safetensors"
-    out.write_bytes(b"keep me")
+    out.write_bytes(KEEP_ME)
     r = run_wa(["ema", *traj.paths, "--decay", "0.5", "-o", out], capsys)
     assert_one_line_error(r, 5, "already exists", "--force")
-    assert out.read_bytes() == b"keep me"
+    assert out.read_bytes() == KEEP_ME
     args = ["ema", *traj.paths, "--decay", "0.5", "-o", out, "--force", "--dtype", "float16"]
     assert run_wa(args, capsys).code == 0
     got = load_file(out)

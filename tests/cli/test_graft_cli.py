@@ -8,11 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save as safetensors_bytes
 
 from tests.helpers import assert_one_line_error, make_trajectory, run_wa
 from tests.methods.graft.test_files import assert_state_close, float64_graft
 from tests.methods.graft.test_graft import ordered_sd, reference_graft
 from tests.oracles import np_entropy, spec_alpha
+
+# An earlier output: a safetensors file, which --force may replace (anything else it may not).
+KEEP_ME = safetensors_bytes({"keep": torch.zeros(1)})
 
 
 def test_graft_matches_float64_recomputation_and_keeps_receiver_int_buffers(tmp_path, capsys):
@@ -156,10 +160,10 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, capsys, bad_inputs, arg
 def test_existing_output_needs_force(tmp_path, capsys):
     traj = make_trajectory(tmp_path, n=2)
     out = tmp_path / "g.safetensors"
-    out.write_bytes(b"keep me")
+    out.write_bytes(KEEP_ME)
     r = run_wa(["graft", *traj.paths, "-o", out], capsys)
     assert_one_line_error(r, 5, "already exists", "--force")
-    assert out.read_bytes() == b"keep me"
+    assert out.read_bytes() == KEEP_ME
 
 
 def test_sample_runs_graft(tmp_path: Path, capsys):

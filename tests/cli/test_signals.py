@@ -16,7 +16,12 @@ from tests.io.faults import snapshot, temporaries
 
 
 def _start(args, **kwargs):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WA_TEST_WRITE_DELAY": "0.5"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "WA_TEST_HOOKS": "1",
+        "WA_TEST_WRITE_DELAY": "0.5",
+    }
     return subprocess.Popen([sys.executable, "-m", "wa_cli", *map(str, args)], env=env, **kwargs)
 
 

@@ -119,7 +119,7 @@ def test_a_rank_killed_mid_write_leaves_nothing(tmp_path):
     traj = make_trajectory(tmp_path / "in", n=3)
     (tmp_path / "out").mkdir()
     args = ["average", *traj.paths, "-o", tmp_path / "out" / "a.safetensors"]
-    results = launch(2, args, env={"WA_TEST_KILL_RANK": "1"}, timeout=90)
+    results = launch(2, args, env={"WA_TEST_HOOKS": "1", "WA_TEST_KILL_RANK": "1"}, timeout=90)
     assert results[1].code == -9
     assert results[0].code == 5, results[0].stderr
     (line,) = wa_errors(results[0].stderr)
@@ -187,10 +187,12 @@ def test_torchrun_kill_stops_the_group(tmp_path):
     (tmp_path / "out").mkdir()
     env_args = ["average", *traj.paths, "-o", tmp_path / "out" / "a.safetensors"]
     os.environ["WA_TEST_KILL_RANK"] = "1"
+    os.environ["WA_TEST_HOOKS"] = "1"
     try:
         proc = torchrun(2, env_args, cwd=tmp_path)
     finally:
         del os.environ["WA_TEST_KILL_RANK"]
+        del os.environ["WA_TEST_HOOKS"]
     assert proc.returncode != 0
     # Rank 0 is stopped by torchrun, or sees the broken connection first: either says so.
     (line,) = wa_errors(proc.stderr)

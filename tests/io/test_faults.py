@@ -63,7 +63,7 @@ def test_interrupt_while_removing_the_old_folder_leaves_the_new_one(tmp_path, mo
             raise KeyboardInterrupt
         real_rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(atomic.shutil, "rmtree", half_then_interrupt)
+    monkeypatch.setattr(shutil, "rmtree", half_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         write_state_dict(NEW, out, force=True, max_shard_size=1000)
     assert _same(_folder_state(out), NEW)

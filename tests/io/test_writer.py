@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.writer import OutputTensor, parse_size, write_safetensors, write_state_dict
@@ -59,17 +59,19 @@ def test_shards_and_index(tmp_path):
 
 def test_existing_output_needs_force_and_force_replaces(tmp_path):
     out = tmp_path / "o.safetensors"
-    out.write_bytes(b"old")
+    save_file({"a": torch.zeros(1)}, out)
+    old = out.read_bytes()
     with pytest.raises(WaError, match="already exists"):
         write_state_dict({"a": torch.ones(1)}, out)
-    assert out.read_bytes() == b"old"
+    assert out.read_bytes() == old
     write_state_dict({"a": torch.ones(1)}, out, force=True)
     assert torch.equal(load_file(out)["a"], torch.ones(1))
 
 
 def test_error_mid_write_leaves_no_output_and_no_temporary(tmp_path):
     out = tmp_path / "o.safetensors"
-    out.write_bytes(b"previous")
+    save_file({"a": torch.zeros(1)}, out)
+    previous = out.read_bytes()
 
     def failing():
         yield "a", torch.ones(100)
@@ -78,7 +80,7 @@ def test_error_mid_write_leaves_no_output_and_no_temporary(tmp_path):
     specs = [OutputTensor("a", torch.float32, (100,)), OutputTensor("b", torch.float32, (100,))]
     with pytest.raises(RuntimeError, match="disk on fire"):
         write_safetensors(out, specs, failing(), {}, force=True)
-    assert out.read_bytes() == b"previous"
+    assert out.read_bytes() == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.safetensors"]
 
 

@@ -139,6 +139,17 @@ def _show_warning(
     logging.getLogger("wa_cli").warning("%s", message)
 
 
+def _tolerant_streams() -> None:
+    """Text the streams' encoding cannot hold prints escaped (``\\xe9``), never a traceback:
+    ``PYTHONIOENCODING=ascii`` with a non-ASCII name, or a file name that is not UTF-8 (its
+    bytes arrive as lone surrogates)."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", "") != "backslashreplace":
+            with contextlib.suppress(Exception):
+                reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``wa`` console script: one ``wa: error:`` line per user error.
 
@@ -146,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     ``--debug`` or ``WA_DEBUG=1`` every log record prints and Python warnings show as usual.
     """
     args = sys.argv[1:] if argv is None else list(argv)
+    _tolerant_streams()
     debug = _debug_requested(args)
     logger = logging.getLogger("wa_cli")
     handler = _StderrHandler(
@@ -227,12 +239,7 @@ def _run(args: list[str], debug: bool) -> None:
     except (signals.Interrupted, KeyboardInterrupt) as e:
         stop = e if isinstance(e, signals.Interrupted) else signals.Interrupted(signal.SIGINT)
         distributed.interrupted()  # torchrun stops every rank with SIGTERM when one fails
-        written = atomic.committed[written_before:]
-        what = (
-            f"after writing {', '.join(repr(str(p)) for p in written)}"
-            if written
-            else "nothing was written"
-        )
+        what = atomic.written_note(written_before)
         signals.reported()
         _fail(f"interrupted by {stop.name}; {what}", ExitCode.USAGE, status=stop.status)
     except Exception as e:

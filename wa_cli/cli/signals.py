@@ -125,11 +125,9 @@ def hard_exit(signum: int) -> None:
         atomic.remove_live()
     if not _state["reported"]:
         with contextlib.suppress(BaseException):
-            os.write(
-                2,
-                f"wa: error: interrupted by {Interrupted(signum).name}; nothing was "
-                "written\n".encode(),
-            )
+            what = atomic.written_note()  # what is on disk: outputs already renamed into place
+            line = f"wa: error: interrupted by {Interrupted(signum).name}; {what}\n"
+            os.write(2, line.encode("utf-8", "backslashreplace"))
     _real_exit(128 + signum)
 
 

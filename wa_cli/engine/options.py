@@ -10,6 +10,7 @@ is validated the same way and a bad one names its parameter.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,3 +143,15 @@ class WriteOptions:
             output_format=cast(OutputFormat, output_format),
             copy_config=check.flag("copy_config", copy_config),
         )
+
+    def check_output(self, output: str | os.PathLike[str]) -> None:
+        """The destination checks that need no input (a link, a file wa did not write, an
+        existing output without ``force``, a missing folder), made before any tensor is read:
+        a run must not read (and compare) every input to refuse its ``-o`` at the end."""
+        from wa_cli.io.atomic import check_destination
+        from wa_cli.io.guard import refuse_file_link
+
+        path = Path(output)
+        refuse_file_link(path)
+        if path.is_file():  # a folder output (shards, DCP) is checked with its layout, later
+            check_destination(path, self.force)

@@ -48,6 +48,7 @@ from wa_cli.engine.report import (
     input_reads,
 )
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.io import hooks
 from wa_cli.io.atomic import atomic_destination
 from wa_cli.io.safetensors_header import build_header
 from wa_cli.io.writer import (
@@ -187,7 +188,7 @@ class _Job:
             )
         )
         if self.sharded:
-            tmp.mkdir()
+            tmp.mkdir(exist_ok=True)  # atomic_destination creates it (locked)
         else:
             header, sizes = self._header(self.layout[0])
             with open(tmp, "wb") as f:
@@ -297,8 +298,9 @@ class _Job:
 def _with_test_hooks(
     chunks: Iterator[tuple[str, torch.Tensor]], rank: int
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """``WA_TEST_KILL_RANK=R``: rank R dies by SIGKILL mid-write (the failure tests need one)."""
-    if os.environ.get(KILL_HOOK_ENV) != str(rank):
+    """``WA_TEST_HOOKS=1 WA_TEST_KILL_RANK=R``: rank R dies by SIGKILL mid-write (for the
+    failure tests)."""
+    if hooks.value(KILL_HOOK_ENV) != str(rank):  # only with WA_TEST_HOOKS=1
         return chunks
 
     def killing() -> Iterator[tuple[str, torch.Tensor]]:

@@ -10,44 +10,52 @@ Guarantees (docs/safety.md, "Nothing lost"):
   crash or SIGKILL there leaves the old folder at its ``.wa-tmp`` name).
 * Without ``--force`` the destination is created exclusively (``RENAME_NOREPLACE``, or a hard link
   for files), so two runs writing one path cannot both succeed.
-* Temporary names are ``.NAME.wa-tmp-PID-XXXX`` (cut to fit NAME_MAX). A run writing a
-  destination first removes the stale temporaries of processes that no longer exist (left by a
-  SIGKILL or a power cut) and says so once.
+* Temporary names are ``.NAME.wa-tmp-PID-XXXX`` (cut to fit NAME_MAX). The writing process
+  holds an exclusive ``flock`` on its temporary from before the name exists (it is created under
+  a ``.wa-new-`` name, locked, then renamed) until it is committed or removed. A run writing a
+  destination first removes the stale temporaries: those whose process is not alive in its PID
+  namespace *and* whose lock it can take (left by a SIGKILL or a power cut), and says so once.
+  A run in another PID namespace (a container sharing the folder) holds its lock, so its live
+  temporary is never taken for stale.
 * ``transaction()`` commits several outputs together (graft's N outputs): all are written to
-  temporaries first, and a failure before the commit leaves none of them.
+  temporaries first, and a failure before the commit leaves none of them. The commit itself is
+  journaled (:mod:`wa_cli.io.journal`): a crash during it is finished by the next run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import ctypes
 import errno
 import hashlib
 import logging
 import os
 import re
 import secrets
-import shutil
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wa_cli.errors import ExitCode, WaError
-from wa_cli.io.guard import Reads
+from wa_cli.io import journal
+from wa_cli.io.guard import PLOT, SAFETENSORS, Reads
 from wa_cli.io.guard import check_destination as _guard_check
+from wa_cli.io.held_signals import signals_blocked
+from wa_cli.io.locks import TMP
+from wa_cli.io.locks import alive as _alive
+from wa_cli.io.locks import create_locked as _create_locked
+from wa_cli.io.locks import lock_held as _lock_held
+from wa_cli.io.locks import release as _release
+from wa_cli.io.renames import exchange as _exchange
+from wa_cli.io.renames import remove_path
+from wa_cli.io.renames import rename_noreplace as _rename_noreplace
 
 logger = logging.getLogger("wa_cli")
 
-_TMP = ".wa-tmp-"
+__all__ = ["PLOT", "SAFETENSORS", "atomic_destination", "check_destination", "transaction"]
+
+_TMP = TMP
 _TMP_RE = re.compile(r"\.wa-tmp-(\d+)-[0-9a-f]+$")
-_RENAME_NOREPLACE = 1
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-_SIGNALS = tuple(
-    s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None
-)
 
 
 def _name_max(folder: Path) -> int:
@@ -61,10 +69,11 @@ def _stem(destination: Path) -> str:
     """``.NAME`` for the temporaries of ``destination``, shortened (with a hash) past NAME_MAX."""
     name = destination.name
     room = _name_max(destination.parent if str(destination.parent) else Path(".")) - 40
-    if len(name.encode()) <= room:
+    raw = os.fsencode(name)  # the bytes on disk: a name need not be UTF-8
+    if len(raw) <= room:
         return f".{name}"
-    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-    short = name.encode()[: room - 9].decode(errors="ignore")
+    digest = hashlib.sha1(raw).hexdigest()[:8]
+    short = os.fsdecode(raw[: room - 9])
     return f".{short}~{digest}"
 
 
@@ -94,21 +103,13 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale(destination: Path) -> list[Path]:
-    """Remove temporaries of ``destination`` whose process is gone; say so in one line."""
+    """Remove temporaries of ``destination`` whose process is gone; say so in one line.
+
+    Gone means both: no process of that PID in this namespace, and nobody holds the lock.
+    """
     parent = destination.parent if str(destination.parent) else Path(".")
+    journal.finish_interrupted(parent)  # first: its temporaries are the outputs it commits
     stem = _stem(destination) + _TMP
     removed = []
     try:
@@ -118,6 +119,8 @@ def remove_stale(destination: Path) -> list[Path]:
     for entry in entries:
         m = _TMP_RE.search(entry.name)
         if m and entry.name[: m.start()] + _TMP == stem and not _alive(int(m.group(1))):
+            if _lock_held(entry.path):
+                continue
             with contextlib.suppress(OSError):
                 _remove(Path(entry.path))
                 removed.append(Path(entry.path))
@@ -136,67 +139,10 @@ def check_destination(
     *,
     folder: bool = False,
     reads: Reads = (),
+    kind: str = SAFETENSORS,
 ) -> None:
     """The guard (``wa_cli.io.guard``): every writer checks its destination through this."""
-    _guard_check(destination, force, folder=folder, reads=reads)
-
-
-# renameat2 -----------------------------------------------------------------------------------
-
-_libc: ctypes.CDLL | None = None
-
-
-def _renameat2(src: Path, dst: Path, flags: int) -> bool:
-    """``renameat2(src, dst, flags)``; False when the kernel, libc or filesystem lacks it."""
-    global _libc
-    if not hasattr(os, "uname") or os.uname().sysname != "Linux":
-        return False
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    a, b = os.fsencode(src), os.fsencode(dst)
-    fn = getattr(_libc, "renameat2", None)
-    if fn is not None:
-        rc = fn(_AT_FDCWD, a, _AT_FDCWD, b, ctypes.c_uint(flags))
-    else:  # glibc before 2.28: the raw system call
-        number = {"x86_64": 316, "aarch64": 276}.get(os.uname().machine)
-        if number is None:
-            return False
-        rc = _libc.syscall(number, _AT_FDCWD, a, _AT_FDCWD, b, ctypes.c_uint(flags))
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(dst))
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two existing paths in one step; False where unsupported (the caller falls back)."""
-    return _renameat2(a, b, _RENAME_EXCHANGE)
-
-
-def _rename_noreplace(src: Path, dst: Path) -> None:
-    """Rename, failing with EEXIST if ``dst`` exists (two runs cannot both create it)."""
-    if _renameat2(src, dst, _RENAME_NOREPLACE):
-        return
-    if src.is_dir():
-        os.rename(src, dst)  # POSIX refuses a non-empty folder; an empty one is no output
-        return
-    os.link(src, dst)  # fails with EEXIST
-    os.unlink(src)
-
-
-@contextlib.contextmanager
-def signals_blocked() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM/SIGHUP until the block ends (they are delivered after it)."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    _guard_check(destination, force, folder=folder, reads=reads, kind=kind)
 
 
 # commit --------------------------------------------------------------------------------------
@@ -209,6 +155,7 @@ class _Pending:
     force: bool
     old: Path | None = None  # where the previous output went, until removed
     done: bool = False
+    lock: int | None = None  # the descriptor holding the temporary's lock until the end
 
 
 @dataclass
@@ -221,6 +168,14 @@ _transaction: contextvars.ContextVar[_Transaction | None] = contextvars.ContextV
 )
 # Destinations committed by this process (the interrupt message says what was written).
 committed: list[Path] = []
+
+
+def written_note(since: int = 0) -> str:
+    """What an interrupt leaves on disk: the outputs committed (after ``committed[since]``)."""
+    written = committed[since:]
+    if not written:
+        return "nothing was written"
+    return f"after writing {', '.join(repr(str(p)) for p in written)}"
 
 
 def _commit(p: _Pending) -> None:
@@ -286,6 +241,10 @@ def _finish(pending: list[_Pending]) -> None:
     """
     with signals_blocked():
         done: list[_Pending] = []
+        # Several outputs: a journal lets the next run finish a commit that a crash cut short.
+        started = (
+            journal.begin([(p.tmp, p.destination) for p in pending]) if len(pending) > 1 else None
+        )
         try:
             for p in pending:
                 try:
@@ -299,6 +258,7 @@ def _finish(pending: list[_Pending]) -> None:
             for p in reversed(done):
                 with contextlib.suppress(OSError):
                     _rollback(p)
+            journal.end(started)
             raise
         for p in pending:
             parent = p.destination.parent if str(p.destination.parent) else Path(".")
@@ -313,6 +273,7 @@ def _finish(pending: list[_Pending]) -> None:
                     with contextlib.suppress(OSError):
                         _remove(p.old)  # retry once; a stale copy is removed by the next run
                     raise
+        journal.end(started)
 
 
 @contextlib.contextmanager
@@ -331,6 +292,9 @@ def transaction() -> Iterator[None]:
             if not p.done:
                 _remove(p.tmp)
         raise
+    finally:
+        for p in t.pending:
+            _release(p.lock)
 
 
 @contextlib.contextmanager
@@ -340,11 +304,13 @@ def atomic_destination(
     *,
     folder: bool = False,
     reads: Reads = (),
+    kind: str = SAFETENSORS,
 ) -> Iterator[Path]:
     """Yield a temporary path to fill; on success it replaces ``destination`` atomically.
 
     The destination is checked by the guard first (``folder``: the output is a shard folder;
-    ``reads``: files the caller reads). The temporary may be made a file or a folder by the
+    ``reads``: files the caller reads; ``kind``: ``SAFETENSORS`` or ``PLOT``, what ``force`` may
+    replace). The temporary may be made a file or a folder by the
     caller. On any exception (KeyboardInterrupt included) it is removed and ``destination`` is
     left as it was. Inside ``transaction()`` the commit waits for the end of the block.
 
@@ -353,11 +319,15 @@ def atomic_destination(
         ...     tmp.write_bytes(b"...")
     """
     destination = Path(destination)
-    check_destination(destination, force, folder=folder, reads=reads)
+    check_destination(destination, force, folder=folder, reads=reads, kind=kind)
     remove_stale(destination)
     tmp = temporary_sibling(destination)
+    try:
+        lock = _create_locked(tmp, folder)
+    except OSError as e:
+        raise WaError(f"cannot write '{destination}': {e.strerror or e}", ExitCode.OUTPUT) from e
     _live.add(tmp)
-    pending = _Pending(tmp, destination, force)
+    pending = _Pending(tmp, destination, force, lock=lock)
     try:
         yield tmp
         if tmp.is_dir():
@@ -366,6 +336,7 @@ def atomic_destination(
         fsync_path(tmp)
     except BaseException:
         _remove(tmp)
+        _release(lock)
         raise
     t = _transaction.get()
     if t is not None:
@@ -377,12 +348,10 @@ def atomic_destination(
         if not pending.done:
             _remove(tmp)
         raise
+    finally:
+        _release(lock)
 
 
 def _remove(path: Path) -> None:
     _live.discard(path)
-    with contextlib.suppress(FileNotFoundError):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+    remove_path(path)

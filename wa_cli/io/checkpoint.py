@@ -8,6 +8,7 @@ loop over mmapped files still reaches 9 GB (PEERS.md).
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.io.descriptors import changed, identity, reopen, special_kind
 from wa_cli.io.guard import ReadPath, describe
 from wa_cli.io.keys import strip_names
 from wa_cli.io.safetensors_header import TensorInfo
@@ -142,18 +144,29 @@ _lock = threading.RLock()
 
 
 class PositionalFile:
-    """One input file, opened when read and closed when others need the descriptor.
+    """One input file, read through the descriptor it was opened with.
 
-    Its identity (device, inode, size, modification time) is taken when the checkpoint is opened
-    and checked at every read: a file replaced or rewritten between two passes (or while wa
-    runs) is an error, never bytes of another file read at the first pass's offsets.
+    Its identity (device, inode, size, modification time) is taken from that descriptor and
+    checked at every read: a file replaced or rewritten between two passes (or while wa runs) is
+    an error, never bytes of another file read at the first pass's offsets. The descriptor is
+    closed when others need one (500 inputs under ``ulimit -n 64``); opening it again checks
+    that the path still names the same regular file and never blocks on a FIFO swapped in
+    (:func:`wa_cli.io.descriptors.reopen`).
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, fd: int | None = None):
         self.path = path
         self._fd: int | None = None
+        self._identity: tuple[int, ...] | None = None
+        if fd is not None:
+            self._identity = identity(os.fstat(fd))
+            with _lock:
+                self._make_room()
+                self._fd = fd
+                _open_files[id(self)] = self
+            return
         try:
-            self._identity: tuple[int, ...] | None = _identity(os.stat(path))
+            self._identity = identity(os.stat(path))
         except OSError:
             self._identity = None
 
@@ -166,6 +179,17 @@ class PositionalFile:
             fd = self._descriptor()
             self._read_all(fd, out, position, key)
             self._check(os.fstat(fd))
+            self._check_path()
+
+    def _check_path(self) -> None:
+        """The path still names the file read (not a replacement, a FIFO, or nothing)."""
+        try:
+            st = os.stat(self.path)
+        except OSError as e:
+            raise changed(self.path, f"it is gone: {e.strerror or e}") from e
+        if not stat.S_ISREG(st.st_mode):
+            raise changed(self.path, f"it is now a {special_kind(st.st_mode)}")
+        self._check(st)
 
     def _read_all(self, fd: int, out: torch.Tensor, position: int, key: str) -> None:
         n = out.numel()
@@ -180,46 +204,34 @@ class PositionalFile:
                     ExitCode.BAD_INPUT,
                 ) from e
             if got == 0:
-                raise WaError(
-                    f"'{self.path}' ended while reading {key!r} (was it truncated while wa ran?)",
-                    ExitCode.BAD_INPUT,
-                )
+                raise changed(self.path, f"it ended while reading {key!r}, {n - done} bytes short")
             done += got
 
     def _descriptor(self) -> int:
         if self._fd is not None:
             _open_files.move_to_end(id(self))
             return self._fd
+        self._make_room()
+        return self._open()
+
+    def _make_room(self) -> None:
         while len(_open_files) >= MAX_OPEN_FILES:
             _, oldest = _open_files.popitem(last=False)
             oldest.close()
-        return self._open()
 
     def _open(self) -> int:
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError as e:
-            raise WaError(
-                f"cannot read '{self.path}': {e.strerror or e}", ExitCode.BAD_INPUT
-            ) from e
-        try:
-            self._check(os.fstat(fd))
-        except BaseException:
-            os.close(fd)
-            raise
+        fd = reopen(self.path, self._identity)
+        if self._identity is None:
+            self._identity = identity(os.fstat(fd))
         self._fd = fd
         _open_files[id(self)] = self
         return fd
 
     def _check(self, st: os.stat_result) -> None:
         if self._identity is None:
-            self._identity = _identity(st)
-        elif _identity(st) != self._identity:
-            raise WaError(
-                f"'{self.path}' changed while wa ran (replaced or rewritten since it was opened: "
-                "its size, time or inode differ); nothing was written, run again",
-                ExitCode.BAD_INPUT,
-            )
+            self._identity = identity(st)
+        elif identity(st) != self._identity:
+            raise changed(self.path, "replaced or rewritten: its size, time or inode differ")
 
     def close(self) -> None:
         with _lock:
@@ -227,7 +239,3 @@ class PositionalFile:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-
-
-def _identity(st: os.stat_result) -> tuple[int, ...]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)

@@ -75,7 +75,7 @@ def write_dcp(
 
     try:
         with atomic_destination(destination, force, folder=True, reads=reads) as tmp:
-            tmp.mkdir()
+            tmp.mkdir(exist_ok=True)  # atomic_destination creates it (locked)
             stage = tmp / _STAGE
             write_files([stage], [tensors], chunks, {"format": "pt"})
             with _mapped(stage) as state:

@@ -8,12 +8,24 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 _BLOCK = 64 * 1024
 _SAMPLES = 8
 COMPARE_BLOCK = 4 << 20  # bytes compared at a time: memory stays bounded for any file size
+
+
+def _open_input(path: str | os.PathLike[str]) -> BinaryIO:
+    """``path`` opened for reading without blocking, if it is still a regular file (an input
+    swapped for a FIFO after its header was read would block a plain ``open`` for ever)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"'{path}' is no longer a regular file")
+    return os.fdopen(fd, "rb")
 
 
 def file_identity(files: Sequence[str | os.PathLike[str]]) -> frozenset[tuple[int, int]] | None:
@@ -38,7 +50,7 @@ def file_sample(path: Path, size: int) -> str | None:
     offsets = {0, max(0, size - _BLOCK)}
     offsets |= {size * i // (_SAMPLES + 1) for i in range(1, _SAMPLES + 1)}
     try:
-        with open(path, "rb") as f:
+        with _open_input(path) as f:
             for offset in sorted(offsets):
                 f.seek(offset)
                 digest.update(f.read(_BLOCK))
@@ -51,7 +63,7 @@ def file_digest(path: Path) -> str | None:
     """A hash of every byte of a file (None when unreadable)."""
     digest = hashlib.blake2b()
     try:
-        with open(path, "rb") as f:
+        with _open_input(path) as f:
             while block := f.read(COMPARE_BLOCK):
                 digest.update(block)
     except OSError:
@@ -62,7 +74,7 @@ def file_digest(path: Path) -> str | None:
 def files_equal(a: Path, b: Path) -> bool:
     """Whether two files hold the same bytes, compared in full, block by block."""
     try:
-        with open(a, "rb") as fa, open(b, "rb") as fb:
+        with _open_input(a) as fa, _open_input(b) as fb:
             while True:
                 block = fa.read(COMPARE_BLOCK)
                 if block != fb.read(COMPARE_BLOCK):

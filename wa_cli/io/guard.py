@@ -8,7 +8,11 @@ A command names files it reads (checkpoints, their shards and indexes, ``--model
   device and inode, so symlinks and hard links count), a folder holding one, or a path inside an
   input's shard folder (a new file there changes what that folder holds);
 * anything that is neither a regular file nor a folder wa wrote: device nodes (``/dev/null``),
-  FIFOs, sockets, a folder of someone else's shards.
+  FIFOs, sockets, a folder of someone else's shards;
+* a symbolic link, dangling or not (``-o /dev/stdout`` would replace the link itself);
+* a file that is not of the kind wa writes there: only a safetensors file (or, for plots, a
+  PNG, PDF, SVG or PostScript file) is replaced, recognised by its first bytes, so
+  ``-o train.py --force`` never replaces a script (an empty file holds nothing and may go).
 
 Readers record what they open with ``note_read`` while a ``session`` is active (the CLI opens one
 per command), so a writer also knows files it was not told about.
@@ -34,6 +38,11 @@ WA_MARK = "wa_version"
 # The index entry listing the files wa copied beside its shards (``--copy-config``), as JSON.
 COMPANIONS_KEY = "wa_companions"
 _MAX_INDEX_BYTES = 64 << 20
+# What wa writes at a destination, and how it recognises an earlier one (the first bytes).
+SAFETENSORS = "safetensors"
+PLOT = "plot"
+_KIND_NAMES = {SAFETENSORS: "a safetensors file", PLOT: "a plot (PNG, PDF, SVG or PostScript)"}
+_PLOT_MAGIC = (b"\x89PNG\r\n\x1a\n", b"%PDF-", b"%!PS")
 
 
 @dataclass(frozen=True)
@@ -105,14 +114,18 @@ def check_destination(
     *,
     folder: bool = False,
     reads: Reads = (),
+    kind: str = SAFETENSORS,
 ) -> None:
     """Refuse a destination that must not be written; see the module docstring.
 
     Args:
         destination: the file (or, with ``folder``, the shard folder) about to be written.
-        force: an existing regular file (or wa shard folder) may be replaced.
+        force: an existing file of the kind wa writes there (or a wa shard folder) may be
+            replaced.
         folder: the output is a folder of shards and an index.
         reads: files the command reads, besides those recorded by ``note_read``.
+        kind: what wa writes there, ``SAFETENSORS`` or ``PLOT``: ``force`` replaces only a file
+            of that kind (or an empty one).
 
     Raises:
         WaError: (OUTPUT) the destination is an input, not replaceable, or its folder is missing.
@@ -120,13 +133,15 @@ def check_destination(
     dest = Path(destination)
     refuse_inputs(dest, reads)
     try:
-        st: os.stat_result | None = os.stat(dest)
+        st: os.stat_result | None = os.lstat(dest)
     except FileNotFoundError:
         st = None
     except OSError as e:
         raise WaError(f"cannot write '{dest}': {e.strerror or e}", ExitCode.OUTPUT) from e
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        _refuse_link(dest)
     if st is not None:
-        _check_existing(dest, st, force, folder)
+        _check_existing(dest, st, force, folder, kind)
     parent = dest.parent if str(dest.parent) else Path(".")
     if not parent.is_dir():
         raise WaError(f"cannot write '{dest}': folder '{parent}' does not exist", ExitCode.OUTPUT)
@@ -164,7 +179,28 @@ def refuse_inputs(destination: str | os.PathLike[str], reads: Reads = ()) -> Non
             )
 
 
-def _check_existing(dest: Path, st: os.stat_result, force: bool, folder: bool) -> None:
+def refuse_file_link(destination: str | os.PathLike[str]) -> None:
+    """Refuse, before anything is read, a link (dangling, or to a file) where a file goes."""
+    dest = Path(destination)
+    if dest.is_symlink() and not dest.is_dir():
+        _refuse_link(dest)
+
+
+def _refuse_link(dest: Path) -> None:
+    try:
+        target = f" to '{os.readlink(dest)}'"
+    except OSError:
+        target = ""
+    raise WaError(
+        f"output '{dest}' is a symbolic link{target}; wa never writes through or over a link, "
+        "even with --force (name a file that is not a link, or remove the link)",
+        ExitCode.OUTPUT,
+    )
+
+
+def _check_existing(
+    dest: Path, st: os.stat_result, force: bool, folder: bool, kind: str = SAFETENSORS
+) -> None:
     if stat.S_ISDIR(st.st_mode):
         if not folder:
             raise WaError(
@@ -176,6 +212,14 @@ def _check_existing(dest: Path, st: os.stat_result, force: bool, folder: bool) -
             _exists(dest)
         _check_wa_folder(dest)
     elif stat.S_ISREG(st.st_mode):
+        found = file_kind(dest) if st.st_size else kind  # an empty file holds nothing to lose
+        if found != kind:
+            what = f"is {_KIND_NAMES[found]}" if found else "holds something else"
+            raise WaError(
+                f"output '{dest}' exists and {what}, not {_KIND_NAMES[kind]}; wa replaces only "
+                f"{_KIND_NAMES[kind]} there, even with --force (choose another name)",
+                ExitCode.OUTPUT,
+            )
         if not force:
             _exists(dest)
     else:
@@ -184,6 +228,32 @@ def _check_existing(dest: Path, st: os.stat_result, force: bool, folder: bool) -
             "regular files and its own shard folders, even with --force",
             ExitCode.OUTPUT,
         )
+
+
+def file_kind(path: Path) -> str | None:
+    """``SAFETENSORS`` or ``PLOT`` when the file's first bytes say so, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        head = os.pread(fd, 4096, 0) if stat.S_ISREG(st.st_mode) else b""
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(head) >= 10:
+        n = int.from_bytes(head[:8], "little")
+        # A header length that fits the file, and JSON that opens an object.
+        if 2 <= n <= st.st_size - 8 and head[8:9] == b"{":
+            return SAFETENSORS
+    if head.startswith(_PLOT_MAGIC):
+        return PLOT
+    text = head.lstrip()
+    if text.startswith((b"<?xml", b"<svg", b"<!DOCTYPE svg")) and b"<svg" in head:
+        return PLOT
+    return None
 
 
 def _exists(dest: Path) -> None:

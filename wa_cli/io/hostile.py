@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.io.descriptors import open_regular, special_kind
 
 # JSON numbers: int64 needs at most 19 digits (20 with a sign).
 MAX_INT_DIGITS = 20
@@ -45,30 +46,21 @@ def require_regular(path: str | os.PathLike[str], what: str = "input") -> os.sta
     return st
 
 
-def special_kind(mode: int) -> str:
-    kinds = [
-        (stat.S_ISCHR, "character device"),
-        (stat.S_ISBLK, "block device"),
-        (stat.S_ISFIFO, "FIFO (named pipe)"),
-        (stat.S_ISSOCK, "socket"),
-        (stat.S_ISDIR, "folder"),
-    ]
-    return next((name for test, name in kinds if test(mode)), "special file")
-
-
 def read_bounded(path: Path, limit: int = MAX_JSON_FILE_BYTES, what: str = "file") -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes (checked before reading)."""
-    st = require_regular(path, what)
-    if st.st_size > limit:
-        raise WaError(
-            f"{what} '{path}' is {st.st_size} bytes, more than the {limit} a {what} may have",
-            ExitCode.BAD_INPUT,
-        )
+    fd, st = open_regular(path, what)  # opened once, never blocking on a FIFO swapped in
     try:
-        with open(path, "rb") as f:
+        if st.st_size > limit:
+            raise WaError(
+                f"{what} '{path}' is {st.st_size} bytes, more than the {limit} a {what} may have",
+                ExitCode.BAD_INPUT,
+            )
+        with open(fd, "rb", closefd=False) as f:
             data = f.read(limit + 1)
     except OSError as e:
         raise WaError(f"cannot read {what} '{path}': {e.strerror or e}", ExitCode.BAD_INPUT) from e
+    finally:
+        os.close(fd)
     if len(data) > limit:
         raise WaError(f"{what} '{path}' grew past {limit} bytes while read", ExitCode.BAD_INPUT)
     return data

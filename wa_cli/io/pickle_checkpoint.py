@@ -12,6 +12,7 @@ offsets and are loaded into memory instead.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 import zipfile
@@ -23,6 +24,7 @@ import torch
 from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.io.checkpoint import Checkpoint, PositionalFile
 from wa_cli.io.deepspeed_pickle import model_states_note
+from wa_cli.io.descriptors import check_unchanged, open_regular
 from wa_cli.io.dtypes import SAFETENSORS_NAMES
 from wa_cli.io.keys import NO_FILTER, KeyFilter, walk_key
 from wa_cli.io.library_layouts import identify
@@ -50,15 +52,21 @@ class PickleCheckpoint(Checkpoint):
         member: Member | None = None,
     ):
         self._base = 0 if member is None else member.offset  # a tar member: its data's offset
-        self._on_file = _offsets_usable(path, member)
-        obj = load_pickle(
-            path,
-            allow_globals=allow_globals,
-            map_location="meta" if self._on_file else "cpu",
-            source=None if member is None else member.open,
-        )
-        deepspeed_note = model_states_note(obj, path)  # ZeRO-3 placeholders: refused
-        self._file = PositionalFile(path)
+        fd, _ = open_regular(path)  # the data is read through this descriptor (see reader)
+        try:
+            self._on_file = _offsets_usable(path, member)
+            obj = load_pickle(
+                path,
+                allow_globals=allow_globals,
+                map_location="meta" if self._on_file else "cpu",
+                source=None if member is None else member.open,
+            )
+            check_unchanged(path, fd)
+            deepspeed_note = model_states_note(obj, path)  # ZeRO-3 placeholders: refused
+        except BaseException:
+            os.close(fd)
+            raise
+        self._file = PositionalFile(path, fd)
         self._cached: tuple[str, torch.Tensor] | None = None
         self.path = path
         found = identify(obj, path, key, variant, _pick_state_dict)

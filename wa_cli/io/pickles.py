@@ -26,6 +26,7 @@ from typing import IO, Any
 import torch
 
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.io.bombs import check_zip_expansion
 from wa_cli.io.pickle_globals import (
     KNOWN_DATA,
     admitted_by_default,
@@ -120,6 +121,7 @@ def load_pickle(
             load.
     """
     classes = allowed_globals(allow_globals)
+    check_zip_expansion(path)  # a deflated storage is inflated whole by torch.load
     try:
         with torch.serialization.safe_globals(list(classes)):
             try:

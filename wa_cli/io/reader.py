@@ -20,6 +20,7 @@ import torch
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.checkpoint import Checkpoint, PositionalFile
 from wa_cli.io.deepspeed_layout import refuse_rank_file
+from wa_cli.io.descriptors import open_regular
 from wa_cli.io.ema_copies import check_variant
 from wa_cli.io.formats import PICKLE_SUFFIXES, is_pickle_name, is_safetensors_name
 from wa_cli.io.guard import ReadPath, describe, note_reads
@@ -48,10 +49,17 @@ class SafetensorsFile(Checkpoint):
     """A single ``.safetensors`` file, read with positional reads."""
 
     def __init__(self, path: Path, memo: LayoutMemo | None = None):
-        header = read_header(path, memo)
+        # Opened once: the header and the data are read through one descriptor (a file swapped
+        # for another, or for a FIFO, after the header read is an error, never a hang).
+        fd, _ = open_regular(path)
+        try:
+            header = read_header(path, memo, fd=fd)
+        except BaseException:
+            os.close(fd)
+            raise
         super().__init__(path, header.tensors, header.metadata)
         self.layout = header.layout
-        self._file = PositionalFile(path)
+        self._file = PositionalFile(path, fd)
 
     def read_into(self, key: str, out: torch.Tensor, byte_offset: int = 0) -> None:
         info = self._tensors[key]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import struct
 from collections.abc import Callable
@@ -20,12 +21,16 @@ import torch
 
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.gc_pause import paused_gc
+from wa_cli.io.descriptors import open_regular, pread_exact
 from wa_cli.io.dtypes import SAFETENSORS_DTYPES, from_safetensors_name, safetensors_name
-from wa_cli.io.hostile import JsonLimitError, json_reason, parse_json, require_regular
+from wa_cli.io.hostile import JsonLimitError, json_reason, parse_json
 
 # The reference implementation refuses headers above 100 MB; a larger one means a corrupt file.
 MAX_HEADER_BYTES = 100_000_000
 ALIGNMENT = 8
+# No checkpoint's tensor has more; a 100 MB header of one shape [1, 1, ...] (49 million dims)
+# made 4 GB of Python objects downstream (the library itself takes 2 GB to hold it).
+MAX_DIMS = 1024
 _INT64 = 2**63 - 1
 _FIELDS = (b'"dtype"', b'"shape"', b'"data_offsets"')
 
@@ -111,7 +116,7 @@ _METADATA_FIRST = re.compile(rb'\{[ \t\n\r]*"__metadata__"[ \t\n\r]*:[ \t\n\r]*'
 _JSON_WHITESPACE = " \t\n\r"
 
 
-def read_header(path: Path, memo: LayoutMemo | None = None) -> Header:
+def read_header(path: Path, memo: LayoutMemo | None = None, *, fd: int | None = None) -> Header:
     """Read and validate the header of a safetensors file; ``WaError`` (exit 3) when corrupt.
 
     As strict as the reference library: strict JSON (no NaN, no duplicate keys), known dtypes,
@@ -119,26 +124,29 @@ def read_header(path: Path, memo: LayoutMemo | None = None) -> Header:
     without gap or overlap, and end exactly at the end of the file. An 80 MB header (a million
     tensors) is parsed in seconds: the collector is paused while its objects are built. With a
     ``memo``, a header whose tensor entries repeat one validated before is not checked again.
+    ``fd``: the file already opened (:func:`wa_cli.io.descriptors.open_regular`), read through
+    that descriptor; otherwise ``path`` is opened (and closed) here.
     """
+    if fd is None:
+        fd, _ = open_regular(path)
+        try:
+            return read_header(path, memo, fd=fd)
+        finally:
+            os.close(fd)
 
     def corrupt(why: str) -> WaError:
         return WaError(f"'{path}' is not a valid safetensors file: {why}", ExitCode.BAD_INPUT)
 
-    size = require_regular(path).st_size
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise corrupt(f"{size} bytes, too short for a header")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER_BYTES or 8 + n > size:
-                raise corrupt(
-                    f"header length {n} does not fit the file's {size} bytes "
-                    "(truncated, or not a safetensors file)"
-                )
-            raw = f.read(n)
-    except OSError as e:
-        raise WaError(f"cannot read '{path}': {e.strerror or e}", ExitCode.BAD_INPUT) from e
+    size = os.fstat(fd).st_size
+    if size < 8:
+        raise corrupt(f"{size} bytes, too short for a header")
+    (n,) = struct.unpack("<Q", pread_exact(fd, 8, 0, path))
+    if n > MAX_HEADER_BYTES or 8 + n > size:
+        raise corrupt(
+            f"header length {n} does not fit the file's {size} bytes "
+            "(truncated, or not a safetensors file)"
+        )
+    raw = pread_exact(fd, n, 8, path)
     with paused_gc():
         if memo is None or n > memo.limit:  # a larger header is not remembered
             return _validated(raw, 8 + n, size - 8 - n, corrupt)
@@ -228,6 +236,8 @@ def _tensors(
             raise corrupt(f"malformed entry for tensor {key!r}") from None
         if type(shape) is not list:
             raise corrupt(f"tensor {key!r} has shape {_short(shape)} (expected a list)")
+        if len(shape) > MAX_DIMS:
+            raise corrupt(f"tensor {key!r} has {len(shape)} dimensions (at most {MAX_DIMS})")
         numel = 1
         for d in shape:
             if type(d) is not int or not 0 <= d <= _INT64:
@@ -293,7 +303,8 @@ def build_header(
         raise ValueError("a tensor name appears twice in the output")
     parts = []
     if metadata:
-        parts.append('"__metadata__":' + json.dumps(dict(metadata), separators=(",", ":")))
+        clean = {_unicode(k): _unicode(v) for k, v in metadata.items()}
+        parts.append('"__metadata__":' + json.dumps(clean, separators=(",", ":")))
     known: dict[tuple[torch.dtype, tuple[int, ...]], tuple[str, int]] = {}
     sizes = []
     offset = 0
@@ -311,6 +322,21 @@ def build_header(
     # Pad with spaces so tensor data starts 8-byte aligned, as the reference writer does.
     body += b" " * (-(len(body) + 8) % ALIGNMENT)
     return struct.pack("<Q", len(body)) + body, sizes
+
+
+def _unicode(text: str) -> str:
+    """``text`` with the bytes of a non-UTF-8 file name (lone surrogates, as ``os.fsdecode``
+    gives them) written as ``\\xff``: JSON readers such as the safetensors library refuse a
+    header holding a lone surrogate, so a file name must not make the output unreadable."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a surrogate not from a file name: escape it as it is
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return raw.decode("utf-8", "backslashreplace")
+    return text
 
 
 # How json.dumps writes a string (ASCII, escaped): its own C function.

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.io import hooks
 from wa_cli.io.atomic import atomic_destination
 from wa_cli.io.formats import checkpoint_suffix, is_pickle_name, strip_checkpoint_suffix
 from wa_cli.io.guard import COMPANIONS_KEY, WA_MARK, Reads
@@ -179,8 +180,7 @@ def write_safetensors(
         with atomic_destination(destination, force, folder=sharded, reads=reads) as tmp:
             if max_shard_size is None:
                 names = [tmp]
-            else:
-                tmp.mkdir()
+            else:  # the folder exists already (created locked by atomic_destination)
                 total = len(groups)
                 names = [tmp / shard_file_name(i, total, shard_name) for i in range(total)]
             _write_groups(names, groups, chunks, metadata)
@@ -211,8 +211,9 @@ def _write_groups(
 ) -> None:
     # Zero-byte chunks carry nothing (zero-sized tensors may send one or none).
     stream = ((key, chunk) for key, chunk in chunks if chunk.numel())
-    # A test hook: seconds to sleep per chunk, so a test can signal a run mid-write.
-    delay = float(os.environ.get("WA_TEST_WRITE_DELAY", "0") or 0)
+    # A test hook (only with WA_TEST_HOOKS=1): seconds to sleep per chunk, so a test can signal
+    # a run mid-write.
+    delay = hooks.write_delay()
     spill = memoryview(b"")  # bytes of the last chunk past the end of the file it began in
     for path, group in zip(paths, groups):
         sink = _FileSink(path, group, metadata)
@@ -260,6 +261,7 @@ def _write_group(
         written += n
         if delay:
             sink.file.flush()
+            hooks.write_marker(sink.file.name)
             time.sleep(delay)
     return spill
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wa_cli.errors import ExitCode, WaError
-from wa_cli.io.atomic import atomic_destination
+from wa_cli.io.atomic import PLOT, atomic_destination
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -68,7 +68,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, force: bool = Fals
     """Write ``fig`` atomically to ``path`` in the format its suffix names."""
     destination = Path(path)
     try:
-        with atomic_destination(destination, force) as tmp:
+        with atomic_destination(destination, force, kind=PLOT) as tmp:
             fig.savefig(tmp, format=plot_format(destination), dpi=120)
     except OSError as e:  # a full disk, a vanished folder: one line, no plot left half-written
         raise WaError(f"cannot write '{destination}': {e.strerror or e}", ExitCode.OUTPUT) from e

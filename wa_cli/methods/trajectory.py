@@ -112,6 +112,8 @@ def run_trajectory(
 ) -> RunReport | DryRun:
     """Select, weigh, then return the plan (``request.dry_run``) or write and report."""
     check_layout(request.write)  # a usage error before anything is read
+    if output is not None and not request.dry_run:
+        request.write.check_output(output)  # a refused -o before any input is read
     selected = select_checkpoints(inputs, request.read, request.selection, dry_run=request.dry_run)
     out = None if output is None else Path(output)
     try:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save as safetensors_bytes
 
 from tests.helpers import TOLERANCE, cnn_state, make_trajectory
 from tests.oracles import np_entropy, spec_alpha
@@ -20,6 +21,9 @@ from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.names import distinct_names
 from wa_cli.io.reader import open_checkpoint
 from wa_cli.methods.graft.files import graft_to_files, output_paths, plan_graft
+
+# An earlier output: a safetensors file, which --force may replace (anything else it may not).
+KEEP_ME = safetensors_bytes({"keep": torch.zeros(1)})
 
 # tiny_cnn keys: 0 = Conv2d, 1 = BatchNorm2d, 4 = Linear.
 MODULE_OF = {"0": "0.weight", "1": "1.weight", "4": "4.weight"}
@@ -140,7 +144,7 @@ def test_every_output_is_checked_before_the_first_is_written(tmp_path: Path) -> 
     traj = make_trajectory(tmp_path / "in", n=3)
     out = tmp_path / "ring"
     out.mkdir()
-    (out / "ckpt_2.grafted.safetensors").write_bytes(b"keep me")
+    (out / "ckpt_2.grafted.safetensors").write_bytes(KEEP_ME)
     with pytest.raises(WaError, match="already exists") as e:
         graft_to_files(traj.paths, out, device="cpu")
     assert e.value.code == ExitCode.OUTPUT

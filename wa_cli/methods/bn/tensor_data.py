@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from wa_cli.errors import ExitCode, WaError, describe_exception, listing
+from wa_cli.io.bombs import check_zip_expansion
 from wa_cli.io.formats import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, checkpoint_suffix
 from wa_cli.io.guard import note_read
 from wa_cli.io.hostile import require_regular
@@ -271,6 +272,8 @@ def _open_npz(
 ) -> tuple[str, tuple[int, ...], Callable[[], _Slicer]]:
     import numpy as np
 
+    # numpy inflates a member whole: a 1.6 MB archive of zeros took 1.8 GB for two batches.
+    check_zip_expansion(path, "data file", "write it with numpy.savez, or as .npy")
     with np.load(path, allow_pickle=False) as archive:
         key = _pick(path, list(archive.files), input_key)
         _check_npz_member(path, archive.zip, key)

@@ -41,6 +41,7 @@ from wa_cli.engine.run import (
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.atomic import check_destination, transaction
 from wa_cli.io.dtypes import dtype_name
+from wa_cli.io.guard import refuse_file_link
 from wa_cli.io.names import distinct_names
 from wa_cli.io.reader import Checkpoint
 from wa_cli.methods.graft.alpha import (
@@ -315,6 +316,7 @@ def graft_to_files(
     """
     choice("precision", precision, Precision)
     dev = resolve_device(device)
+    refuse_file_link(output)  # before the entropies read every input
     if isinstance(inputs, GraftPlan):
         plan = inputs
     else:

@@ -17,7 +17,7 @@ from typing_extensions import Unpack
 from wa_cli.engine.plan import KeysMode, build_plan
 from wa_cli.engine.report import check_output_is_not_input
 from wa_cli.gc_pause import paused_gc
-from wa_cli.io.atomic import check_destination
+from wa_cli.io.atomic import PLOT, check_destination
 from wa_cli.io.names import distinct_names
 from wa_cli.methods.graft.alpha import check_graft_params, ring_pairs_to_write
 from wa_cli.methods.graft.entropy import check_base, check_bins, check_threshold
@@ -106,7 +106,7 @@ def entropy_report(inputs: Inputs, **options: Unpack[EntropyArgs]) -> EntropyRep
     plot = options.get("plot")
     if plot is not None:
         check_plot_available()
-        check_destination(Path(plot), request.write.force)
+        check_destination(Path(plot), request.write.force, kind=PLOT)
     ckpts = select_checkpoints(inputs, request.read, request.selection).items
     try:
         if plot is not None:

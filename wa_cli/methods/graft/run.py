@@ -21,6 +21,7 @@ from wa_cli.engine.plan import build_plan
 from wa_cli.engine.reducers import linear_combination
 from wa_cli.engine.run import RunReport, assemble
 from wa_cli.gc_pause import paused_gc
+from wa_cli.io.guard import refuse_file_link
 from wa_cli.methods.graft.alpha import Rule
 from wa_cli.methods.graft.files import (
     GraftPlan,
@@ -139,6 +140,8 @@ def graft_to_file(
         raise TypeError("graft_to_file() takes no max_shard_size, shard_name or copy_config")
     if output is None and not request.dry_run:
         raise bad("output", "output is required (a file, or a folder for 3+ inputs), or dry_run")
+    if output is not None:
+        refuse_file_link(output)  # a dangling -o link: refused before the entropies read all
     plan = _plan(inputs, request, options)
     r = request.reduce
     if request.dry_run:
