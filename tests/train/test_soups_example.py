@@ -1,4 +1,4 @@
-"""examples/soups.py with small settings: fine-tunes, uniform and greedy soups on the sample task."""
+"""examples/soups.py with small settings: fine-tunes, the uniform and the greedy soup."""
 
 from __future__ import annotations
 
