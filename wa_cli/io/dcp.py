@@ -14,19 +14,18 @@ memory from its chunks' offsets, one tensor at a time.
 
 from __future__ import annotations
 
-import io
-import os
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, cast
 
 import torch
 
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.app_state import Selection, select_model
 from wa_cli.io.checkpoint import Checkpoint, PositionalFile
-from wa_cli.io.dcp_meta import METADATA_FILE, Chunk, DcpLayout, Stored, open_regular, read_layout
+from wa_cli.io.dcp_meta import METADATA_FILE, Chunk, DcpLayout, Stored, read_layout
 from wa_cli.io.dtypes import SAFETENSORS_NAMES
 from wa_cli.io.keys import NO_FILTER, KeyFilter
+from wa_cli.io.member import Member
 from wa_cli.io.pickles import check_key, overlaps
 from wa_cli.io.safetensors_header import TensorInfo
 
@@ -39,41 +38,6 @@ _STEP_ENTRIES = (
     ("train_state.step", "step"),
     ("epoch", "epoch"),
 )
-
-
-class _Slice(io.RawIOBase):
-    """A byte range of a file as a seekable stream (for torch.load of one chunk blob)."""
-
-    def __init__(self, path: Path, start: int, length: int):
-        self._f = os.fdopen(open_regular(path), "rb")
-        self._start, self._length, self._pos = start, length, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
-        self._pos = max(0, min(self._length, base + offset))
-        return self._pos
-
-    def readinto(self, b: Any) -> int:
-        n = min(len(b), self._length - self._pos)
-        if n <= 0:
-            return 0
-        self._f.seek(self._start + self._pos)
-        got = self._f.readinto(memoryview(b)[:n])
-        self._pos += got or 0
-        return got or 0
-
-    def close(self) -> None:
-        self._f.close()
-        super().close()
 
 
 class DcpCheckpoint(Checkpoint):
@@ -155,7 +119,7 @@ class DcpCheckpoint(Checkpoint):
         if where is None or where.length > 1 << 20:
             return None
         try:
-            with _Slice(self._folder / where.file, where.offset, where.length) as f:
+            with Member(self._folder / where.file, where.offset, where.length).open() as f:
                 return torch.load(cast(IO[bytes], f), weights_only=True)
         except Exception:  # an entry wa cannot read safely is no record
             return None
@@ -184,7 +148,7 @@ class DcpCheckpoint(Checkpoint):
         if chunk.located is None:
             path = self._folder / chunk.stored.file
             try:
-                with _Slice(path, chunk.stored.offset, chunk.stored.length) as f:
+                with Member(path, chunk.stored.offset, chunk.stored.length).open() as f:
                     t = torch.load(cast(IO[bytes], f), map_location="meta", weights_only=True)
             except Exception as e:
                 raise WaError(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -28,8 +27,8 @@ from typing import Any, cast
 import torch
 
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.io import descriptors
 from wa_cli.io.dtypes import SAFETENSORS_NAMES
-from wa_cli.io.hostile import special_kind
 
 METADATA_FILE = ".metadata"
 _MAX_METADATA_BYTES = 1 << 30
@@ -132,23 +131,9 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 
 def open_regular(path: Path) -> int:
-    """A read descriptor of ``path``, refused unless it is a regular file: opened with
-    ``O_NONBLOCK`` (a FIFO's open would wait for a writer) and checked on the descriptor."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise WaError(f"cannot read '{path}': {e.strerror or e}", ExitCode.BAD_INPUT) from e
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise WaError(
-                f"'{path}' is a {special_kind(mode)}, not a regular file (a DCP folder holds "
-                "regular files only)",
-                ExitCode.BAD_INPUT,
-            )
-    except BaseException:
-        os.close(fd)
-        raise
+    """A read descriptor of ``path``, refused unless it is a regular file (never blocking on a
+    FIFO): :func:`wa_cli.io.descriptors.open_regular`."""
+    fd, _ = descriptors.open_regular(path, "DCP file")
     return fd
 
 

@@ -1,4 +1,5 @@
-"""A byte range of a file read as a file of its own (a member of an uncompressed tar).
+"""A byte range of a file read as a file of its own (a member of an uncompressed tar, a DCP
+chunk blob).
 
 NeMo's ``.nemo`` is a tar holding ``model_weights.ckpt``; an uncompressed tar stores each member's
 bytes in place, so torch can load the inner checkpoint from a view of that range, and the offsets
@@ -12,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
+
+from wa_cli.io.descriptors import open_regular
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class MemberFile(io.RawIOBase):
     def __init__(self, member: Member):
         super().__init__()
         self._member = member
-        self._fd = os.open(member.path, os.O_RDONLY)
+        self._fd, _ = open_regular(member.path)  # never blocks on a FIFO swapped in
         self._pos = 0
 
     def readable(self) -> bool:
