@@ -42,6 +42,16 @@ FLAGS: dict[str, str] = {
     "decay_per_step": "--decay-per-step",
     "half_life": "--half-life",
     "alpha": "--alpha",
+    # post-hoc EMA
+    "sigma_rel": "--sigma-rel",
+    "gamma": "--gamma",
+    "at_step": "--at-step",
+    "quadrature": "--quadrature",
+    "snapshot_sigma_rels": "--snapshot-sigma-rels",
+    # soups
+    "sweep": "--sweep",
+    "bn_data": "--bn-data",
+    "evaluate": "--eval",
     # selection
     "order": "--order",
     "last": "--last",

@@ -112,7 +112,7 @@ def emit_reduction(
     emit_run_report(result, as_json, quiet)
     if as_json:
         return
-    if result.method == "ema":
+    if result.method in ("ema", "posthoc_ema"):
         title = "weights in the result:"
     elif selection.top_k is not None:
         title = "kept:"
