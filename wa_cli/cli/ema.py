@@ -134,7 +134,7 @@ def ema_command(
         emit_reduction,
         plot_path,
         posthoc_options,
-        posthoc_targets,
+        posthoc_output,
         read_options,
     )
     from wa_cli.cli.render import progress_bar
@@ -157,18 +157,22 @@ def ema_command(
         output_format=output_format,
     )
     read = read_options(key, strip_prefix, include, exclude, allow_global, variant)
-    targets = posthoc_targets(posthoc, output, dry_run)
-    for target, extra in targets:
-        with progress_bar("ema", quiet) as progress:
-            result = wa.ema_to_file(
-                inputs, target, decay=decay, decay_per_step=decay_per_step, half_life=half_life,
-                alpha=alpha, read=read,
-                selection=sel,
-                reduce=reduce,
-                write=write.with_progress(progress),
-                dry_run=dry_run,
-                **extra,
-            )  # fmt: skip
+    several = len(posthoc.get("sigma_rel") or ()) > 1
+    if several:  # one call: the inputs are read once for every width
+        posthoc = {**posthoc, "sigma_rel": list(posthoc["sigma_rel"])}
+    else:
+        posthoc = {**posthoc, "sigma_rel": (posthoc.get("sigma_rel") or [None])[0]}
+    with progress_bar("ema", quiet) as progress:
+        results = wa.ema_to_file(
+            inputs, posthoc_output(output, several, dry_run), decay=decay,
+            decay_per_step=decay_per_step, half_life=half_life, alpha=alpha, read=read,
+            selection=sel,
+            reduce=reduce,
+            write=write.with_progress(progress),
+            dry_run=dry_run,
+            **posthoc,
+        )  # fmt: skip
+    for result in results if isinstance(results, list) else [results]:
         emit_reduction(result, sel, json, quiet)
         if plot is not None and isinstance(result, wa.RunReport):
-            wa.plot_posthoc(result, plot_path(plot, extra, len(targets) > 1), force=force)
+            wa.plot_posthoc(result, plot_path(plot, result.params, several), force=force)

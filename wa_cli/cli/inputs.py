@@ -144,34 +144,11 @@ def posthoc_options(
     return {k: v for k, v in given.items() if v is not None}
 
 
-def posthoc_targets(
-    posthoc: dict[str, Any], output: Path | None, dry_run: bool
-) -> list[tuple[Path | None, dict[str, Any]]]:
-    """One (output, keywords) per requested width: ``-o DIR`` receives ``ema_sigma_S.safetensors``
-    per width when several are given (each reads the inputs again)."""
-    widths = posthoc.get("sigma_rel")
-    rest = {k: v for k, v in posthoc.items() if k != "sigma_rel"}
-    if not widths:
-        return [(output, rest)]
-    if len(widths) == 1:
-        return [(output, {**rest, "sigma_rel": widths[0]})]
-    if output is None and not dry_run:
+def posthoc_output(output: Path | None, several: bool, dry_run: bool) -> Path | None:
+    """``-o`` as given; several ``--sigma-rel`` values need a folder (one file per width)."""
+    if several and output is None and not dry_run:
         raise WaError("several --sigma-rel values need -o DIR (one file per width)", ExitCode.USAGE)
-    if output is not None and output.suffix:
-        raise WaError(
-            f"several --sigma-rel values write one file each into a folder: -o '{output}' has a "
-            "suffix (name a folder)",
-            ExitCode.USAGE,
-        )
-    if output is not None and not dry_run:
-        output.mkdir(parents=True, exist_ok=True)
-    return [
-        (
-            None if output is None else output / f"ema_sigma_{s:g}.safetensors",
-            {**rest, "sigma_rel": s},
-        )
-        for s in widths
-    ]
+    return output
 
 
 def plot_path(plot: Path, extra: dict[str, Any], several: bool) -> Path:

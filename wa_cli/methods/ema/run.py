@@ -227,7 +227,7 @@ class EmaArgs(ReadArgs, SelectArgs, ReduceArgs, total=False):
     half_life: float | None
     alpha: float | None
     steps: Sequence[int | None] | None
-    sigma_rel: float | None
+    sigma_rel: float | Sequence[float] | None
     gamma: float | None
     at_step: int | None
     quadrature: str | None
@@ -307,12 +307,24 @@ def ema_to_file(
     :func:`wa_cli.methods.average.average_to_file`. The report's ``input_weights`` are each input's
     coefficient in the result (they sum to 1).
 
+    ``sigma_rel`` may be a list of widths: ``output`` is then a folder that receives one
+    ``ema_sigma_S.safetensors`` per width, all from one read of the inputs, and a list of
+    reports (or of dry-run plans) is returned, one per width in the order given.
+
     Example:
         >>> report = ema_to_file(paths, "ema.safetensors", half_life=500)  # doctest: +SKIP
         >>> report.input_weights  # doctest: +SKIP
         [0.03, 0.06, 0.13, 0.26, 0.52]
     """
 
+    from wa_cli.methods.ema.multi import check_device, is_several
+
+    if is_several(options.get("sigma_rel")):  # several widths, one read of the inputs
+        from wa_cli.methods.ema.multi import posthoc_many
+
+        check_device(options)  # before the device is resolved (no CUDA here says less)
+        request = Request.of("ema_to_file", options, own=_OWN)
+        return posthoc_many(inputs, output, request, options)  # type: ignore[return-value]
     request = Request.of("ema_to_file", options, own=_OWN)
     posthoc = _posthoc(options)
     if posthoc is not None:
