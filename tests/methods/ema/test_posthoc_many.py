@@ -127,3 +127,21 @@ def test_the_cli_writes_every_width_from_one_read(tmp_path, capsys, monkeypatch)
     bad = run_wa(["ema", *paths, "--sigma-rel", "0.05,0.1", "-o", str(tmp_path / "c"),
                   "--device", "cuda"], capsys)  # fmt: skip
     assert_one_line_error(bad, code=2)
+
+
+def test_a_read_failing_midway_leaves_no_output_of_any_width(tmp_path, monkeypatch):
+    paths = _trajectory(tmp_path)
+    calls = {"n": 0}
+    read = combine.ChunkTask.read
+
+    def failing(self, ckpt, source, buf):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise OSError(5, "Input/output error")
+        return read(self, ckpt, source, buf)
+
+    monkeypatch.setattr(combine.ChunkTask, "read", failing)
+    with pytest.raises((OSError, WaError)):
+        ema_to_file(paths, tmp_path / "d", sigma_rel=[0.05, 0.1])
+    assert calls["n"] >= 8
+    assert list((tmp_path / "d").iterdir()) == []
