@@ -114,7 +114,7 @@ def start(args: Sequence[str]) -> Group:
     except Exception as e:
         raise WaError(
             f"rank {env.rank}: cannot join the other {env.world - 1} rank(s) at {env.address} "
-            f"within {env.timeout_s:g} s ({_first_line(e)}); start every rank with the same "
+            f"within {env.timeout_s:g} s ({first_line(e)}); start every rank with the same "
             "MASTER_ADDR/MASTER_PORT (or torchrun's --rdzv-endpoint)",
             ExitCode.USAGE,
         ) from e
@@ -288,7 +288,7 @@ def _gather(item: Any, what: str) -> list[Any]:
         group.broken = True
         raise WaError(
             f"rank {group.rank}: lost contact with the other ranks while {what} (a rank died, or "
-            f"did not answer within {group.timeout_s:g} s, {TIMEOUT_ENV}): {_first_line(e)}; "
+            f"did not answer within {group.timeout_s:g} s, {TIMEOUT_ENV}): {first_line(e)}; "
             "nothing was written",
             ExitCode.OUTPUT,
         ) from e
@@ -306,7 +306,7 @@ def _local_message(message: str, group: Group) -> str:
     return message if message.startswith(prefix) else prefix + message
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     line = text[0] if text else type(e).__name__
     return line if len(line) <= 300 else line[:297] + "..."

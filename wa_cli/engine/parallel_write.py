@@ -12,7 +12,10 @@ The steps (``wa_cli.engine.distributed.step``), the same on every rank:
    would make); shards go to ranks by the bytes each must read, largest first to the least loaded
    rank; the tensors of a single file are spread the same way, tensor by tensor (each rank then
    ``pwrite``s its tensors in file order). Each rank reads and combines only its tensors, writes
-   them, and fsyncs.
+   them, and fsyncs. A DCP output (``--format dcp``) is a folder whose tensors are spread like a
+   single file's: each rank stages its tensors, then (a step of their own, since DCP's save is
+   itself collective and must not be entered while a rank has failed) the ranks save them as one
+   checkpoint with DCP's collective ``dcp.save`` (``wa_cli.io.dcp_write.save_staged``).
 4. *Commit.* With every rank's "ok" gathered, rank 0 writes the index, fsyncs and renames the
    temporary into place. Any failure before leaves nothing at the destination: rank 0's atomic
    context removes the temporary, and the other ranks remove it too in case rank 0 is gone.
@@ -50,6 +53,7 @@ from wa_cli.engine.report import (
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io import hooks
 from wa_cli.io.atomic import atomic_destination
+from wa_cli.io.dcp_write import check_dcp_output, save_staged, stage_path
 from wa_cli.io.safetensors_header import build_header
 from wa_cli.io.writer import (
     INDEX_NAME,
@@ -76,6 +80,7 @@ def combine_to_file_distributed(
     """:func:`wa_cli.engine.run.combine_to_file` with this rank writing its share of the output."""
     try:
         job = _Job(plan, weights, Path(output), recipe.metadata, out.max_shard_size)
+        job.dcp = out.output_format == "dcp"
         ranks = job.run(opts.precision, opts.device, out.force, out.progress)
     finally:
         for ckpt in plan.checkpoints:
@@ -112,6 +117,7 @@ class _Job:
         self.group = group
         self.plan, self.weights, self.output, self.metadata = plan, weights, output, metadata
         self.sharded = max_shard_size is not None
+        self.dcp = False  # --format dcp: a DCP folder, its tensors spread like a single file's
         self.max_shard_size = max_shard_size
         self.seconds = 0.0
         self.layout: list[list[OutputTensor]] = []
@@ -135,6 +141,8 @@ class _Job:
                 ranks = distributed.step(
                     "writing", lambda: self._write(tmp, precision, device, progress)
                 )
+                if self.dcp:
+                    distributed.step("saving the DCP checkpoint", lambda: self._save(tmp))
                 distributed.step("committing the output", lambda: self._commit(tmp, stack))
         except BaseException:
             if tmp is not None and self.group.rank != 0:
@@ -146,7 +154,10 @@ class _Job:
     # Step 1
     def _prepare(self) -> plan_digest.Summary:
         check_output_is_not_input(self.output, self.plan)
-        check_output_name(self.output, sharded=self.sharded)
+        if self.dcp:
+            check_dcp_output(self.output)
+        else:
+            check_output_name(self.output, sharded=self.sharded)
         self.layout = shard_layout(self.plan.output_tensors(), self.max_shard_size)
         self.names = [shard_file_name(i, len(self.layout)) for i in range(len(self.layout))]
         tasks = schedule(self.plan, self.weights, chunk_elements=1 << 62)
@@ -160,7 +171,7 @@ class _Job:
             tensors=len(self.plan.keys),
             headers=headers.hexdigest()[:16],
             weights=plan_digest.digest((t.entry.key, t.inputs, t.total) for t in tasks),
-            output=f"{self.output} (max shard size {self.max_shard_size})",
+            output=f"{self.output} (max shard size {self.max_shard_size}, dcp {self.dcp})",
         )
         return summary
 
@@ -182,12 +193,11 @@ class _Job:
     def _open(self, stack: contextlib.ExitStack, force: bool) -> str | None:
         if self.group.rank != 0:
             return None
+        folder = self.sharded or self.dcp
         tmp = stack.enter_context(
-            atomic_destination(
-                self.output, force, folder=self.sharded, reads=input_reads(self.plan)
-            )
+            atomic_destination(self.output, force, folder=folder, reads=input_reads(self.plan))
         )
-        if self.sharded:
+        if folder:
             tmp.mkdir(exist_ok=True)  # atomic_destination creates it (locked)
         else:
             header, sizes = self._header(self.layout[0])
@@ -233,6 +243,9 @@ class _Job:
                 if self.sharded:
                     paths = [tmp / self.names[i] for i in mine]
                     write_files(paths, [self.layout[i] for i in mine], chunks, self.metadata)
+                elif self.dcp:
+                    stage = stage_path(tmp, rank)
+                    write_files([stage], [sub.output_tensors()], chunks, {"format": "pt"})
                 else:
                     self._write_ranges(tmp, chunks)
             finally:
@@ -276,12 +289,31 @@ class _Job:
         scale = total / mine if mine else 0.0
         return lambda n: progress(int(n * scale), total)
 
+    # Step 3b (DCP)
+    def _save(self, tmp: Path) -> None:
+        """Every rank at once: DCP's collective save of the staged tensors."""
+        stage: Path | None = stage_path(tmp, self.group.rank)
+        if stage is not None and not stage.exists():
+            stage = None  # this rank has no tensors: it still takes part in the collective save
+        try:
+            save_staged(tmp, stage, collective=True, process_group=self.group.control)
+        except (WaError, OSError):
+            raise
+        except Exception as e:  # DCP's CheckpointException, or a collective that failed
+            raise WaError(
+                f"cannot write '{self.output}': torch.distributed.checkpoint failed: "
+                f"{distributed.first_line(e)}",
+                ExitCode.OUTPUT,
+            ) from e
+
     # Step 4
     def _commit(self, tmp: Path, stack: contextlib.ExitStack) -> None:
         if self.group.rank != 0:
             return
         if self.sharded:
             write_index(tmp / INDEX_NAME, [tmp / n for n in self.names], self.layout, self.metadata)
+        elif self.dcp:  # every rank has removed its staging file (it said ok after doing so)
+            self.names = sorted(p.name for p in tmp.iterdir())
         try:
             stack.close()  # atomic_destination: fsync, rename into place, fsync the folder
         except OSError as e:
@@ -290,6 +322,8 @@ class _Job:
             ) from e
 
     def final_paths(self) -> list[Path]:
+        if self.dcp:
+            return [self.output / n for n in self.names]
         if not self.sharded:
             return [self.output]
         return [self.output / n for n in [*self.names, INDEX_NAME]]

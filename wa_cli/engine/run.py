@@ -64,10 +64,9 @@ def combine_to_file(
     if distributed.active() is not None:  # torchrun: every rank writes its part
         from wa_cli.engine.parallel_write import combine_to_file_distributed
 
-        if (out.shard_name or "model") != "model" or out.copy_files or dcp:
+        if (out.shard_name or "model") != "model" or out.copy_files:
             raise WaError(
-                "--shard-name, --copy-config and --format dcp are not supported under torchrun "
-                "yet "
+                "--shard-name and --copy-config are not supported under torchrun yet "
                 "(run without torchrun)",
                 ExitCode.USAGE,
             )

@@ -2,9 +2,10 @@
 
 A torchtitan or FSDP user resumes or evaluates from the merged weights with the tools they have:
 ``dcp.load(model.state_dict(), checkpoint_id=DIR)``. The folder is written by DCP's own
-``FileSystemWriter`` (never a hand-made ``.metadata``), single-process (under torchrun wa refuses
-``--format dcp`` for now), and atomically like every other output: into a temporary sibling that
-is renamed into place when complete.
+``FileSystemWriter`` (never a hand-made ``.metadata``), atomically like every other output: into a
+temporary sibling that is renamed into place when complete. Under torchrun every rank stages its
+share of the keys and the ranks save them together, as one checkpoint, with DCP's collective
+``dcp.save`` (:func:`save_staged` with the process group; see ``wa_cli.engine.parallel_write``).
 
 DCP's writer takes a state dict of tensors, not a stream. So the stream is first written, as
 every output is, to a safetensors staging file inside the temporary folder; its tensors are then
@@ -19,6 +20,7 @@ import mmap
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,6 +31,11 @@ from wa_cli.io.safetensors_header import read_header
 from wa_cli.io.writer import OutputTensor, write_files
 
 _STAGE = ".wa-stage.safetensors"
+
+
+def stage_path(folder: Path, rank: int | None = None) -> Path:
+    """The safetensors staging file inside the temporary ``folder`` (one per rank: torchrun)."""
+    return folder / (_STAGE if rank is None else f".wa-stage-rank{rank}.safetensors")
 
 
 def check_dcp_output(destination: Path) -> None:
@@ -71,21 +78,42 @@ def write_dcp(
     check_dcp_output(destination)
     if not torch.distributed.is_available():
         raise WaError("--format dcp needs a torch build with torch.distributed", ExitCode.USAGE)
-    import torch.distributed.checkpoint as dcp
-
     try:
         with atomic_destination(destination, force, folder=True, reads=reads) as tmp:
             tmp.mkdir(exist_ok=True)  # atomic_destination creates it (locked)
-            stage = tmp / _STAGE
+            stage = stage_path(tmp)
             write_files([stage], [tensors], chunks, {"format": "pt"})
-            with _mapped(stage) as state:
-                writer = dcp.FileSystemWriter(str(tmp), single_file_per_rank=True)
-                dcp.save(state, storage_writer=writer, no_dist=True)
-            stage.unlink()
+            save_staged(tmp, stage)
             names = sorted(p.name for p in tmp.iterdir())
     except OSError as e:
         raise WaError(f"cannot write '{destination}': {e.strerror or e}", ExitCode.OUTPUT) from e
     return [destination / n for n in names]
+
+
+def save_staged(
+    folder: Path, stage: Path | None, *, collective: bool = False, process_group: Any = None
+) -> None:
+    """Save the staged tensors into ``folder`` with DCP's own writer, then remove the stage.
+
+    Args:
+        folder: the (temporary) DCP folder.
+        stage: the safetensors staging file, or ``None`` for a rank with no tensors of its own.
+        collective: under torchrun, every rank calls this at once: DCP's collective save, where
+            each rank writes ``__RANK_0.distcp`` with its own keys (disjoint from the others')
+            and rank 0, DCP's coordinator, writes ``.metadata`` for them all.
+        process_group: the group of a collective save (``None``: the default group).
+    """
+    import torch.distributed.checkpoint as dcp
+
+    writer = dcp.FileSystemWriter(str(folder), single_file_per_rank=True)
+    with contextlib.ExitStack() as stack:
+        state = stack.enter_context(_mapped(stage)) if stage is not None else {}
+        if not collective:
+            dcp.save(state, storage_writer=writer, no_dist=True)
+        else:
+            dcp.save(state, storage_writer=writer, process_group=process_group)
+    if stage is not None:
+        stage.unlink()
 
 
 @contextlib.contextmanager
