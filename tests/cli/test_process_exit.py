@@ -1,8 +1,9 @@
 """How the ``wa`` process ends: without the interpreter's teardown, once everything is flushed.
 
-Freeing torch and a large run object by object cost 0.7 s of a 3 s run, so a command that runs
-only wa's code ends with ``os._exit`` after flushing stdout and stderr; ``bn-recalibrate``, which
-runs the user's model and data loader, ends normally. Each case is a real process: an ``atexit``
+The teardown (mostly torch's own) cost ~30 % of a small run (benchmarks/bench_teardown.py), so a
+command that runs only wa's code ends with ``os._exit`` after flushing stdout and stderr;
+``bn-recalibrate``, which runs the user's model and data loader, ends normally, and so does a
+command under a profiler. Each case is a real process: an ``atexit``
 hook shows whether the teardown ran, and the pipes show that nothing printed was lost.
 """
 

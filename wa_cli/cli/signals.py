@@ -145,17 +145,23 @@ def last_line() -> None:
     _state["reported"] = True
 
 
-def skip_teardown(skip: bool = True) -> None:
-    """Let the ``wa`` process end without the interpreter's teardown once the command is done.
+def skip_teardown(only_wa_code: bool) -> None:
+    """The one rule for how the ``wa`` process ends once its command is done.
 
-    Freeing torch and a 20,000-key run object by object took 0.7 s of a 3 s ``wa average``
-    (benchmarks/bench_workloads.py many-small); the command has closed, fsynced and renamed
-    everything by then, so the process ends with ``os._exit`` after flushing stdout and stderr.
-    Only for the console script (``entry``), never for ``main()`` called in-process, and not
-    while a profiler or tracer runs (``python -m cProfile -m wa_cli``, coverage): they write
-    their results during the teardown.
+    Without the interpreter's teardown (``os._exit`` after flushing stdout and stderr) when only
+    wa's code ran in the process; with it when user code ran (``bn-recalibrate``'s model and data
+    loader: their threads and worker processes are ended by the teardown) or a profiler or tracer
+    watches (``python -m cProfile -m wa_cli``, coverage: they write their results there). The
+    teardown is mostly torch's own: it cost 0.5-1.8 s, 19-35 % of ``wa average`` and
+    ``inspect-entropy`` runs of 2-5 s (benchmarks/bench_teardown.py). Applies to the console
+    script alone (``entry``), never to ``main()`` called in-process. ``docs/commands.md``
+    (Errors and exit codes) tells users.
+
+    Args:
+        only_wa_code: no user code runs in this command.
     """
-    _state["teardown"] = not skip
+    watched = sys.getprofile() is not None or sys.gettrace() is not None
+    _state["teardown"] = not only_wa_code or watched
 
 
 def install() -> dict[int, Any]:
@@ -225,8 +231,7 @@ def entry(run: Callable[[], Callable[[], None]]) -> None:
             # Interrupted and reported: end now rather than wait for threads a signal may have
             # stranded (temporaries are already removed by the writer's cleanup).
             _end_now(e.code if isinstance(e.code, int) else 128 + _state["signum"])
-        # A profiler or tracer (cProfile, coverage) writes its results in the teardown.
-        if _state["teardown"] or sys.getprofile() is not None or sys.gettrace() is not None:
+        if _state["teardown"]:  # see skip_teardown
             _keep_status(e.code)
             raise
         if e.code is None or isinstance(e.code, int):
