@@ -89,3 +89,21 @@ def test_one_finetune_is_refused(tmp_path):
         model_stock_to_file(
             tmp_path / "b.safetensors", tmp_path / "x.safetensors", tmp_path / "o.safetensors"
         )
+
+
+def test_cosines_summed_over_slices_equal_whole_tensor_ones(monkeypatch):
+    """The Gram matrix summed over slices (bounded memory for a large tensor) is numpy's."""
+    from wa_cli.methods.soup import stock
+
+    monkeypatch.setattr(stock, "_CHUNK", 7)  # 7 does not divide 5 * 11: a short last slice
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(5, 11, generator=g)
+    shared = torch.randn(5, 11, generator=g)
+    tuned = [base + shared + 0.5 * torch.randn(5, 11, generator=g) for _ in range(4)]
+    b64 = base.double().numpy().ravel()
+    offs = [t.double().numpy().ravel() - b64 for t in tuned]
+    cos = [x @ y / (np.linalg.norm(x) * np.linalg.norm(y))
+           for x, y in itertools.combinations(offs, 2)]  # fmt: skip
+    got = stock.mean_pairwise_cosine(base, tuned)
+    assert got == pytest.approx(float(np.mean(cos)), rel=1e-12)
+    assert 0.3 < got < 0.99  # the slices really were summed (not only the first one)

@@ -8,8 +8,9 @@
 * WiSE-FT (Wortsman et al. 2022, CVPR): score (1 − α)·θ_0 + α·θ_1 for each α on a grid and keep
   the best (the smallest α among equal scores: the one closest to θ_0).
 
-Candidates are built in memory: the user's model plus one float32 sum of the kept inputs (the
-sweep holds its two inputs). The chosen result is then written by the engine as every average
+Candidates are built in memory: the user's model plus one float32 sum of the kept inputs and the
+input being added, each candidate loaded into the model key by key (the sweep holds its two
+inputs). The chosen result is then written by the engine as every average
 is, so the output is exact and streamed; only the search is in memory.
 """
 
@@ -63,6 +64,27 @@ def _state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
     return {key: ckpt.tensor(key) for key in ckpt.keys()}
 
 
+def _load_mean(
+    model: nn.Module,
+    total: dict[str, torch.Tensor],
+    fixed: dict[str, torch.Tensor],
+    state: dict[str, torch.Tensor],
+    count: int,
+) -> None:
+    """Load ``(total + state) / count`` (``fixed`` for non-floating keys) into ``model``.
+
+    Key by key into the model's own tensors, so no candidate state dict (a model's size) is ever
+    built; a ``state`` that does not fit is explained by :func:`load_state_dict_strict`.
+    """
+    target = model.state_dict()
+    if target.keys() != state.keys() or any(target[k].shape != v.shape for k, v in state.items()):
+        load_state_dict_strict(model, state)  # raises the one-line explanation
+    with torch.no_grad():
+        for k, v in state.items():
+            value = ((total[k] + v.float()) / count).to(v.dtype) if k in total else fixed[k]
+            target[k].copy_(value)
+
+
 def _scored(model: nn.Module, state: dict[str, torch.Tensor], evaluate: Evaluator) -> float:
     load_state_dict_strict(model, state)
     return evaluate(model)
@@ -100,17 +122,16 @@ def greedy_soup(
     order = sorted(range(n), key=lambda i: -scores[i] if better_first else scores[i])
 
     first = _state(ckpts[order[0]])
+    # Only the sum and the best input's non-floating entries stay: no input is kept whole.
     total = {k: v.float() for k, v in first.items() if v.is_floating_point()}
+    fixed = {k: v for k, v in first.items() if k not in total}
+    del first
     kept, soup_score = [order[0]], scores[order[0]]
     steps = [SoupStep(ckpts[order[0]].name, soup_score, soup_score, True)]
     for i in order[1:]:
         state = _state(ckpts[i])
-        count = len(kept) + 1
-        candidate = {
-            k: ((total[k] + v.float()) / count).to(v.dtype) if k in total else first[k]
-            for k, v in state.items()
-        }
-        score = _scored(model, candidate, evaluate)
+        _load_mean(model, total, fixed, state, len(kept) + 1)
+        score = evaluate(model)
         keep = evaluate.better_or_equal(score, soup_score)
         steps.append(SoupStep(ckpts[i].name, scores[i], score, keep))
         if keep:

@@ -12,8 +12,8 @@ mean is clamped to [0, 1], since the paper's geometry needs an acute angle (a ne
 cosine would make t negative or infinite: the fine-tunes then keep the base's values).
 
 Two streaming passes over the inputs: the first reads each key's N + 1 tensors once to find its
-t (float64 dot products, one key in memory at a time), the second is the engine's ordinary
-weighted sum with per-key weights (1 − t, t/N, ..., t/N).
+t (float64 dot products summed over slices of one key at a time), the second is the engine's
+ordinary weighted sum with per-key weights (1 − t, t/N, ..., t/N).
 """
 
 from __future__ import annotations
@@ -44,14 +44,30 @@ def stock_ratio(cos_theta: float, n: int) -> float:
     return n * c / (1.0 + (n - 1) * c)
 
 
+_CHUNK = 1 << 20
+"""Elements per slice of the float64 offsets: memory stays N slices, not N float64 copies."""
+
+
 def mean_pairwise_cosine(base: torch.Tensor, finetunes: list[torch.Tensor]) -> float:
-    """Mean of cos(θ_i − θ_0, θ_j − θ_0) over pairs i < j, in float64 (zero offsets: 0)."""
-    offsets = [(t.double() - base.double()).reshape(-1) for t in finetunes]
-    norms = [float(torch.linalg.vector_norm(o)) for o in offsets]
+    """Mean of cos(θ_i − θ_0, θ_j − θ_0) over pairs i < j, in float64 (zero offsets: 0).
+
+    The Gram matrix of the offsets is summed slice by slice, so a key's float64 offsets are never
+    all in memory (N of them would be 2N times a float32 tensor: an embedding's worth each).
+    """
+    n = len(finetunes)
+    flat_base = base.reshape(-1)
+    flat = [t.reshape(-1) for t in finetunes]
+    gram = torch.zeros(n, n, dtype=torch.float64)
+    for start in range(0, flat_base.numel(), _CHUNK):
+        stop = start + _CHUNK
+        b = flat_base[start:stop].double()
+        offsets = torch.stack([f[start:stop].double() - b for f in flat])
+        gram += offsets @ offsets.T
+    norms = gram.diagonal().sqrt().tolist()
     cosines = []
-    for i, j in itertools.combinations(range(len(offsets)), 2):
+    for i, j in itertools.combinations(range(n), 2):
         denominator = norms[i] * norms[j]
-        dot = float(torch.dot(offsets[i], offsets[j]))
+        dot = float(gram[i, j])
         cosines.append(dot / denominator if denominator > 0 else 0.0)
     return sum(cosines) / len(cosines)
 
