@@ -139,6 +139,7 @@ def greedy_soup(
                 total[k] += state[k].float()
             kept.append(i)
             soup_score = score
+        del state  # before the next input is read: one input in memory, not two
     notes = ["ties are kept (the paper's rule; the reference code compares strictly)"]
     return GreedySoup(steps, sorted(kept), evaluate.calls, str(evaluate.mode), notes)
 
