@@ -143,3 +143,39 @@ def test_mode_is_required_when_the_name_does_not_say(tmp_path):
     paths = _inputs(tmp_path, [TARGET.numpy(), TARGET.numpy() + 1])
     with pytest.raises(WaError, match="mode='max' or mode='min'"):
         greedy_soup_to_file(paths, tmp_path / "o.safetensors", model=build, evaluate=Score())
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # gc sees torch's deprecated aliases
+def test_candidates_hold_the_model_one_float32_sum_and_one_input(tmp_path):
+    """While a candidate is scored, the live tensors are the model, the float32 sum and the input
+    being added (3 model sizes in float32), not also a kept input and a candidate state dict (5).
+
+    Counted as the bytes of the distinct storages of every live torch tensor (gc), inside the
+    evaluation hook; the model is 1 MB so the few small tensors of the test barely count.
+    """
+    import gc
+
+    size = 512 * 512 * 4
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"ft{i}.safetensors"
+        save_file({"weight": torch.from_numpy(rng.normal(size=(512, 512)).astype(np.float32))},
+                  str(path))  # fmt: skip
+        paths.append(str(path))
+    peaks: list[int] = []
+
+    def live_bytes(model: nn.Module) -> float:
+        storages = {}
+        for obj in gc.get_objects():
+            if isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
+                storage = obj.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+        peaks.append(sum(storages.values()))
+        return -float(model.weight.detach().double().sub(0.1).square().sum())
+
+    greedy_soup_to_file(paths, tmp_path / "soup.safetensors",
+                        model=lambda: nn.Linear(512, 512, bias=False), evaluate=live_bytes,
+                        mode="max")  # fmt: skip
+    assert len(peaks) == 7
+    assert max(peaks[4:]) <= 3.5 * size, [p / size for p in peaks]
