@@ -165,13 +165,19 @@ def test_candidates_hold_the_model_one_float32_sum_and_one_input(tmp_path):
         paths.append(str(path))
     peaks: list[int] = []
 
-    def live_bytes(model: nn.Module) -> float:
-        storages = {}
+    def storages() -> dict[int, int]:
+        found = {}
         for obj in gc.get_objects():
-            if isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
+            if isinstance(obj, torch.Tensor) and obj.layout == torch.strided and not obj.is_meta:
                 storage = obj.untyped_storage()
-                storages[storage.data_ptr()] = storage.nbytes()
-        peaks.append(sum(storages.values()))
+                found[storage.data_ptr()] = storage.nbytes()
+        return found
+
+    gc.collect()
+    before = storages()  # other tests' tensors still alive do not count
+
+    def live_bytes(model: nn.Module) -> float:
+        peaks.append(sum(n for ptr, n in storages().items() if ptr not in before))
         return -float(model.weight.detach().double().sub(0.1).square().sum())
 
     greedy_soup_to_file(paths, tmp_path / "soup.safetensors",
