@@ -185,3 +185,15 @@ def test_candidates_hold_the_model_one_float32_sum_and_one_input(tmp_path):
                         mode="max")  # fmt: skip
     assert len(peaks) == 7
     assert max(peaks[4:]) <= 3.5 * size, [p / size for p in peaks]
+
+
+def test_a_callable_object_is_named_by_its_class_not_its_address():
+    from wa_cli.methods.soup.evaluate import Evaluator
+
+    class Acc:  # an address like 0x7f...acc... must not decide the direction
+        def __call__(self, model):
+            return 1.0
+
+    assert Evaluator(Acc(), mode="max").name.endswith("Acc")
+    with pytest.raises(WaError, match="mode='max' or mode='min'"):
+        Evaluator(Score())

@@ -41,7 +41,11 @@ class Evaluator:
     calls: int = 0
 
     def __post_init__(self) -> None:
-        self.name = self.name or getattr(self.fn, "__qualname__", None) or repr(self.fn)
+        # A callable object has no __qualname__: its class names it (its repr holds a memory
+        # address, whose hex digits could read as a metric name such as "acc").
+        self.name = (
+            self.name or getattr(self.fn, "__qualname__", None) or type(self.fn).__qualname__
+        )
         if self.mode is None:
             self.mode = mode_from_name(self.metric or self.name)
         if self.mode not in ("max", "min"):
