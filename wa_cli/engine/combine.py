@@ -293,18 +293,23 @@ class Reducer:
         acc = self.work_buffer("acc", task.count, acc_dtype)
         for n, (source, w) in enumerate(task.inputs):
             x = self.next_input(task, source)
-            if n == 0:
-                acc.copy_(x)
-                if w != 1.0:
-                    acc.mul_(w)
-            elif x.dtype == acc_dtype:
-                acc.add_(x, alpha=w)
-            else:
-                tmp = self.work_buffer("tmp", task.count, acc_dtype)
-                tmp.copy_(x)
-                acc.add_(tmp, alpha=w)
+            self.add_into(acc, x, w, first=n == 0)
             self.done_with(x)
         return self.finish(task, acc, stats)
+
+    def add_into(self, acc: torch.Tensor, x: torch.Tensor, w: float, *, first: bool) -> None:
+        """``acc = w·x`` (the first input) or ``acc += w·x``; ``x`` is widened to the
+        accumulator's dtype through a work buffer when it is narrower."""
+        if first:
+            acc.copy_(x)
+            if w != 1.0:
+                acc.mul_(w)
+        elif x.dtype == acc.dtype:
+            acc.add_(x, alpha=w)
+        else:
+            tmp = self.work_buffer("tmp", acc.numel(), acc.dtype)
+            tmp.copy_(x)
+            acc.add_(tmp, alpha=w)
 
     def finish(self, task: ChunkTask, acc: torch.Tensor, stats: CombineStats) -> torch.Tensor:
         """Divide by the total weight, round once to the output dtype, count non-finite values."""

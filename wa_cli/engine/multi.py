@@ -67,17 +67,8 @@ class MultiReducer(Reducer):
                     continue
                 self.work = self.works[k]
                 acc = self.work_buffer("acc", task.count, acc_dtype)
-                if not started[k]:
-                    started[k] = True
-                    acc.copy_(x)
-                    if w != 1.0:
-                        acc.mul_(w)
-                elif x.dtype == acc_dtype:
-                    acc.add_(x, alpha=w)
-                else:
-                    tmp = self.work_buffer("tmp", task.count, acc_dtype)
-                    tmp.copy_(x)
-                    acc.add_(tmp, alpha=w)
+                self.add_into(acc, x, w, first=not started[k])
+                started[k] = True
         outs = []
         for k, task in enumerate(tasks):
             self.work = self.works[k]
