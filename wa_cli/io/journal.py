@@ -25,7 +25,7 @@ import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
-from wa_cli.io.locks import alive
+from wa_cli.io.locks import alive, lock_held
 from wa_cli.io.renames import exchange, remove_path
 
 try:
@@ -91,7 +91,7 @@ def finish_interrupted(folder: Path) -> int:
     finished = 0
     for name in names:
         m = _NAME.match(name)
-        if m is None or alive(int(m.group(1))) or _locked(folder / name):
+        if m is None or alive(int(m.group(1))) or lock_held(folder / name, unknown=True):
             continue
         try:
             outputs = json.loads((folder / name).read_bytes())["outputs"]
@@ -135,22 +135,6 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino)
-
-
-def _locked(path: Path) -> bool:
-    if fcntl is None:
-        return True  # cannot tell: leave it
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def _folder(destination: Path) -> Path:

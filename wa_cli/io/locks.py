@@ -58,14 +58,17 @@ def create_locked(tmp: Path, folder: bool) -> int | None:
     return fd
 
 
-def lock_held(path: str) -> bool:
-    """Whether another open file holds ``path``'s lock (a live writer, in any PID namespace)."""
+def lock_held(path: str | os.PathLike[str], unknown: bool = False) -> bool:
+    """Whether another open file holds ``path``'s lock (a live writer, in any PID namespace).
+
+    ``unknown``: the answer when it cannot be told (no ``fcntl``, the file cannot be opened).
+    """
     if fcntl is None:
-        return False
+        return unknown
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError:
-        return False
+        return unknown
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
