@@ -18,14 +18,11 @@ from typing import Annotated, Any
 
 import typer
 
-from wa_cli import __version__
+from wa_cli import __version__, session
 from wa_cli.cli import signals
 from wa_cli.cli.flags import as_flags
-from wa_cli.engine import distributed
-from wa_cli.engine.provenance import set_cli_command
 from wa_cli.errors import ExitCode, WaError, printable
 from wa_cli.gc_pause import paused_gc
-from wa_cli.io import guard
 
 app = typer.Typer(
     name="wa",
@@ -169,11 +166,11 @@ def main(argv: list[str] | None = None) -> None:
         logger.setLevel(logging.DEBUG)
     if (problem := _debug_env_warning()) is not None:
         logger.warning("%s", problem)
-    set_cli_command(args)
     signals.begin()
     previous_handlers = signals.install()
     try:
-        with warnings.catch_warnings(), guard.session():
+        # One command: recorded as provenance, inputs guarded, torchrun's ranks left at the end.
+        with warnings.catch_warnings(), session.command(args):
             if not debug:
                 # Warnings raised in torch, or in wa's calls into torch (wa itself warns through
                 # logging), say nothing a wa user can act on; any other Python warning (a user's
@@ -182,9 +179,7 @@ def main(argv: list[str] | None = None) -> None:
                 warnings.showwarning = _show_warning
             _run(args, debug)
     finally:
-        distributed.stop()  # under torchrun: after rank 0 has printed, every rank leaves
         signals.restore(previous_handlers)
-        set_cli_command(None)
         logger.removeHandler(handler)
         logger.setLevel(previous_level)
 
@@ -202,8 +197,6 @@ def _runs_user_code(args: list[str]) -> bool:
 
 
 def _run(args: list[str], debug: bool) -> None:
-    from wa_cli.io import atomic
-
     command = typer.main.get_command(app)
     invoke = command.invoke
 
@@ -220,26 +213,25 @@ def _run(args: list[str], debug: bool) -> None:
             return 0
 
     command.invoke = invoke_reporting_interrupts  # type: ignore[method-assign]
-    written_before = len(atomic.committed)
+    written_before = session.outputs_written()
     try:
-        if distributed.launched():  # torchrun: join the other ranks (see docs/distributed.md)
-            distributed.start(args)
+        session.join_ranks(args)  # under torchrun (see docs/distributed.md)
         user_code = _runs_user_code(args)
         signals.skip_teardown(not user_code)
         with contextlib.nullcontext() if user_code else paused_gc():
             code = command.main(args=args, prog_name="wa", standalone_mode=False)
-        distributed.finish()
+        session.ranks_done()
     except WaError as e:
         if debug:
             raise
         e.message = as_flags(e.message, e.params)  # parameter names -> flags
         # Under torchrun a failure is shared with every rank and printed by rank 0 alone.
-        message, exit_code = distributed.share_failure(e)
+        message, exit_code = session.failure(e)
         _fail(message, exit_code)
     except (signals.Interrupted, KeyboardInterrupt) as e:
         stop = e if isinstance(e, signals.Interrupted) else signals.Interrupted(signal.SIGINT)
-        distributed.interrupted()  # torchrun stops every rank with SIGTERM when one fails
-        what = atomic.written_note(written_before)
+        session.interrupted()  # torchrun stops every rank with SIGTERM when one fails
+        what = session.written_note(written_before)
         signals.reported()
         _fail(f"interrupted by {stop.name}; {what}", ExitCode.USAGE, status=stop.status)
     except Exception as e:

@@ -119,13 +119,13 @@ def hard_exit(signum: int) -> None:
     For a second signal, or a cleanup that hangs (an interrupt that landed inside a library's
     thread bookkeeping can leave a worker thread that interpreter exit waits for forever).
     """
-    from wa_cli.io import atomic
+    from wa_cli import session
 
     with contextlib.suppress(BaseException):
-        atomic.remove_live()
+        session.remove_temporaries()
     if not _state["reported"]:
         with contextlib.suppress(BaseException):
-            what = atomic.written_note()  # what is on disk: outputs already renamed into place
+            what = session.written_note()  # what is on disk: outputs already renamed into place
             line = f"wa: error: interrupted by {Interrupted(signum).name}; {what}\n"
             os.write(2, line.encode("utf-8", "backslashreplace"))
     _real_exit(128 + signum)
@@ -258,13 +258,12 @@ def _keep_status(code: object) -> None:
 def _report_unhandled(signum: int) -> None:
     """The one line for an interrupt no command reported, then exit 128+signal."""
     _state["reported"] = True
-    atomic = sys.modules.get("wa_cli.io.atomic")  # not imported yet: nothing to clean or name
     what = "nothing was written"
-    if atomic is not None:
-        with contextlib.suppress(BaseException):
-            atomic.remove_live()
-            if atomic.committed:
-                what = f"after writing {', '.join(repr(str(p)) for p in atomic.committed)}"
+    with contextlib.suppress(BaseException):
+        from wa_cli import session
+
+        session.remove_temporaries()
+        what = session.written_note()
     with contextlib.suppress(BaseException):
         sys.stderr.write(f"wa: error: interrupted by {Interrupted(signum).name}; {what}\n")
     _end_now(128 + signum)
