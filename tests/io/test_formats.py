@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 from tests.helpers import assert_one_line_error, cnn_state, run_wa
 from wa_cli.errors import WaError
 from wa_cli.io.formats import checkpoint_suffix, is_pickle_name, strip_checkpoint_suffix
+from wa_cli.io.output_check import check_output_name
 from wa_cli.io.reader import open_checkpoint
-from wa_cli.io.writer import check_output_name
 from wa_cli.select import expand_inputs, step_from_name
 
 

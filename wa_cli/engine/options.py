@@ -23,6 +23,8 @@ from wa_cli.engine.device import resolve_device
 from wa_cli.engine.plan import KeysMode, NonFloatPolicy
 from wa_cli.engine.precision import Precision
 from wa_cli.io.dtypes import dtype_name
+from wa_cli.io.guard import Reads
+from wa_cli.io.output_check import Layout
 from wa_cli.io.writer import check_shard_name
 
 ProgressCallback = Callable[[int, int], None]
@@ -144,14 +146,21 @@ class WriteOptions:
             copy_config=check.flag("copy_config", copy_config),
         )
 
-    def check_output(self, output: str | os.PathLike[str]) -> None:
-        """The destination checks that need no input (a link, a file wa did not write, an
-        existing output without ``force``, a missing folder), made before any tensor is read:
-        a run must not read (and compare) every input to refuse its ``-o`` at the end."""
-        from wa_cli.io.atomic import check_destination
-        from wa_cli.io.guard import refuse_file_link
+    @property
+    def layout(self) -> Layout:
+        """What is written at the output: a file, a folder of shards, or a DCP folder."""
+        if self.output_format == "dcp":
+            return "dcp"
+        return "file" if self.max_shard_size is None else "shards"
 
-        path = Path(output)
-        refuse_file_link(path)
-        if path.is_file():  # a folder output (shards, DCP) is checked with its layout, later
-            check_destination(path, self.force)
+    def check_output(
+        self, output: str | os.PathLike[str], reads: Reads = (), *, existing: bool = True
+    ) -> None:
+        """The output guard (:func:`wa_cli.io.output_check.check_output`) for this layout.
+
+        Without ``reads`` it is the check made before any input is opened (a link, a misnamed
+        output, a file wa did not write, an existing output without ``force``, a missing
+        folder): a run must not read (and compare) every input to refuse its ``-o``."""
+        from wa_cli.io.output_check import check_output
+
+        check_output(output, reads=reads, force=self.force, layout=self.layout, existing=existing)

@@ -47,18 +47,17 @@ from wa_cli.engine.report import (
     Recipe,
     RunReport,
     build_report,
-    check_output_is_not_input,
     input_reads,
 )
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io import hooks
 from wa_cli.io.atomic import atomic_destination
-from wa_cli.io.dcp_write import check_dcp_output, save_staged, stage_path
+from wa_cli.io.dcp_write import save_staged, stage_path
+from wa_cli.io.output_check import Layout, check_output
 from wa_cli.io.safetensors_header import build_header
 from wa_cli.io.writer import (
     INDEX_NAME,
     OutputTensor,
-    check_output_name,
     chunk_bytes,
     shard_file_name,
     shard_layout,
@@ -153,11 +152,10 @@ class _Job:
 
     # Step 1
     def _prepare(self) -> plan_digest.Summary:
-        check_output_is_not_input(self.output, self.plan)
-        if self.dcp:
-            check_dcp_output(self.output)
-        else:
-            check_output_name(self.output, sharded=self.sharded)
+        # Every rank checks the name and the inputs; what is at the output, rank 0 when it
+        # commits (atomic_destination).
+        layout: Layout = "dcp" if self.dcp else "shards" if self.sharded else "file"
+        check_output(self.output, reads=input_reads(self.plan), layout=layout, existing=False)
         self.layout = shard_layout(self.plan.output_tensors(), self.max_shard_size)
         self.names = [shard_file_name(i, len(self.layout)) for i in range(len(self.layout))]
         tasks = schedule(self.plan, self.weights, chunk_elements=1 << 62)

@@ -16,7 +16,7 @@ import torch
 from wa_cli.engine.combine import CombineStats
 from wa_cli.engine.plan import Plan
 from wa_cli.engine.precision import Precision
-from wa_cli.io.guard import ReadPath, refuse_inputs
+from wa_cli.io.guard import ReadPath
 from wa_cli.io.reader import Checkpoint
 
 BN_HINT = (
@@ -83,11 +83,6 @@ class RunReport:
         if self.ranks is not None:
             out["ranks"] = self.ranks
         return out
-
-
-def check_output_is_not_input(output: Path, inputs: Plan | Sequence[Checkpoint]) -> None:
-    """An input is never overwritten, not even with --force (``inputs``: a plan or checkpoints)."""
-    refuse_inputs(output, input_reads(inputs))
 
 
 def input_reads(inputs: Plan | Sequence[Checkpoint]) -> list[ReadPath]:

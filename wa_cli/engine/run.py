@@ -29,7 +29,6 @@ from wa_cli.engine.report import (
     Recipe,
     RunReport,
     build_report,
-    check_output_is_not_input,
     input_reads,
 )
 from wa_cli.errors import ExitCode, WaError
@@ -40,7 +39,6 @@ __all__ = [
     "RunReport",
     "assemble",
     "build_report",
-    "check_output_is_not_input",
     "combine_to_file",
     "input_reads",
     "Recipe",
@@ -72,7 +70,7 @@ def combine_to_file(
             )
         return combine_to_file_distributed(plan, weights, output, recipe, opts, out)
     output = Path(output)
-    check_output_is_not_input(output, plan)
+    out.check_output(output, input_reads(plan))  # the output guard, before any tensor is read
     stats = CombineStats()
     advance: ProgressFn | None = None
     progress = out.progress

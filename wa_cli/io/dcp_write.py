@@ -27,6 +27,7 @@ import torch
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.atomic import atomic_destination
 from wa_cli.io.guard import Reads
+from wa_cli.io.output_check import check_output_name
 from wa_cli.io.safetensors_header import read_header
 from wa_cli.io.writer import OutputTensor, write_files
 
@@ -36,19 +37,6 @@ _STAGE = ".wa-stage.safetensors"
 def stage_path(folder: Path, rank: int | None = None) -> Path:
     """The safetensors staging file inside the temporary ``folder`` (one per rank: torchrun)."""
     return folder / (_STAGE if rank is None else f".wa-stage-rank{rank}.safetensors")
-
-
-def check_dcp_output(destination: Path) -> None:
-    """A DCP output is a folder: refuse a name that says it is one file."""
-    if destination.name.endswith(".safetensors") or (
-        destination.exists() and not destination.is_dir()
-    ):
-        raise WaError(
-            f"--format dcp writes a folder, and '{destination}' names a file (give a folder "
-            "name, e.g. -o merged_dcp/)",
-            ExitCode.USAGE,
-            params=("output_format",),
-        )
 
 
 def write_dcp(
@@ -75,7 +63,7 @@ def write_dcp(
         >>> write_dcp("merged_dcp", plan.output_tensors(), chunks)  # doctest: +SKIP
     """
     destination = Path(destination)
-    check_dcp_output(destination)
+    check_output_name(destination, "dcp")
     if not torch.distributed.is_available():
         raise WaError("--format dcp needs a torch build with torch.distributed", ExitCode.USAGE)
     try:

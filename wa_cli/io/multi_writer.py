@@ -19,7 +19,8 @@ import torch
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.atomic import atomic_destination, transaction
 from wa_cli.io.guard import Reads
-from wa_cli.io.writer import OutputTensor, _as_bytes, _FileSink, check_output_name
+from wa_cli.io.output_check import check_output_name
+from wa_cli.io.writer import OutputTensor, _as_bytes, _FileSink
 
 
 def write_safetensors_many(

@@ -25,8 +25,8 @@ import torch
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io import hooks
 from wa_cli.io.atomic import atomic_destination
-from wa_cli.io.formats import checkpoint_suffix, is_pickle_name, strip_checkpoint_suffix
 from wa_cli.io.guard import COMPANIONS_KEY, WA_MARK, Reads
+from wa_cli.io.output_check import check_output_name
 from wa_cli.io.safetensors_header import build_header
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -88,28 +88,6 @@ def parse_size(text: str) -> int:
     return int(size)
 
 
-def check_output_name(destination: Path, *, sharded: bool = False) -> None:
-    """A single-file output is a file name, not a folder, and not named like a pickle."""
-    if sharded:
-        return
-    if destination.is_dir() and not destination.is_symlink():
-        raise WaError(
-            f"output '{destination}' is a folder (give a file name, or --max-shard-size to "
-            "write shards into a folder)",
-            ExitCode.OUTPUT,
-        )
-    # Loaders read these names with torch.load: safetensors bytes under one of them make a file
-    # that torch.load, and wa itself, refuse.
-    if is_pickle_name(destination):
-        suffix = checkpoint_suffix(destination) or destination.suffix
-        stem = strip_checkpoint_suffix(destination.name)
-        raise WaError(
-            f"output '{destination}' ends in {suffix}, a pickle suffix, but wa writes "
-            f"safetensors (name it e.g. '{stem}.safetensors')",
-            ExitCode.USAGE,
-        )
-
-
 class _FileSink:
     """Writes one safetensors file: header first, then exactly the announced bytes per tensor."""
 
@@ -167,7 +145,7 @@ def write_safetensors(
         ...                   [("t", t)], {"format": "pt"})  # doctest: +SKIP
     """
     destination = Path(destination)
-    check_output_name(destination, sharded=max_shard_size is not None)
+    check_output_name(destination, "file" if max_shard_size is None else "shards")
     check_shard_name(shard_name)
     if copy_files and max_shard_size is None:
         raise WaError(

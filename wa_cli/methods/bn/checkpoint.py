@@ -29,10 +29,11 @@ from torch.nn.modules.batchnorm import _NormBase
 from wa_cli.engine import distributed
 from wa_cli.engine.device import resolve_device
 from wa_cli.engine.provenance import provenance
-from wa_cli.engine.run import check_output_is_not_input
+from wa_cli.engine.report import input_reads
 from wa_cli.io.atomic import check_destination
+from wa_cli.io.output_check import Layout, check_output
 from wa_cli.io.reader import Checkpoint, ReadOptions, open_checkpoint
-from wa_cli.io.writer import OutputTensor, check_output_name, write_safetensors
+from wa_cli.io.writer import OutputTensor, write_safetensors
 from wa_cli.methods.bn.recalibrate import (
     NO_BN_NOTE,
     BNReport,
@@ -186,8 +187,8 @@ def recalibrate_checkpoint(
         ckpt = open_checkpoint(checkpoint, options=read)
     output = Path(output)
     try:
-        check_output_is_not_input(output, [ckpt])
-        check_output_name(output, sharded=shard_size is not None)
+        layout: Layout = "file" if shard_size is None else "shards"
+        check_output(output, reads=input_reads([ckpt]), force=force, layout=layout)
         target = resolve_device(device)
         net, keys = _load_model(ckpt, model, fit_prefix)
         layers = norm_layers(net, include_instancenorm)

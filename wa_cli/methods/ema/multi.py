@@ -126,7 +126,7 @@ def _write(
     from wa_cli.engine.multi import linear_combinations
     from wa_cli.engine.plan import build_plan
     from wa_cli.engine.provenance import provenance
-    from wa_cli.engine.report import Recipe, build_report, check_output_is_not_input, input_reads
+    from wa_cli.engine.report import Recipe, build_report, input_reads
     from wa_cli.io.multi_writer import write_safetensors_many
     from wa_cli.methods.average import source_weights
     from wa_cli.select.order import step_metadata
@@ -143,7 +143,7 @@ def _write(
     stats = [CombineStats() for _ in files]
     try:
         for f in files:
-            check_output_is_not_input(f, plan)
+            request.write.check_output(f, input_reads(plan))
         fns = [source_weights(rec.input_weights or []) for rec in recipes]
         chunks = linear_combinations(plan, fns, precision=r.precision, stats=stats)
         with contextlib.closing(chunks):

@@ -34,15 +34,15 @@ from wa_cli.engine.provenance import provenance
 from wa_cli.engine.run import (
     Recipe,
     RunReport,
-    check_output_is_not_input,
     combine_to_file,
     input_reads,
 )
 from wa_cli.errors import ExitCode, WaError
-from wa_cli.io.atomic import check_destination, transaction
+from wa_cli.io.atomic import transaction
 from wa_cli.io.dtypes import dtype_name
 from wa_cli.io.guard import refuse_file_link
 from wa_cli.io.names import distinct_names
+from wa_cli.io.output_check import check_output
 from wa_cli.io.reader import Checkpoint
 from wa_cli.methods.graft.alpha import (
     AlphaPlan,
@@ -326,10 +326,9 @@ def graft_to_files(
     pair_plans = [
         build_plan([ckpts[r], ckpts[d]], non_float="first", dtype=plan.dtype) for r, d in plan.pairs
     ]
-    for path in paths:
-        check_output_is_not_input(path, plan.check)
-        if len(paths) == 1 or path.parent.is_dir():
-            check_destination(path, force, reads=input_reads(plan.check))
+    for path in paths:  # several outputs: their folder is made below
+        existing = len(paths) == 1 or path.parent.is_dir()
+        check_output(path, reads=input_reads(plan.check), force=force, existing=existing)
     if len(paths) > 1:
         paths[0].parent.mkdir(parents=True, exist_ok=True)
     reports: list[RunReport] = []

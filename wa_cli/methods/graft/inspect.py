@@ -9,16 +9,15 @@ selects them (:mod:`wa_cli.methods.request`); the rows are measured by
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from typing_extensions import Unpack
 
 from wa_cli.engine.plan import KeysMode, build_plan
-from wa_cli.engine.report import check_output_is_not_input
+from wa_cli.engine.report import input_reads
 from wa_cli.gc_pause import paused_gc
-from wa_cli.io.atomic import PLOT, check_destination
 from wa_cli.io.names import distinct_names
+from wa_cli.io.output_check import check_output
 from wa_cli.methods.graft.alpha import check_graft_params, ring_pairs_to_write
 from wa_cli.methods.graft.entropy import check_base, check_bins, check_threshold
 from wa_cli.methods.graft.report import (
@@ -106,11 +105,11 @@ def entropy_report(inputs: Inputs, **options: Unpack[EntropyArgs]) -> EntropyRep
     plot = options.get("plot")
     if plot is not None:
         check_plot_available()
-        check_destination(Path(plot), request.write.force, kind=PLOT)
+        check_output(plot, force=request.write.force, layout="plot")  # before any input is read
     ckpts = select_checkpoints(inputs, request.read, request.selection).items
     try:
         if plot is not None:
-            check_output_is_not_input(Path(plot), ckpts)
+            check_output(plot, reads=input_reads(ckpts), force=request.write.force, layout="plot")
             check_plot_available(plot)  # its suffix names a format wa writes (before any work)
         # Checks key sets and shapes from headers; entropy does not care about dtypes, so floating
         # inputs of different dtypes are allowed (a target dtype lifts the dtype check).
