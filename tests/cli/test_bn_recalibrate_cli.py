@@ -120,6 +120,28 @@ def test_matches_update_bn_and_leaves_other_tensors_bit_identical(user, capsys):
     assert json.loads(metadata["wa_params"])["batches"] == 4
 
 
+def test_model_file_with_a_non_utf8_name(user, tmp_path, capsys):
+    """A --model file named with a byte that is not UTF-8 (``net\\xff.py``) is imported like any
+    other; its name hashed as the file system's bytes (it was a UnicodeEncodeError traceback)."""
+    import os
+
+    code = tmp_path / os.fsdecode(b"net\xff.py")
+    code.write_bytes(user["code"].read_bytes())
+    r = run_wa(
+        ["bn-recalibrate", user["ckpt"], "-o", user["out"],
+         "--model", f"{code}:build", "--data", f"{code}:loader"],
+        capsys,
+    )  # fmt: skip
+    assert r.code == 0, r.stderr
+    assert_close_states(load_file(user["out"]), updated(load_file(user["ckpt"]), user["loader"]()))
+    r = run_wa(
+        ["bn-recalibrate", user["ckpt"], "-o", tmp_path / "other.safetensors",
+         "--model", f"{code}:missing", "--data", f"{code}:loader"],
+        capsys,
+    )  # fmt: skip
+    assert_one_line_error(r, 2, "has no attribute 'missing'")
+
+
 def test_sample_pipeline_from_the_readme(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     runs = sorted((SAMPLE / "run_a").glob("*.safetensors"))

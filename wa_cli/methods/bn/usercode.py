@@ -208,8 +208,11 @@ def _import_file(source: str, what: str) -> ModuleType:
             ExitCode.USAGE,
         )
     path = path.resolve()
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
-    name = f"_wa_user_{path.stem.replace('-', '_')}_{digest}"
+    # The path's bytes as the file system has them: a non-UTF-8 name (``net\xff.py``) is a
+    # surrogate-escaped str that .encode() refuses. The module name keeps only word characters.
+    digest = hashlib.sha1(os.fsencode(path)).hexdigest()[:10]
+    stem = "".join(ch if ch.isascii() and (ch.isalnum() or ch == "_") else "_" for ch in path.stem)
+    name = f"_wa_user_{stem}_{digest}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
