@@ -23,7 +23,8 @@ from wa_cli.engine.device import resolve_device
 from wa_cli.engine.plan import KeysMode, NonFloatPolicy
 from wa_cli.engine.precision import Precision
 from wa_cli.io.dtypes import dtype_name
-from wa_cli.io.writer import check_shard_name
+from wa_cli.io.guard import Reads
+from wa_cli.io.writer import DEFAULT_SHARD_NAME, WriteSettings, check_shard_name
 
 ProgressCallback = Callable[[int, int], None]
 OutputFormat = Literal["safetensors", "dcp"]
@@ -95,6 +96,16 @@ class WriteOptions:
     def with_progress(self, progress: ProgressCallback | None) -> WriteOptions:
         """The same options reporting progress to ``progress`` (the CLI's bar, made later)."""
         return dataclasses.replace(self, progress=progress)
+
+    def settings(self, reads: Reads = ()) -> WriteSettings:
+        """The writer's settings for these options (``reads``: the inputs the guard protects)."""
+        return WriteSettings(
+            force=self.force,
+            max_shard_size=self.max_shard_size,
+            reads=reads,
+            shard_name=self.shard_name or DEFAULT_SHARD_NAME,
+            copy_files=self.copy_files,
+        )
 
     def output_folder_options(self) -> bool:
         """Whether an option of sharded output is given (some methods write single files)."""

@@ -32,7 +32,7 @@ from wa_cli.engine.provenance import provenance
 from wa_cli.engine.run import check_output_is_not_input
 from wa_cli.io.atomic import check_destination
 from wa_cli.io.reader import Checkpoint, ReadOptions, open_checkpoint
-from wa_cli.io.writer import OutputTensor, check_output_name, write_safetensors
+from wa_cli.io.writer import OutputTensor, WriteSettings, check_output_name, write_safetensors
 from wa_cli.methods.bn.recalibrate import (
     NO_BN_NOTE,
     BNReport,
@@ -300,8 +300,7 @@ def _write_output(
             [OutputTensor(key, ckpt.info(key).dtype, ckpt.info(key).shape) for key in keys],
             _tensors(ckpt, keys, new),
             _metadata(ckpt, recorded, command),
-            force=force,
-            max_shard_size=shard_size,
+            WriteSettings(force=force, max_shard_size=shard_size),
         )
     )
     return written[0].parent if shard_size else written[0]
