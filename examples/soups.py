@@ -105,7 +105,7 @@ def run_seed(seed: int, lrs: tuple[float, ...], epochs: int, work: Path) -> Seed
     greedy = folder / "greedy.safetensors"
     soup, _ = wa.greedy_soup_to_file(
         paths, greedy, model=sample.build, evaluate=val_acc, mode="max", bn_data=bn_loader,
-        out=wa.WriteOptions.checked(force=True),
+        force=True,
     )  # fmt: skip
     return SeedResult(
         seed,

@@ -10,7 +10,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from wa_cli.errors import ExitCode, WaError
-from wa_cli.io.writer import OutputTensor, parse_size, write_safetensors, write_state_dict
+from wa_cli.io.writer import (
+    OutputTensor,
+    WriteSettings,
+    parse_size,
+    write_safetensors,
+    write_state_dict,
+)
 
 ROUND_TRIP = {
     "f32": torch.randn(7, 3),
@@ -79,7 +85,7 @@ def test_error_mid_write_leaves_no_output_and_no_temporary(tmp_path):
 
     specs = [OutputTensor("a", torch.float32, (100,)), OutputTensor("b", torch.float32, (100,))]
     with pytest.raises(RuntimeError, match="disk on fire"):
-        write_safetensors(out, specs, failing(), {}, force=True)
+        write_safetensors(out, specs, failing(), {}, WriteSettings(force=True))
     assert out.read_bytes() == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.safetensors"]
 
@@ -91,7 +97,9 @@ def test_interrupt_mid_shards_leaves_nothing(tmp_path):
 
     specs = [OutputTensor(k, torch.float32, (300,)) for k in "ab"]
     with pytest.raises(KeyboardInterrupt):
-        write_safetensors(tmp_path / "out", specs, interrupted(), {}, max_shard_size=1000)
+        write_safetensors(
+            tmp_path / "out", specs, interrupted(), {}, WriteSettings(max_shard_size=1000)
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -192,7 +200,7 @@ def test_a_chunk_may_run_on_into_the_next_tensors(tmp_path, max_shard_size):
     # One span over w0..w2 (3000 bytes: past the first shard's end), then w3..w5 key by key.
     chunks = [("w0", flat[:750]), ("w3", state["w3"]), ("w4", state["w4"]), ("w5", state["w5"])]
     out = tmp_path / "o"
-    write_safetensors(out, _specs(state), chunks, {}, max_shard_size=max_shard_size)
+    write_safetensors(out, _specs(state), chunks, {}, WriteSettings(max_shard_size=max_shard_size))
     files = [out] if max_shard_size is None else sorted(out.glob("*.safetensors"))
     loaded = {k: v for f in files for k, v in load_file(f).items()}
     assert set(loaded) == set(state)

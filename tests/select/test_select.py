@@ -9,11 +9,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from wa_cli.cli.flags import as_flags
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.methods.selection import Selection
 from wa_cli.select import (
     Entry,
     expand_inputs,
@@ -361,32 +363,33 @@ def steps_of(entries: list[Entry[Fake]]) -> list[int | None]:
 
 @pytest.mark.parametrize("make", TRAJECTORIES)
 def test_no_filter_keeps_everything(make: Trajectory) -> None:
-    assert steps_of(select_trajectory(make())) == STEPS
+    assert steps_of(select_trajectory(make(), Selection())) == STEPS
 
 
 @pytest.mark.parametrize("make", TRAJECTORIES)
 def test_step_range_is_inclusive(make: Trajectory) -> None:
-    assert steps_of(select_trajectory(make(), from_step=200, to_step=500)) == [200, 300, 400, 500]
-    assert steps_of(select_trajectory(make(), from_step=650)) == [700, 800, 900]
-    assert steps_of(select_trajectory(make(), to_step=99)) == [0]
+    got = select_trajectory(make(), Selection(from_step=200, to_step=500))
+    assert steps_of(got) == [200, 300, 400, 500]
+    assert steps_of(select_trajectory(make(), Selection(from_step=650))) == [700, 800, 900]
+    assert steps_of(select_trajectory(make(), Selection(to_step=99))) == [0]
 
 
 @pytest.mark.parametrize("make", TRAJECTORIES)
 def test_every_counts_from_the_first_in_range(make: Trajectory) -> None:
-    assert steps_of(select_trajectory(make(), every=3)) == [0, 300, 600, 900]
-    assert steps_of(select_trajectory(make(), from_step=100, every=4)) == [100, 500, 900]
+    assert steps_of(select_trajectory(make(), Selection(every=3))) == [0, 300, 600, 900]
+    assert steps_of(select_trajectory(make(), Selection(from_step=100, every=4))) == [100, 500, 900]
 
 
 @pytest.mark.parametrize("make", TRAJECTORIES)
 def test_last_keeps_the_newest(make: Trajectory) -> None:
-    assert steps_of(select_trajectory(make(), last=3)) == [700, 800, 900]
-    assert steps_of(select_trajectory(make(), last=50)) == STEPS
+    assert steps_of(select_trajectory(make(), Selection(last=3))) == [700, 800, 900]
+    assert steps_of(select_trajectory(make(), Selection(last=50))) == STEPS
 
 
 @pytest.mark.parametrize("make", TRAJECTORIES)
 def test_filters_apply_range_then_every_then_last(make: Trajectory) -> None:
     # range → [200..800]; every 2 → 200, 400, 600, 800; last 3 → 400, 600, 800.
-    got = select_trajectory(make(), from_step=200, to_step=800, every=2, last=3)
+    got = select_trajectory(make(), Selection(from_step=200, to_step=800, every=2, last=3))
     assert steps_of(got) == [400, 600, 800]
 
 
@@ -412,24 +415,28 @@ def with_metric_metadata() -> list[Entry[Fake]]:
 
 
 def test_top_k_min_keeps_lowest_in_trajectory_order() -> None:
-    got = select_trajectory(with_metric_metadata(), top_k=3, metric="val_loss", mode="min")
+    got = select_trajectory(
+        with_metric_metadata(), Selection(top_k=3, metric="val_loss", mode="min")
+    )
     # 0.1 @500, then the tie 0.3 @300 and @700: both fit in k = 3.
     assert steps_of(got) == [300, 500, 700]
     assert [e.value for e in got] == [0.3, 0.1, 0.3]
 
 
 def test_top_k_min_tie_goes_to_the_earlier_checkpoint() -> None:
-    got = select_trajectory(with_metric_metadata(), top_k=2, metric="val_loss")
+    got = select_trajectory(with_metric_metadata(), Selection(top_k=2, metric="val_loss"))
     assert steps_of(got) == [300, 500]
 
 
 def test_top_k_max_keeps_highest() -> None:
-    got = select_trajectory(with_metric_metadata(), top_k=2, metric="val_loss", mode="max")
+    got = select_trajectory(
+        with_metric_metadata(), Selection(top_k=2, metric="val_loss", mode="max")
+    )
     assert steps_of(got) == [0, 100]
 
 
 def test_top_k_applies_after_last() -> None:
-    got = select_trajectory(with_metric_metadata(), last=4, top_k=2, metric="val_loss")
+    got = select_trajectory(with_metric_metadata(), Selection(last=4, top_k=2, metric="val_loss"))
     # last 4 → 600, 700, 800, 900 (0.6, 0.3, 0.4, 0.8) → best two: 700, 800.
     assert steps_of(got) == [700, 800]
 
@@ -446,24 +453,30 @@ def test_top_k_with_a_metrics_map_keyed_by_name_stem_path_and_absolute_path() ->
             str(Path(f"runs/a/{e.name}").absolute()),
         ]
         table[forms[e.step // 100 % 4]] = value
-    got = select_trajectory(entries, top_k=3, metrics=table, mode="min")
+    got = select_trajectory(entries, Selection(top_k=3, mode="min"), table)
     assert steps_of(got) == [300, 500, 700]
 
 
 def test_nan_metric_ranks_last_in_both_modes() -> None:
     items = fakes(["c_1.pt", "c_2.pt", "c_3.pt"], loss=[1.0, "nan", 2.0])
     entries = order_trajectory(items)
-    assert steps_of(select_trajectory(entries, top_k=2, metric="loss", mode="min")) == [1, 3]
-    assert steps_of(select_trajectory(entries, top_k=2, metric="loss", mode="max")) == [1, 3]
+    assert steps_of(select_trajectory(entries, Selection(top_k=2, metric="loss", mode="min"))) == [
+        1,
+        3,
+    ]
+    assert steps_of(select_trajectory(entries, Selection(top_k=2, metric="loss", mode="max"))) == [
+        1,
+        3,
+    ]
 
 
 def test_metric_without_top_k_is_attached_for_display() -> None:
-    got = select_trajectory(with_metric_metadata(), last=2, metric="val_loss")
+    got = select_trajectory(with_metric_metadata(), Selection(last=2, metric="val_loss"))
     assert [e.value for e in got] == [0.4, 0.8]
 
 
 def test_selection_rows_carry_name_step_value_weight() -> None:
-    got = select_trajectory(with_metric_metadata(), last=2, metric="val_loss")
+    got = select_trajectory(with_metric_metadata(), Selection(last=2, metric="val_loss"))
     rows = selection_rows(got, [0.25, 0.75])
     assert rows == [
         {
@@ -488,6 +501,13 @@ def test_selection_rows_carry_name_step_value_weight() -> None:
 
 
 # ---------------------------------------------------------------------------- selection errors
+
+
+def unchecked(**given: object) -> SimpleNamespace:
+    """The filters without Selection's own type checks, so that these are select_trajectory's
+    (``wa_cli.select`` is public: a caller may pass any object with these fields)."""
+    fields = ("last", "every", "from_step", "to_step", "top_k", "metric", "mode")
+    return SimpleNamespace(**{**dict.fromkeys(fields), **given})
 
 
 @pytest.mark.parametrize(
@@ -522,7 +542,7 @@ def test_selection_usage_errors(
 ) -> None:
     # The library names its parameters; the CLI shows the flags (the text it printed before).
     with pytest.raises(WaError) as e:
-        select_trajectory(with_metric_metadata(), **kwargs)  # type: ignore[arg-type]
+        select_trajectory(with_metric_metadata(), unchecked(**kwargs))
     assert e.value.code == ExitCode.USAGE
     assert re.match(message, e.value.message)
     expected = cli_message or "--" + message.replace("_", "-")
@@ -531,13 +551,13 @@ def test_selection_usage_errors(
 
 def test_empty_trajectory_is_a_usage_error() -> None:
     with pytest.raises(WaError, match="no checkpoints to select from"):
-        select_trajectory([])
+        select_trajectory([], Selection())
 
 
 def test_step_range_without_steps_names_the_checkpoints() -> None:
     entries = order_trajectory(fakes(["final.pt", "best.pt"]))
     with pytest.raises(WaError, match="need step numbers, but 'best.pt', 'final.pt' have none"):
-        select_trajectory(entries, from_step=10)
+        select_trajectory(entries, Selection(from_step=10))
 
 
 def test_missing_metric_in_metadata_names_the_checkpoint() -> None:
@@ -545,21 +565,21 @@ def test_missing_metric_in_metadata_names_the_checkpoint() -> None:
     with pytest.raises(
         WaError, match="metric 'loss' is missing from the metadata of 'c_2.pt'"
     ) as e:
-        select_trajectory(entries, top_k=1, metric="loss")
+        select_trajectory(entries, Selection(top_k=1, metric="loss"))
     assert e.value.code == ExitCode.BAD_INPUT
 
 
 def test_non_numeric_metric_names_the_checkpoint() -> None:
     entries = order_trajectory(fakes(["c_1.pt", "c_2.pt"], loss=[0.5, "low"]))
     with pytest.raises(WaError, match="'c_2.pt': metadata 'loss': 'low' is not a number") as e:
-        select_trajectory(entries, top_k=1, metric="loss")
+        select_trajectory(entries, Selection(top_k=1, metric="loss"))
     assert e.value.code == ExitCode.BAD_INPUT
 
 
 def test_missing_metric_in_a_metrics_map_names_the_checkpoint() -> None:
     entries = order_trajectory(fakes(["c_1.pt", "c_2.pt"]))
     with pytest.raises(WaError, match="no val_loss for 'c_1.pt'") as e:
-        select_trajectory(entries, top_k=1, metric="val_loss", metrics={"c_2.pt": 0.1})
+        select_trajectory(entries, Selection(top_k=1, metric="val_loss"), {"c_2.pt": 0.1})
     assert e.value.code == ExitCode.BAD_INPUT
 
 
@@ -567,11 +587,11 @@ def test_a_bare_name_matching_two_runs_is_refused() -> None:
     items = [Fake(Path("run_a/last_1.pt")), Fake(Path("run_b/last_1.pt"))]
     entries = order_trajectory(items, "given")
     with pytest.raises(WaError, match="'last_1.pt' matches both") as e:
-        select_trajectory(entries, top_k=1, metrics={"last_1.pt": 0.1}, mode="min")
+        select_trajectory(entries, Selection(top_k=1, mode="min"), {"last_1.pt": 0.1})
     assert e.value.code == ExitCode.BAD_INPUT
     # Keyed by path, the same two are told apart.
     got = select_trajectory(
-        entries, top_k=1, metrics={"run_a/last_1.pt": 2.0, "run_b/last_1.pt": 1.0}, mode="min"
+        entries, Selection(top_k=1, mode="min"), {"run_a/last_1.pt": 2.0, "run_b/last_1.pt": 1.0}
     )
     assert [str(e.item.path) for e in got] == [str(Path("run_b/last_1.pt"))]
 
@@ -660,7 +680,7 @@ def test_metrics_file_round_trip_into_top_k(tmp_path: Path) -> None:
         "file,val_acc\n" + "".join(f"ckpt_{s}.safetensors,{1 - losses()[s]}\n" for s in STEPS)
     )
     got = select_trajectory(
-        entries, top_k=2, metric="val_acc", mode="max", metrics=load_metrics_file(p, "val_acc")
+        entries, Selection(top_k=2, metric="val_acc", mode="max"), load_metrics_file(p, "val_acc")
     )
     assert steps_of(got) == [300, 500]
     assert math.isclose(got[1].value, 0.9)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.methods.selection import Selection
 from wa_cli.select import mode_from_name, order_trajectory, resolve_mode, select_trajectory
 from wa_cli.select.steps import number_in_name
 
@@ -54,7 +55,7 @@ def test_lightning_names_order_by_step_not_by_the_metric_digits() -> None:
     items = [Fake(Path("lightning_logs") / n) for n in reversed(names)]
     entries = order_trajectory(items)
     assert [e.step for e in entries] == [23, 46, 69, 92]
-    assert [e.name for e in select_trajectory(entries, last=2)] == names[2:]
+    assert [e.name for e in select_trajectory(entries, Selection(last=2))] == names[2:]
     assert entries[0].order == "steps named in the file names"
 
 
@@ -120,16 +121,18 @@ def test_mode_from_name(name: str, mode: str | None) -> None:
 def test_top_k_of_an_accuracy_keeps_the_highest_without_mode() -> None:
     acc = [0.5, 0.9, 0.7, 0.95, 0.6]
     items = [Fake(Path(f"ckpt_{i}.pt"), {"val_acc": str(a)}) for i, a in enumerate(acc)]
-    kept = select_trajectory(order_trajectory(items), top_k=3, metric="val_acc")
+    kept = select_trajectory(order_trajectory(items), Selection(top_k=3, metric="val_acc"))
     assert [e.value for e in kept] == [0.9, 0.7, 0.95]
 
 
 def test_an_ambiguous_metric_name_needs_mode() -> None:
     items = [Fake(Path(f"ckpt_{i}.pt"), {"metric": str(i)}) for i in range(3)]
     with pytest.raises(WaError, match="--top-k needs --mode min or --mode max") as e:
-        select_trajectory(order_trajectory(items), top_k=2, metric="metric")
+        select_trajectory(order_trajectory(items), Selection(top_k=2, metric="metric"))
     assert e.value.code == ExitCode.USAGE
-    kept = select_trajectory(order_trajectory(items), top_k=2, metric="metric", mode="max")
+    kept = select_trajectory(
+        order_trajectory(items), Selection(top_k=2, metric="metric", mode="max")
+    )
     assert [e.value for e in kept] == [1.0, 2.0]
 
 

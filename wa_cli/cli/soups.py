@@ -81,7 +81,7 @@ def run_soup(
         raise WaError("a soup writes its result: give -o FILE", ExitCode.USAGE)
     mode = soup.mode  # checked by the library ("max" or "min", else from the name)
     scoring = dict(model=soup.model, evaluate=soup.evaluate, metric=soup.metric, mode=mode,
-                   bn_data=soup.bn_data, opts=reduce, out=write)  # fmt: skip
+                   bn_data=soup.bn_data, reduce=reduce, write=write)  # fmt: skip
     table: dict[str, Any] | None = None
     if soup.chosen == "--greedy":
         chosen, report = wa.greedy_soup_to_file(inputs, output, **scoring)  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ from wa_cli.engine.precision import Precision
 from wa_cli.io.dtypes import dtype_name
 from wa_cli.io.guard import Reads
 from wa_cli.io.output_check import Layout
-from wa_cli.io.writer import check_shard_name
+from wa_cli.io.writer import DEFAULT_SHARD_NAME, WriteSettings, check_shard_name
 
 ProgressCallback = Callable[[int, int], None]
 OutputFormat = Literal["safetensors", "dcp"]
@@ -97,6 +97,16 @@ class WriteOptions:
     def with_progress(self, progress: ProgressCallback | None) -> WriteOptions:
         """The same options reporting progress to ``progress`` (the CLI's bar, made later)."""
         return dataclasses.replace(self, progress=progress)
+
+    def settings(self, reads: Reads = ()) -> WriteSettings:
+        """The writer's settings for these options (``reads``: the inputs the guard protects)."""
+        return WriteSettings(
+            force=self.force,
+            max_shard_size=self.max_shard_size,
+            reads=reads,
+            shard_name=self.shard_name or DEFAULT_SHARD_NAME,
+            copy_files=self.copy_files,
+        )
 
     def output_folder_options(self) -> bool:
         """Whether an option of sharded output is given (some methods write single files)."""

@@ -92,11 +92,10 @@ def combine_to_file(
                     output, plan.output_tensors(), chunks, force=out.force, reads=input_reads(plan)
                 )
             else:
+                settings = out.settings(reads=input_reads(plan))
                 written = write_safetensors(
-                    output, plan.output_tensors(), chunks, recipe.metadata,
-                    force=out.force, max_shard_size=out.max_shard_size, reads=input_reads(plan),
-                    shard_name=out.shard_name or "model", copy_files=out.copy_files,
-                )  # fmt: skip
+                    output, plan.output_tensors(), chunks, recipe.metadata, settings
+                )
     finally:
         for ckpt in plan.checkpoints:
             ckpt.close()

@@ -60,6 +60,21 @@ class OutputTensor:
     shape: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class WriteSettings:
+    """How :func:`write_safetensors` writes; io's own, made from the engine's ``WriteOptions``."""
+
+    force: bool = False  # replace an existing destination
+    max_shard_size: int | None = None  # bytes per shard; None writes one file
+    reads: Reads = ()  # files the caller reads (the guard refuses to write over them)
+    # The shards' base name: model-00001-of-00002.safetensors and model.safetensors.index.json
+    # (diffusion_pytorch_model for diffusers).
+    shard_name: str = DEFAULT_SHARD_NAME
+    # Copied into the output folder beside the shards, in the same atomic replacement
+    # (--copy-config: config.json, tokenizer files).
+    copy_files: Sequence[Path] = ()
+
+
 def parse_size(text: str) -> int:
     """``5GB``, ``500MB``, ``2GiB``, ``1000000`` → bytes (decimal units as Hugging Face uses).
 
@@ -110,31 +125,22 @@ def write_safetensors(
     tensors: list[OutputTensor],
     chunks: Iterable[tuple[str, torch.Tensor]],
     metadata: dict[str, str],
-    *,
-    force: bool = False,
-    max_shard_size: int | None = None,
-    reads: Reads = (),
-    shard_name: str = DEFAULT_SHARD_NAME,
-    copy_files: Sequence[Path] = (),
+    settings: WriteSettings = WriteSettings(),
 ) -> list[Path]:
     """Stream ``chunks`` into a safetensors file (or a folder of shards) atomically.
 
     Args:
-        destination: the output file, or the output folder when ``max_shard_size`` is set. A
-            file named with a pickle suffix (``.pt``, ``.pth.tar``, ``.ckpt``, ...) is refused, and
-            so, even with ``force``, is a folder holding anything but shards and indexes.
+        destination: the output file, or the output folder when ``settings.max_shard_size`` is
+            set. A file named with a pickle suffix (``.pt``, ``.pth.tar``, ``.ckpt``, ...) is
+            refused, and so, even with ``force``, is a folder holding anything but shards and
+            indexes.
         tensors: every output tensor, in the order their chunks will arrive.
         chunks: ``(key, tensor)`` pairs; a key's chunks arrive consecutively and, flattened and
             concatenated, make its tensor (a whole tensor is one chunk). A chunk may also run on
             into the tensors after ``key`` (a span of small tensors in one buffer).
         metadata: string metadata for the header (and the index, when sharded).
-        force: replace an existing destination.
-        max_shard_size: bytes per shard; ``None`` writes one file.
-        reads: files the caller reads (the guard refuses to write over them).
-        shard_name: the shards' base name (``model``: ``model-00001-of-00002.safetensors`` and
-            ``model.safetensors.index.json``; ``diffusion_pytorch_model`` for diffusers).
-        copy_files: files copied into the output folder beside the shards, inside the same
-            atomic replacement (``--copy-config``: ``config.json``, tokenizer files).
+        settings: replacing, sharding, the files read and the files copied
+            (:class:`WriteSettings`).
 
     Returns:
         The files written (final paths).
@@ -145,6 +151,8 @@ def write_safetensors(
         ...                   [("t", t)], {"format": "pt"})  # doctest: +SKIP
     """
     destination = Path(destination)
+    force, max_shard_size, reads = settings.force, settings.max_shard_size, settings.reads
+    shard_name, copy_files = settings.shard_name, settings.copy_files
     check_output_name(destination, "file" if max_shard_size is None else "shards")
     check_shard_name(shard_name)
     if copy_files and max_shard_size is None:
@@ -320,9 +328,8 @@ def write_state_dict(
         raise WaError(f"filename={filename!r} is not a path", params=("filename",))
     specs = [OutputTensor(k, v.dtype, tuple(v.shape)) for k, v in state_dict.items()]
     pairs = ((k, v) for k, v in state_dict.items() if v.numel())
-    return write_safetensors(
-        filename, specs, pairs, metadata or {}, force=force, max_shard_size=max_shard_size
-    )
+    settings = WriteSettings(force=force, max_shard_size=max_shard_size)
+    return write_safetensors(filename, specs, pairs, metadata or {}, settings)
 
 
 # The pieces of a write, for writers that split one output between processes

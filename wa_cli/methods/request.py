@@ -106,15 +106,24 @@ class Request:
     dry_run: bool = False
 
     @classmethod
-    def of(cls, function: str, args: Mapping[str, Any], own: Sequence[str] = ()) -> Request:
-        """Split a verb's keyword arguments into the option objects (``own``: the verb's own).
+    def of(
+        cls,
+        function: str,
+        args: Mapping[str, Any],
+        own: Sequence[str] = (),
+        takes: Sequence[str] = tuple(_GROUPS),
+    ) -> Request:
+        """Split a verb's keyword arguments into the option objects (``own``: the verb's own;
+        ``takes``: the groups it takes, the others keep their defaults).
 
         Raises:
             TypeError: for a keyword the verb does not take (as Python does).
             WaError: for a bad value, or an option object given together with its fields.
         """
-        groups = {g: {k: args[k] for k in names if k in args} for g, names in _GROUPS.items()}
-        known = {*own, "dry_run", *_GROUPS, *(k for names in _GROUPS.values() for k in names)}
+        # A group not taken keeps its defaults: a soup's metric= is its own, not top-k's.
+        groups = {g: {k: args[k] for k in names if k in args and g in takes}
+                  for g, names in _GROUPS.items()}  # fmt: skip
+        known = {*own, "dry_run", *takes, *(k for g in takes for k in _GROUPS[g])}
         for name in args:
             if name not in known:
                 raise TypeError(f"{function}() got an unexpected keyword argument {name!r}")

@@ -159,11 +159,9 @@ def select_checkpoints(
         else:
             entries = order_trajectory(ckpts, cast("Order", order))  # checked there
         metrics = load_metrics_file(sel.metrics, sel.metric) if sel.metrics is not None else None
-        picked = select_trajectory(
-            entries, last=sel.last, every=sel.every, from_step=sel.from_step,
-            to_step=sel.to_step, top_k=sel.top_k, metric=sel.metric,
-            mode=None if sel.mode is None else choice("mode", sel.mode, Mode), metrics=metrics,
-        )  # fmt: skip
+        if sel.mode is not None:
+            choice("mode", sel.mode, Mode)
+        picked = select_trajectory(entries, sel, metrics)
     except BaseException:
         close_opened(ckpts, inputs, keep=())
         raise

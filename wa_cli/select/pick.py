@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import TypedDict
+from typing import Protocol, TypedDict, cast
 
 from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.select.direction import Mode, resolve_mode
@@ -84,16 +84,29 @@ def _read_values(
     return [replace(e, value=v) for e, v in zip(entries, values, strict=True)]
 
 
+class Picks(Protocol):
+    """The filters :func:`select_trajectory` applies: :class:`wa_cli.Selection` is one (select/
+    imports nothing from methods/, so it names the fields it reads)."""
+
+    @property
+    def last(self) -> int | None: ...
+    @property
+    def every(self) -> int | None: ...
+    @property
+    def from_step(self) -> int | None: ...
+    @property
+    def to_step(self) -> int | None: ...
+    @property
+    def top_k(self) -> int | None: ...
+    @property
+    def metric(self) -> str | None: ...
+    @property
+    def mode(self) -> str | None: ...
+
+
 def select_trajectory(
     entries: Sequence[Entry[C]],
-    *,
-    last: int | None = None,
-    every: int | None = None,
-    from_step: int | None = None,
-    to_step: int | None = None,
-    top_k: int | None = None,
-    metric: str | None = None,
-    mode: Mode | None = None,
+    picks: Picks,
     metrics: Mapping[str, float] | None = None,
 ) -> list[Entry[C]]:
     """Pick the checkpoints a run uses, keeping trajectory order.
@@ -117,15 +130,12 @@ def select_trajectory(
 
     Args:
         entries: The ordered trajectory (:func:`order_trajectory`).
-        last: Keep the last N.
-        every: Keep every K-th.
-        from_step: First step to keep.
-        to_step: Last step to keep.
-        top_k: Keep the k best by the metric.
-        metric: Metric name (metadata key, or the column of a metrics file).
-        mode: ``min`` or ``max``: which direction is better (default: from the metric's name,
-            :func:`wa_cli.select.direction.mode_from_name`).
-        metrics: Metric values by checkpoint name or path.
+        picks: The filters, a :class:`wa_cli.Selection`: ``last`` (keep the last N), ``every``
+            (every K-th), ``from_step`` and ``to_step`` (the first and last step kept),
+            ``top_k`` (the k best by the metric), ``metric`` (metadata key, or the column of
+            a metrics file), ``mode`` (``min`` or ``max``: which direction is better; default:
+            from the metric's name, :func:`wa_cli.select.direction.mode_from_name`).
+        metrics: Metric values by checkpoint name or path (the loaded ``Selection.metrics``).
 
     Returns:
         The selected entries, in trajectory order, with ``value`` set when a metric was read.
@@ -137,10 +147,12 @@ def select_trajectory(
 
     Example:
         >>> entries = order_trajectory(ckpts)  # doctest: +SKIP
-        >>> picked = select_trajectory(entries, every=2, last=5)  # doctest: +SKIP
-        >>> best = select_trajectory(entries, top_k=3, metric="val_loss")  # doctest: +SKIP
+        >>> picked = select_trajectory(entries, Selection(every=2, last=5))  # doctest: +SKIP
+        >>> best = select_trajectory(entries, Selection(top_k=3, metric="loss"))  # doctest: +SKIP
     """
-    _check_selection(last, every, from_step, to_step, top_k, metric, mode, metrics)
+    _check_selection(picks, metrics)
+    last, every, top_k, metric = picks.last, picks.every, picks.top_k, picks.metric
+    from_step, to_step, mode = picks.from_step, picks.to_step, cast("Mode | None", picks.mode)
     direction = resolve_mode(metric, mode) if top_k is not None else mode
     kept = list(entries)
     if not kept:
@@ -159,24 +171,16 @@ def select_trajectory(
     return kept
 
 
-def _check_selection(
-    last: int | None,
-    every: int | None,
-    from_step: int | None,
-    to_step: int | None,
-    top_k: int | None,
-    metric: str | None,
-    mode: Mode | None,
-    metrics: Mapping[str, float] | None,
-) -> None:
+def _check_selection(picks: Picks, metrics: Mapping[str, float] | None) -> None:
     """Refuse a bad N/K/k, mode or step range, and ``top_k`` without a metric."""
+    mode, from_step, to_step = picks.mode, picks.from_step, picks.to_step
     if mode is not None and mode not in ("min", "max"):
         raise WaError(
             f"mode must be 'min' or 'max', got {mode!r}", ExitCode.USAGE, params=("mode",)
         )
-    _positive("last", last)
-    _positive("every", every)
-    _positive("top_k", top_k)
+    _positive("last", picks.last)
+    _positive("every", picks.every)
+    _positive("top_k", picks.top_k)
     for param, value in (("from_step", from_step), ("to_step", to_step)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise WaError(
@@ -188,7 +192,7 @@ def _check_selection(
             ExitCode.USAGE,
             params=("from_step", "to_step"),
         )
-    if top_k is not None and metric is None and metrics is None:
+    if picks.top_k is not None and picks.metric is None and metrics is None:
         raise WaError(
             "--top-k needs a metric: pass --metric NAME (read from each checkpoint's metadata) "
             "or --metrics FILE (and --mode min|max when its name does not say which is better)",

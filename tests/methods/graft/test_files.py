@@ -17,10 +17,11 @@ from safetensors.torch import save as safetensors_bytes
 
 from tests.helpers import TOLERANCE, cnn_state, make_trajectory
 from tests.oracles import np_entropy, spec_alpha
+from wa_cli.engine.options import ReduceOptions, WriteOptions
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.io.names import distinct_names
 from wa_cli.io.reader import open_checkpoint
-from wa_cli.methods.graft.files import graft_to_files, output_paths, plan_graft
+from wa_cli.methods.graft.files import GraftPlan, graft_to_files, output_paths, plan_graft
 
 # An earlier output: a safetensors file, which --force may replace (anything else it may not).
 KEEP_ME = safetensors_bytes({"keep": torch.zeros(1)})
@@ -44,6 +45,15 @@ def float64_graft(
     return out
 
 
+def graft_paths(
+    inputs: list, output: Path, *, force: bool = False, command: str | None = None, **graft
+) -> tuple[GraftPlan, list]:
+    """Both passes on the CPU: plan_graft, then graft_to_files with the option objects."""
+    plan = plan_graft(inputs, device="cpu", **graft)
+    write = WriteOptions.checked(force=force, command=command)
+    return plan, graft_to_files(plan, output, ReduceOptions.checked(device="cpu"), write)
+
+
 def assert_state_close(actual: dict, expected: dict) -> None:
     assert set(actual) == set(expected)
     for k, t in expected.items():
@@ -57,7 +67,7 @@ def assert_state_close(actual: dict, expected: dict) -> None:
 def test_two_models_write_one_graft_equal_to_float64_recomputation(tmp_path: Path) -> None:
     traj = make_trajectory(tmp_path, n=2)
     out = tmp_path / "g.safetensors"
-    plan, reports = graft_to_files(traj.paths, out, device="cpu")
+    plan, reports = graft_paths(traj.paths, out)
     assert [r.outputs for r in reports] == [[str(out)]]
     u, v = load_file(traj.paths[0]), load_file(traj.paths[1])
     assert_state_close(load_file(out), float64_graft(u, v))
@@ -73,7 +83,7 @@ def test_two_models_write_one_graft_equal_to_float64_recomputation(tmp_path: Pat
 def test_provenance_records_a_c_rule_and_every_alpha(tmp_path: Path) -> None:
     traj = make_trajectory(tmp_path, n=2)
     out = tmp_path / "g.safetensors"
-    graft_to_files(traj.paths, out, a=0.3, c=100.0, device="cpu", command="wa graft ...")
+    graft_paths(traj.paths, out, a=0.3, c=100.0, command="wa graft ...")
     with safe_open(out, "pt") as f:
         meta = f.metadata()
     params = json.loads(meta["wa_params"])
@@ -89,7 +99,7 @@ def test_provenance_records_a_c_rule_and_every_alpha(tmp_path: Path) -> None:
 def test_three_model_ring_against_float64_recomputation(tmp_path: Path) -> None:
     traj = make_trajectory(tmp_path / "in", n=3)
     out = tmp_path / "ring"  # created by the run
-    _, reports = graft_to_files(traj.paths, out, device="cpu")
+    _, reports = graft_paths(traj.paths, out)
     states = [load_file(p) for p in traj.paths]
     names = sorted(p.name for p in out.iterdir())
     assert names == [f"ckpt_{i}.grafted.safetensors" for i in range(3)]
@@ -119,7 +129,7 @@ def test_only_the_entropy_keys_are_read_in_the_first_pass(tmp_path: Path) -> Non
 def test_zero_amplitude_is_the_plain_mean_bit_for_bit(tmp_path: Path) -> None:
     traj = make_trajectory(tmp_path, n=2)
     out = tmp_path / "g.safetensors"
-    graft_to_files(traj.paths, out, a=0.0, device="cpu")
+    graft_paths(traj.paths, out, a=0.0)
     u, v = load_file(traj.paths[0]), load_file(traj.paths[1])
     g = load_file(out)
     for k, t in u.items():
@@ -133,7 +143,7 @@ def test_zero_amplitude_is_the_plain_mean_bit_for_bit(tmp_path: Path) -> None:
 def test_output_dtype_and_16_bit_inputs(tmp_path: Path) -> None:
     traj = make_trajectory(tmp_path, n=2, dtype=torch.bfloat16)
     out = tmp_path / "g.safetensors"
-    graft_to_files(traj.paths, out, dtype=torch.float16, device="cpu")
+    graft_paths(traj.paths, out, dtype=torch.float16)
     g = load_file(out)
     assert g["0.weight"].dtype == torch.float16 and g["1.num_batches_tracked"].dtype == torch.int64
     u, v = load_file(traj.paths[0]), load_file(traj.paths[1])
@@ -146,10 +156,10 @@ def test_every_output_is_checked_before_the_first_is_written(tmp_path: Path) -> 
     out.mkdir()
     (out / "ckpt_2.grafted.safetensors").write_bytes(KEEP_ME)
     with pytest.raises(WaError, match="already exists") as e:
-        graft_to_files(traj.paths, out, device="cpu")
+        graft_paths(traj.paths, out)
     assert e.value.code == ExitCode.OUTPUT
     assert sorted(p.name for p in out.iterdir()) == ["ckpt_2.grafted.safetensors"]
-    graft_to_files(traj.paths, out, device="cpu", force=True)
+    graft_paths(traj.paths, out, force=True)
     assert len(list(out.iterdir())) == 3
 
 
@@ -167,7 +177,7 @@ def test_same_file_names_in_different_folders_get_distinct_outputs(tmp_path: Pat
         (tmp_path / run).mkdir()
         save_file(cnn_state(len(paths)), tmp_path / run / "last.safetensors")
         paths.append(tmp_path / run / "last.safetensors")
-    graft_to_files(paths, tmp_path / "out", device="cpu")
+    graft_paths(paths, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         f"{run}_last.grafted.safetensors" for run in ("run_a", "run_b", "run_c")
     ]

@@ -197,3 +197,37 @@ def test_a_callable_object_is_named_by_its_class_not_its_address():
     assert Evaluator(Acc(), mode="max").name.endswith("Acc")
     with pytest.raises(WaError, match="mode='max' or mode='min'"):
         Evaluator(Score())
+
+
+def test_the_soups_take_combining_and_writing_as_keywords_or_option_objects(tmp_path):
+    """Like average_to_file: dtype=, force=, ... or reduce=/write= (older names opts=/out=),
+    and a keyword a soup does not take is a TypeError (its metric= is the score's, not top-k's).
+    Oracle: the float64 mean of the two inputs, cast once to float16."""
+    from wa_cli.engine.options import ReduceOptions, WriteOptions
+
+    points = [TARGET.numpy() + 0.25, TARGET.numpy() - 0.125]
+    paths = _inputs(tmp_path, points)
+    out = tmp_path / "soup.safetensors"
+    save_file({"old": torch.zeros(1)}, out)
+    score = dict(model=build, evaluate=Score(), mode="max")
+    soup, _ = greedy_soup_to_file(paths, out, dtype="float16", force=True, **score)
+    mean = np.mean([np.float64(np.float32(points[i])) for i in soup.kept], axis=0)
+    assert soup.kept == [0, 1]
+    assert torch.equal(load_file(out)["weight"], torch.tensor(mean).to(torch.float16))
+    for given in (
+        {"reduce": ReduceOptions.checked(dtype="float16"), "write": WriteOptions(force=True)},
+        {"opts": ReduceOptions.checked(dtype="float16"), "out": WriteOptions(force=True)},
+    ):
+        out.unlink()
+        save_file({"old": torch.zeros(1)}, out)
+        greedy_soup_to_file(paths, out, **score, **given)  # type: ignore[arg-type]
+        assert torch.equal(load_file(out)["weight"], torch.tensor(mean).to(torch.float16))
+    sweep, _ = sweep_to_file(paths, out, grid=[0.5], **score, write=WriteOptions(force=True))
+    assert sweep.best == 0.5
+    for bad in ({"top_k": 2}, {"key": "state_dict"}, {"dry_run": True}, {"weights": [1, 1]}):
+        with pytest.raises(TypeError, match="unexpected keyword argument"):
+            greedy_soup_to_file(paths, out, **score, **bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="missing required keyword argument 'grid'"):
+        sweep_to_file(paths, out, **score)  # type: ignore[call-arg]
+    with pytest.raises(WaError, match="force=1 must be True or False"):
+        greedy_soup_to_file(paths, out, **score, force=1)  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ from wa_cli.engine.report import input_reads
 from wa_cli.io.atomic import check_destination
 from wa_cli.io.output_check import Layout, check_output
 from wa_cli.io.reader import Checkpoint, ReadOptions, open_checkpoint
-from wa_cli.io.writer import OutputTensor, write_safetensors
+from wa_cli.io.writer import OutputTensor, WriteSettings, write_safetensors
 from wa_cli.methods.bn.recalibrate import (
     NO_BN_NOTE,
     BNReport,
@@ -301,8 +301,7 @@ def _write_output(
             [OutputTensor(key, ckpt.info(key).dtype, ckpt.info(key).shape) for key in keys],
             _tensors(ckpt, keys, new),
             _metadata(ckpt, recorded, command),
-            force=force,
-            max_shard_size=shard_size,
+            WriteSettings(force=force, max_shard_size=shard_size),
         )
     )
     return written[0].parent if shard_size else written[0]

@@ -29,7 +29,6 @@ from wa_cli.engine import distributed
 from wa_cli.engine.device import resolve_device
 from wa_cli.engine.options import ReduceOptions, WriteOptions
 from wa_cli.engine.plan import ARCHITECTURE_HINT, KeyPlan, Plan, build_plan
-from wa_cli.engine.precision import Precision
 from wa_cli.engine.provenance import provenance
 from wa_cli.engine.run import (
     Recipe,
@@ -277,50 +276,34 @@ def output_paths(plan: GraftPlan, output: str | os.PathLike[str]) -> list[Path]:
 
 
 def graft_to_files(
-    inputs: Inputs | GraftPlan,
+    plan: GraftPlan,
     output: str | os.PathLike[str],
-    *,
-    rule: Rule = "module",
-    a: float = 0.4,
-    c: float = 500.0,
-    bins: int = 10,
-    dtype: torch.dtype | None = None,
-    precision: Precision = "auto",
-    device: str | torch.device = "auto",
-    force: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-    command: str | None = None,
-) -> tuple[GraftPlan, list[RunReport]]:
-    """Graft checkpoints and write the result(s), streaming and atomically per file.
+    reduce: ReduceOptions,
+    write: WriteOptions,
+) -> list[RunReport]:
+    """Write the grafts of ``plan``, streaming and atomically per file: the second pass.
 
     Two inputs write one file, ``output``; N >= 3 inputs write N files into the folder
     ``output`` (created if needed), named ``<input stem>.grafted.safetensors``. Every output is
-    checked (not an input, not existing without ``force``) before the first is written. The
-    provenance of each records A, c, the rule, the receiver, the donor and every alpha.
+    checked (not an input, not existing without ``write.force``) before the first is written.
+    The provenance of each records A, c, the rule, the receiver, the donor and every alpha.
 
     Args:
-        inputs: two or more checkpoints, or a ``GraftPlan`` from ``plan_graft``.
+        plan: the first pass, from :func:`plan_graft` (its checkpoints are closed here).
         output: a file (two inputs) or a folder (three or more).
-        rule, a, c, bins, dtype: as in ``plan_graft`` (ignored when given a plan).
-        precision: accumulator ("auto": float64 for float32 inputs, float32 for 16-bit ones).
-        device: where the combination runs (auto, cpu, cuda[:N]).
-        force: replace existing outputs.
-        progress: ``progress(bytes_done_now, bytes_total)`` per output, as input is consumed.
-        command: the command line recorded in the metadata (default: ``sys.argv``).
+        reduce: the accumulator (``precision``) and where the combination runs (``device``).
+        write: ``force``, ``progress`` (per output, as input is consumed) and ``command``
+            (recorded in the metadata).
 
     Returns:
-        The plan and one ``RunReport`` per output.
+        One ``RunReport`` per output.
 
     Example:
-        >>> _, reports = graft_to_files(["a.st", "b.st"], "g.safetensors")  # doctest: +SKIP
+        >>> plan = plan_graft(["a.st", "b.st"])  # doctest: +SKIP
+        >>> out = ReduceOptions(), WriteOptions()  # doctest: +SKIP
+        >>> reports = graft_to_files(plan, "g.safetensors", *out)  # doctest: +SKIP
     """
-    choice("precision", precision, Precision)
-    dev = resolve_device(device)
-    refuse_file_link(output)  # before the entropies read every input
-    if isinstance(inputs, GraftPlan):
-        plan = inputs
-    else:
-        plan = plan_graft(inputs, rule=rule, a=a, c=c, bins=bins, dtype=dtype, device=dev)
+    refuse_file_link(output)
     ckpts = plan.checkpoints
     paths = output_paths(plan, output)
     pair_plans = [
@@ -328,15 +311,13 @@ def graft_to_files(
     ]
     for path in paths:  # several outputs: their folder is made below
         existing = len(paths) == 1 or path.parent.is_dir()
-        check_output(path, reads=input_reads(plan.check), force=force, existing=existing)
+        check_output(path, reads=input_reads(plan.check), force=write.force, existing=existing)
     if len(paths) > 1:
         paths[0].parent.mkdir(parents=True, exist_ok=True)
     reports: list[RunReport] = []
-    opts = ReduceOptions(precision=precision, device=dev)
-    out = WriteOptions(force=force, progress=progress, command=command)
     with transaction():  # N outputs: all or none (a full disk at the last leaves no other)
-        _write_all(plan, paths, pair_plans, reports, opts, out)
-    return plan, reports
+        _write_all(plan, paths, pair_plans, reports, reduce, write)
+    return reports
 
 
 def _write_all(

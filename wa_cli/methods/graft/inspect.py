@@ -23,6 +23,7 @@ from wa_cli.methods.graft.entropy import check_base, check_bins, check_threshold
 from wa_cli.methods.graft.report import (
     By,
     EntropyReport,
+    Measure,
     Sort,
     compile_filter,
     measure_rows,
@@ -116,10 +117,8 @@ def entropy_report(inputs: Inputs, **options: Unpack[EntropyArgs]) -> EntropyRep
         plan = build_plan(ckpts, keys=request.reduce.keys, dtype=torch.float64)
         named = named_keys(plan, by, regex)
         pairs = ring_pairs_to_write(len(ckpts)) if len(ckpts) >= 2 else []
-        rows = measure_rows(
-            ckpts, plan, named, pairs, bins=bins, base=base, l1_threshold=l1_threshold,
-            a=a, c=c, dev=request.reduce.device,
-        )  # fmt: skip
+        measure = Measure(bins, base, l1_threshold, a, c, request.reduce.device)
+        rows = measure_rows(ckpts, plan, named, pairs, measure)
     finally:
         close_opened(ckpts, inputs, keep=())
     if sort == "name":

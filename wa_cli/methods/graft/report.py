@@ -169,20 +169,36 @@ def named_keys(plan: Plan, by: By, regex: Callable[[str], bool] | None) -> list[
     return named
 
 
+@dataclass(frozen=True)
+class Measure:
+    """How the report measures each row (checked by ``entropy_report``).
+
+    Attributes:
+        bins: histogram bins B.
+        base: logarithm base of the entropies (None: nats).
+        l1_threshold: output filters with an L1 norm below it are invalid.
+        a, c: the graft amplitude and steepness of the alpha column.
+        device: where the entropies are computed.
+    """
+
+    bins: int
+    base: float | None
+    l1_threshold: float
+    a: float
+    c: float
+    device: torch.device
+
+
 def measure_rows(
     ckpts: Sequence[Checkpoint],
     plan: Plan,
     named: list[tuple[str, str]],
     pairs: list[tuple[int, int]],
-    *,
-    bins: int,
-    base: float | None,
-    l1_threshold: float,
-    a: float,
-    c: float,
-    dev: torch.device,
+    measure: Measure,
 ) -> list[EntropyRow]:
     """One row per (name, key): its entropy and invalid filters per checkpoint, alpha per pair."""
+    bins, base, l1_threshold = measure.bins, measure.base, measure.l1_threshold
+    a, c, dev = measure.a, measure.c, measure.device
     info = {k.key: k for k in plan.keys}
     scale = 1.0 if base is None else math.log(base)
     rows = []

@@ -143,18 +143,13 @@ def graft_to_file(
     if output is not None:
         refuse_file_link(output)  # a dangling -o link: refused before the entropies read all
     plan = _plan(inputs, request, options)
-    r = request.reduce
     if request.dry_run:
         plan.outputs = [str(p) for p in output_paths(plan, output)] if output is not None else []
         for ck in plan.checkpoints:
             ck.close()
         return plan
     assert output is not None  # checked above
-    w = request.write
-    plan, reports = graft_to_files(
-        plan, output, precision=r.precision, device=r.device, force=w.force,
-        progress=w.progress, command=w.command,
-    )  # fmt: skip
+    reports = graft_to_files(plan, output, request.reduce, request.write)
     merged = merge_reports(reports, plan.warnings)
     merged.parts, merged.plan = reports, plan
     return merged

@@ -10,16 +10,18 @@ evaluation.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
+from typing_extensions import Required, Unpack
 
 from wa_cli.engine.options import ReduceOptions, WriteOptions
 from wa_cli.engine.run import RunReport
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.methods.average import average_to_file
 from wa_cli.methods.inputs import Inputs, open_inputs
+from wa_cli.methods.request import ReduceArgs, Request, WriteArgs
 from wa_cli.methods.soup.evaluate import Evaluator, resolve_evaluator
 from wa_cli.methods.soup.greedy import (
     GreedySoup,
@@ -70,10 +72,10 @@ def _bn_prepare(bn_data: DataSpec) -> Callable[[nn.Module], None] | None:
     return prepare
 
 
-def _evaluator(
-    evaluate: Any, metric: str | None, mode: Mode | None, bn_data: DataSpec
-) -> Evaluator:
-    return resolve_evaluator(evaluate, metric=metric, mode=mode, prepare=_bn_prepare(bn_data))
+def _evaluator(options: Mapping[str, Any], metric: str | None) -> Evaluator:
+    prepare = _bn_prepare(options.get("bn_data"))
+    mode = options.get("mode")
+    return resolve_evaluator(options["evaluate"], metric=metric, mode=mode, prepare=prepare)
 
 
 def _stored_scores(ckpts: Sequence[Any], metric: str | None) -> list[float] | None:
@@ -85,63 +87,100 @@ def _stored_scores(ckpts: Sequence[Any], metric: str | None) -> list[float] | No
         return None
 
 
+class SoupArgs(ReduceArgs, WriteArgs, total=False):
+    """The keyword arguments of :func:`greedy_soup_to_file`."""
+
+    model: Required[ModelSpec]
+    evaluate: Required[str | Callable[[nn.Module], Any]]
+    metric: str | None
+    mode: Mode | None
+    bn_data: DataSpec
+    opts: ReduceOptions | None  # the older name of reduce=
+    out: WriteOptions | None  # the older name of write=
+
+
+class SweepArgs(SoupArgs, total=False):
+    """The keyword arguments of :func:`sweep_to_file`."""
+
+    grid: Required[str | Sequence[float]]
+
+
+_OWN = ("model", "evaluate", "metric", "mode", "bn_data")
+_OLDER = {"opts": "reduce", "out": "write"}
+
+
+def _request(function: str, options: Mapping[str, Any], own: Sequence[str]) -> Request:
+    """The soup's reduce and write options (its own ``metric`` is the score's, not top-k's)."""
+    if "dry_run" in options:  # a soup is chosen by scoring: there is no plan to show first
+        raise TypeError(f"{function}() got an unexpected keyword argument 'dry_run'")
+    for name in ("model", "evaluate", "grid"):
+        if name in own and name not in options:
+            raise TypeError(f"{function}() missing required keyword argument {name!r}")
+    args = dict(options)
+    for older, name in _OLDER.items():
+        if older in args:
+            if name in args:
+                raise TypeError(f"{function}() got both {name}= and its older name {older}=")
+            args[name] = args.pop(older)
+    return Request.of(function, args, own=own, takes=("reduce", "write"))
+
+
 def greedy_soup_to_file(
-    inputs: Inputs,
-    output: str | os.PathLike[str],
-    *,
-    model: ModelSpec,
-    evaluate: str | Callable[[nn.Module], Any],
-    metric: str | None = None,
-    mode: Mode | None = None,
-    bn_data: DataSpec = None,
-    opts: ReduceOptions | None = None,
-    out: WriteOptions | None = None,
+    inputs: Inputs, output: str | os.PathLike[str], **options: Unpack[SoupArgs]
 ) -> tuple[GreedySoup, RunReport]:
     """Greedy soup of ``inputs`` scored by ``evaluate(model)``; the kept inputs' mean to ``output``.
 
-    When ``metric`` names a number every input stores (metadata), those are the inputs' own
-    scores (N − 1 evaluations instead of 2N − 1).
+    Args:
+        inputs: the fine-tuned checkpoints (paths, a glob, a folder, opened checkpoints).
+        output: the soup's ``.safetensors`` file (or a folder with ``max_shard_size``).
+        **options: ``model``: an ``nn.Module``, a factory, or ``"module.py:build"``.
+            ``evaluate``: ``evaluate(model)`` returns the score (or ``"module.py:fn"``).
+            ``metric``: the score's name (a number every input stores in its metadata is used
+            as that input's own score: N − 1 evaluations instead of 2N − 1). ``mode``:
+            ``"max"`` or ``"min"`` (default: from the name). ``bn_data``: batches to
+            re-estimate BatchNorm statistics before each score. Combining (``dtype``,
+            ``precision``, ``device``, ...) and writing (``force``, ``max_shard_size``, ...)
+            as for ``wa.average_to_file``, or the option objects ``reduce=`` and ``write=``
+            (older names: ``opts=``, ``out=``).
 
     Example:
         >>> soup, report = greedy_soup_to_file("ft/*.safetensors", "soup.safetensors",
         ...     model="net.py:build", evaluate="net.py:val_acc")  # doctest: +SKIP
     """
-    evaluator = _evaluator(evaluate, metric, mode, bn_data)
+    request = _request("greedy_soup_to_file", options, _OWN)
+    metric = options.get("metric")
+    evaluator = _evaluator(options, metric)
     ckpts = open_inputs(inputs)
-    soup = greedy_soup(ckpts, _model(model), evaluator, stored_scores=_stored_scores(ckpts, metric))
-    report = _write([ckpts[i] for i in soup.kept], output, None, opts, out)
+    model = _model(options["model"])
+    soup = greedy_soup(ckpts, model, evaluator, stored_scores=_stored_scores(ckpts, metric))
+    report = _write([ckpts[i] for i in soup.kept], output, None, request)
     report.method = "greedy_soup"
     report.params["greedy_soup"] = soup.to_json()
     return soup, report
 
 
 def sweep_to_file(
-    inputs: Inputs,
-    output: str | os.PathLike[str],
-    *,
-    grid: str | Sequence[float],
-    model: ModelSpec,
-    evaluate: str | Callable[[nn.Module], Any],
-    metric: str | None = None,
-    mode: Mode | None = None,
-    bn_data: DataSpec = None,
-    opts: ReduceOptions | None = None,
-    out: WriteOptions | None = None,
+    inputs: Inputs, output: str | os.PathLike[str], **options: Unpack[SweepArgs]
 ) -> tuple[Sweep, RunReport]:
     """WiSE-FT: score (1 − α)·θ_0 + α·θ_1 over ``grid`` (``"0:1:0.1"``); write the best α.
+
+    Arguments as for :func:`greedy_soup_to_file`, plus ``grid``: the α values, ``"0:1:0.1"``
+    or a sequence of numbers in [0, 1]; ``inputs`` are θ_0 and θ_1.
 
     Example:
         >>> sweep, report = sweep_to_file(["zeroshot.safetensors", "ft.safetensors"],
         ...     "wise.safetensors", grid="0:1:0.1", model="net.py:build",
         ...     evaluate="net.py:val_acc")  # doctest: +SKIP
     """
+    request = _request("sweep_to_file", options, (*_OWN, "grid"))
+    grid = options["grid"]
     alphas = parse_grid(grid) if isinstance(grid, str) else [float(a) for a in grid]
     if not alphas or any(not 0.0 <= a <= 1.0 for a in alphas):
         raise WaError(f"sweep values must lie in [0, 1], got {alphas}", params=("sweep",))
-    evaluator = _evaluator(evaluate, metric, mode, bn_data)
+    evaluator = _evaluator(options, options.get("metric"))
     ckpts = open_inputs(inputs)
-    sweep = wise_ft_sweep(ckpts, _model(model), evaluator, alphas, interpolated)
-    report = _write(ckpts, output, [1.0 - sweep.best, sweep.best], opts, out)
+    sweep = wise_ft_sweep(ckpts, _model(options["model"]), evaluator, alphas, interpolated)
+    report = _write(ckpts, output, [1.0 - sweep.best, sweep.best], request)
     report.method = "wise_ft"
     report.params["sweep"] = sweep.to_json()
     return sweep, report
@@ -151,11 +190,9 @@ def _write(
     ckpts: Sequence[Any],
     output: str | os.PathLike[str],
     weights: list[float] | None,
-    opts: ReduceOptions | None,
-    out: WriteOptions | None,
+    request: Request,
 ) -> RunReport:
-    o = opts or ReduceOptions.checked()
-    w = out or WriteOptions.checked()
-    report = average_to_file(list(ckpts), output, weights=weights, reduce=o, write=w)
+    r, w = request.reduce, request.write
+    report = average_to_file(list(ckpts), output, weights=weights, reduce=r, write=w)
     assert isinstance(report, RunReport)  # not a dry run
     return report
