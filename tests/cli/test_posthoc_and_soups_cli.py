@@ -160,3 +160,38 @@ def test_a_bad_score_is_one_line_naming_the_function_and_nothing_is_written(tmp_
     assert not out.exists()
     result = run_wa(["average", *paths, "--greedy", "-o", out], capsys)
     assert_one_line_error(result, 2, "--model", "--eval")
+
+
+def test_every_soup_reads_its_inputs_with_the_reading_flags(tmp_path, capsys):
+    """--strip-prefix and --exclude apply to soups as to a plain average. They were dropped:
+    --greedy and --sweep then refused the model's keys, and --model-stock wrote the 'module.'
+    keys and the excluded tensor with exit 0."""
+    zero, one = TARGET - 1.0, TARGET + 3.0
+    paths = []
+    for i, p in enumerate((zero, one)):
+        paths.append(tmp_path / f"ddp_{i}.safetensors")
+        w = torch.tensor(p, dtype=torch.float32)
+        save_file({"module.weight": w, "module.step_count": torch.full((1,), 7.0)}, paths[-1])
+    save_file(
+        {"module.weight": torch.full((2, 3), -2.0), "module.step_count": torch.zeros(1)},
+        tmp_path / "base.safetensors",
+    )
+    module = _user_module(tmp_path, DISTANCE)
+    reading = ["--strip-prefix", "module.", "--exclude", "step_count"]
+    scoring = ["--model", f"{module}:build", "--eval", f"{module}:score", "--mode", "max"]
+    runs = {
+        "greedy": ["--greedy", *scoring],
+        "sweep": ["--sweep", "0:1:0.25", *scoring],
+        "stock": ["--model-stock", tmp_path / "base.safetensors"],
+    }
+    z, o = (torch.tensor(p, dtype=torch.float32).double() for p in (zero, one))
+    for name, flags in runs.items():
+        out = tmp_path / f"{name}.safetensors"
+        result = run_wa(["average", *paths, *flags, *reading, "-o", out], capsys)
+        assert result.code == 0, result.stderr
+        assert set(load_file(out)) == {"weight"}, name
+    # The sweep's best α on the grid is 0.25 (closest to TARGET): the value shows the stripped
+    # keys were the ones scored and written.
+    torch.testing.assert_close(
+        load_file(tmp_path / "sweep.safetensors")["weight"], (0.75 * z + 0.25 * o).float()
+    )

@@ -122,15 +122,15 @@ def average_command(
         copy_config=copy_config,
         output_format=output_format,
     )
+    read = read_options(
+        key, strip_prefix, include, exclude, allow_global, variant, deepspeed_weights
+    )
     if soup.chosen:
-        run_soup(soup, inputs, output, reduce, write, json, quiet)
+        run_soup(soup, inputs, output, read, reduce, write, json, quiet)
         return
     with progress_bar("average", quiet) as progress:
         result = wa.average_to_file(
-            inputs, output, weights=parse_weight_list(weights),
-            read=read_options(
-                key, strip_prefix, include, exclude, allow_global, variant, deepspeed_weights
-            ), selection=sel,
+            inputs, output, weights=parse_weight_list(weights), read=read, selection=sel,
             reduce=reduce,
             write=write.with_progress(progress),
             dry_run=dry_run,

@@ -68,6 +68,7 @@ def run_soup(
     soup: SoupFlags,
     inputs: list[str],
     output: Path | None,
+    read: wa.ReadOptions,
     reduce: wa.ReduceOptions,
     write: wa.WriteOptions,
     as_json: bool,
@@ -81,7 +82,7 @@ def run_soup(
         raise WaError("a soup writes its result: give -o FILE", ExitCode.USAGE)
     mode = soup.mode  # checked by the library ("max" or "min", else from the name)
     scoring = dict(model=soup.model, evaluate=soup.evaluate, metric=soup.metric, mode=mode,
-                   bn_data=soup.bn_data, reduce=reduce, write=write)  # fmt: skip
+                   bn_data=soup.bn_data, read=read, reduce=reduce, write=write)  # fmt: skip
     table: dict[str, Any] | None = None
     if soup.chosen == "--greedy":
         chosen, report = wa.greedy_soup_to_file(inputs, output, **scoring)  # type: ignore[arg-type]
@@ -91,7 +92,7 @@ def run_soup(
         table = curve.to_json()
     else:
         base = str(soup.model_stock)
-        report = wa.model_stock_to_file(base, inputs, output, opts=reduce, out=write)
+        report = wa.model_stock_to_file(base, inputs, output, opts=reduce, out=write, read=read)
     emit_run_report(report, as_json, quiet)
     if as_json or table is None:
         return

@@ -21,7 +21,7 @@ from wa_cli.engine.run import RunReport
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.methods.average import average_to_file
 from wa_cli.methods.inputs import Inputs, open_inputs
-from wa_cli.methods.request import ReduceArgs, Request, WriteArgs
+from wa_cli.methods.request import ReadArgs, ReduceArgs, Request, WriteArgs
 from wa_cli.methods.soup.evaluate import Evaluator, resolve_evaluator
 from wa_cli.methods.soup.greedy import (
     GreedySoup,
@@ -87,7 +87,7 @@ def _stored_scores(ckpts: Sequence[Any], metric: str | None) -> list[float] | No
         return None
 
 
-class SoupArgs(ReduceArgs, WriteArgs, total=False):
+class SoupArgs(ReadArgs, ReduceArgs, WriteArgs, total=False):
     """The keyword arguments of :func:`greedy_soup_to_file`."""
 
     model: Required[ModelSpec]
@@ -122,7 +122,7 @@ def _request(function: str, options: Mapping[str, Any], own: Sequence[str]) -> R
             if name in args:
                 raise TypeError(f"{function}() got both {name}= and its older name {older}=")
             args[name] = args.pop(older)
-    return Request.of(function, args, own=own, takes=("reduce", "write"))
+    return Request.of(function, args, own=own, takes=("read", "reduce", "write"))
 
 
 def greedy_soup_to_file(
@@ -138,10 +138,11 @@ def greedy_soup_to_file(
             ``metric``: the score's name (a number every input stores in its metadata is used
             as that input's own score: N − 1 evaluations instead of 2N − 1). ``mode``:
             ``"max"`` or ``"min"`` (default: from the name). ``bn_data``: batches to
-            re-estimate BatchNorm statistics before each score. Combining (``dtype``,
+            re-estimate BatchNorm statistics before each score. Reading (``key``,
+            ``strip_prefixes``, ``include``, ...), combining (``dtype``,
             ``precision``, ``device``, ...) and writing (``force``, ``max_shard_size``, ...)
-            as for ``wa.average_to_file``, or the option objects ``reduce=`` and ``write=``
-            (older names: ``opts=``, ``out=``).
+            as for ``wa.average_to_file``, or the option objects ``read=``, ``reduce=`` and
+            ``write=`` (older names: ``opts=``, ``out=``).
 
     Example:
         >>> soup, report = greedy_soup_to_file("ft/*.safetensors", "soup.safetensors",
@@ -150,7 +151,7 @@ def greedy_soup_to_file(
     request = _request("greedy_soup_to_file", options, _OWN)
     metric = options.get("metric")
     evaluator = _evaluator(options, metric)
-    ckpts = open_inputs(inputs)
+    ckpts = open_inputs(inputs, options=request.read)
     model = _model(options["model"])
     soup = greedy_soup(ckpts, model, evaluator, stored_scores=_stored_scores(ckpts, metric))
     report = _write([ckpts[i] for i in soup.kept], output, None, request)
@@ -178,7 +179,7 @@ def sweep_to_file(
     if not alphas or any(not 0.0 <= a <= 1.0 for a in alphas):
         raise WaError(f"sweep values must lie in [0, 1], got {alphas}", params=("sweep",))
     evaluator = _evaluator(options, options.get("metric"))
-    ckpts = open_inputs(inputs)
+    ckpts = open_inputs(inputs, options=request.read)
     sweep = wise_ft_sweep(ckpts, _model(options["model"]), evaluator, alphas, interpolated)
     report = _write(ckpts, output, [1.0 - sweep.best, sweep.best], request)
     report.method = "wise_ft"

@@ -29,6 +29,7 @@ from wa_cli.engine.options import ReduceOptions, WriteOptions
 from wa_cli.engine.plan import KeyPlan, Plan, build_plan
 from wa_cli.engine.run import RunReport
 from wa_cli.errors import ExitCode, WaError
+from wa_cli.io.reader import ReadOptions
 from wa_cli.methods.inputs import Inputs, open_inputs
 from wa_cli.methods.trajectory import reduce_to_file
 
@@ -103,11 +104,13 @@ def model_stock_to_file(
     *,
     opts: ReduceOptions | None = None,
     out: WriteOptions | None = None,
+    read: ReadOptions | None = None,
 ) -> RunReport:
     """Model Stock of ``finetunes`` (N ≥ 2) around ``base`` into a safetensors file.
 
-    The report's ``params["ratios"]`` holds each key's t; ``input_weights`` the mean weight of
-    each input over the keys (the base first).
+    ``read`` (the reading options: pickle key, prefixes, include/exclude, ...) applies to the
+    base and the fine-tunes alike. The report's ``params["ratios"]`` holds each key's t;
+    ``input_weights`` the mean weight of each input over the keys (the base first).
 
     Example:
         >>> model_stock_to_file("pre.safetensors", ["ft_a.safetensors", "ft_b.safetensors"],
@@ -115,7 +118,8 @@ def model_stock_to_file(
     """
     opts = opts or ReduceOptions.checked()
     out = out or WriteOptions.checked()
-    base_ckpts, tuned = open_inputs(base), open_inputs(finetunes)
+    base_ckpts = open_inputs(base, options=read)
+    tuned = open_inputs(finetunes, options=read)
     if len(base_ckpts) != 1:
         raise WaError(f"model_stock needs one base, got {len(base_ckpts)}", params=("base",))
     if len(tuned) < 2:
