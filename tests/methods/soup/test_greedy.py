@@ -201,7 +201,8 @@ def test_a_callable_object_is_named_by_its_class_not_its_address():
 
 def test_the_soups_take_combining_and_writing_as_keywords_or_option_objects(tmp_path):
     """Like average_to_file: dtype=, force=, ... or reduce=/write= (older names opts=/out=),
-    and a keyword a soup does not take is a TypeError (its metric= is the score's, not top-k's).
+    reading keywords too (tests/cli/test_posthoc_and_soups_cli.py), and a keyword a soup does
+    not take (selection, weights, dry run) is a TypeError (its metric= is the score's, not top-k's).
     Oracle: the float64 mean of the two inputs, cast once to float16."""
     from wa_cli.engine.options import ReduceOptions, WriteOptions
 
@@ -224,7 +225,7 @@ def test_the_soups_take_combining_and_writing_as_keywords_or_option_objects(tmp_
         assert torch.equal(load_file(out)["weight"], torch.tensor(mean).to(torch.float16))
     sweep, _ = sweep_to_file(paths, out, grid=[0.5], **score, write=WriteOptions(force=True))
     assert sweep.best == 0.5
-    for bad in ({"top_k": 2}, {"key": "state_dict"}, {"dry_run": True}, {"weights": [1, 1]}):
+    for bad in ({"top_k": 2}, {"last": 1}, {"dry_run": True}, {"weights": [1, 1]}):
         with pytest.raises(TypeError, match="unexpected keyword argument"):
             greedy_soup_to_file(paths, out, **score, **bad)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="missing required keyword argument 'grid'"):
