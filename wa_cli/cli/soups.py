@@ -92,7 +92,7 @@ def run_soup(
         table = curve.to_json()
     else:
         base = str(soup.model_stock)
-        report = wa.model_stock_to_file(base, inputs, output, opts=reduce, out=write, read=read)
+        report = wa.model_stock_to_file(base, inputs, output, read=read, reduce=reduce, write=write)
     emit_run_report(report, as_json, quiet)
     if as_json or table is None:
         return

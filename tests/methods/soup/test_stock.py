@@ -107,3 +107,39 @@ def test_cosines_summed_over_slices_equal_whole_tensor_ones(monkeypatch):
     got = stock.mean_pairwise_cosine(base, tuned)
     assert got == pytest.approx(float(np.mean(cos)), rel=1e-12)
     assert 0.3 < got < 0.99  # the slices really were summed (not only the first one)
+
+
+def test_model_stock_takes_reading_combining_and_writing_keywords(tmp_path):
+    """Like the other soups: strip_prefixes= and exclude= read the base and the fine-tunes,
+    dtype= and force= combine and write, reduce=/write= (or opts=/out=) as objects; a selection
+    keyword is a TypeError. Oracle: the float64 formula on the stripped keys, cast to float16."""
+    from wa_cli.engine.options import ReduceOptions, WriteOptions
+
+    base = cnn_state(0)
+    tuned = _finetunes(base, 3, 1.0)
+    ddp = lambda s: {**{f"module.{k}": v for k, v in s.items()}, "module.extra": torch.ones(2)}  # noqa: E731
+    save_file(ddp(base), tmp_path / "base.safetensors")
+    paths = []
+    for i, s in enumerate(tuned):
+        paths.append(tmp_path / f"ft_{i}.safetensors")
+        save_file(ddp(s), paths[-1])
+    out = tmp_path / "o.safetensors"
+    save_file({"old": torch.zeros(1)}, out)
+    reading = dict(strip_prefixes="module.", exclude=["extra"])
+    model_stock_to_file(tmp_path / "base.safetensors", paths, out, dtype="float16", force=True,
+                        **reading)  # type: ignore[arg-type]  # fmt: skip
+    expected = _oracle(base, tuned)
+    got = load_file(out)
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        if got[key].is_floating_point():
+            assert got[key].dtype == torch.float16
+            torch.testing.assert_close(got[key], torch.from_numpy(value).to(torch.float16))
+    for given in (
+        {"reduce": ReduceOptions.checked(dtype="float16"), "write": WriteOptions(force=True)},
+        {"opts": ReduceOptions.checked(dtype="float16"), "out": WriteOptions(force=True)},
+    ):
+        model_stock_to_file(tmp_path / "base.safetensors", paths, out, **reading, **given)  # type: ignore[arg-type]
+        assert all(torch.equal(load_file(out)[k], got[k]) for k in got)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'last'"):
+        model_stock_to_file(tmp_path / "base.safetensors", paths, out, last=2)  # type: ignore[call-arg]

@@ -16,12 +16,11 @@ from typing import Any
 from torch import nn
 from typing_extensions import Required, Unpack
 
-from wa_cli.engine.options import ReduceOptions, WriteOptions
 from wa_cli.engine.run import RunReport
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.methods.average import average_to_file
 from wa_cli.methods.inputs import Inputs, open_inputs
-from wa_cli.methods.request import ReadArgs, ReduceArgs, Request, WriteArgs
+from wa_cli.methods.request import Request
 from wa_cli.methods.soup.evaluate import Evaluator, resolve_evaluator
 from wa_cli.methods.soup.greedy import (
     GreedySoup,
@@ -31,6 +30,7 @@ from wa_cli.methods.soup.greedy import (
     parse_grid,
     wise_ft_sweep,
 )
+from wa_cli.methods.soup.request import SoupWriteArgs, soup_request
 from wa_cli.select.direction import Mode
 
 ModelSpec = str | nn.Module | Callable[[], nn.Module]
@@ -87,7 +87,7 @@ def _stored_scores(ckpts: Sequence[Any], metric: str | None) -> list[float] | No
         return None
 
 
-class SoupArgs(ReadArgs, ReduceArgs, WriteArgs, total=False):
+class SoupArgs(SoupWriteArgs, total=False):
     """The keyword arguments of :func:`greedy_soup_to_file`."""
 
     model: Required[ModelSpec]
@@ -95,8 +95,6 @@ class SoupArgs(ReadArgs, ReduceArgs, WriteArgs, total=False):
     metric: str | None
     mode: Mode | None
     bn_data: DataSpec
-    opts: ReduceOptions | None  # the older name of reduce=
-    out: WriteOptions | None  # the older name of write=
 
 
 class SweepArgs(SoupArgs, total=False):
@@ -106,23 +104,6 @@ class SweepArgs(SoupArgs, total=False):
 
 
 _OWN = ("model", "evaluate", "metric", "mode", "bn_data")
-_OLDER = {"opts": "reduce", "out": "write"}
-
-
-def _request(function: str, options: Mapping[str, Any], own: Sequence[str]) -> Request:
-    """The soup's reduce and write options (its own ``metric`` is the score's, not top-k's)."""
-    if "dry_run" in options:  # a soup is chosen by scoring: there is no plan to show first
-        raise TypeError(f"{function}() got an unexpected keyword argument 'dry_run'")
-    for name in ("model", "evaluate", "grid"):
-        if name in own and name not in options:
-            raise TypeError(f"{function}() missing required keyword argument {name!r}")
-    args = dict(options)
-    for older, name in _OLDER.items():
-        if older in args:
-            if name in args:
-                raise TypeError(f"{function}() got both {name}= and its older name {older}=")
-            args[name] = args.pop(older)
-    return Request.of(function, args, own=own, takes=("read", "reduce", "write"))
 
 
 def greedy_soup_to_file(
@@ -148,7 +129,7 @@ def greedy_soup_to_file(
         >>> soup, report = greedy_soup_to_file("ft/*.safetensors", "soup.safetensors",
         ...     model="net.py:build", evaluate="net.py:val_acc")  # doctest: +SKIP
     """
-    request = _request("greedy_soup_to_file", options, _OWN)
+    request = soup_request("greedy_soup_to_file", options, _OWN, ("model", "evaluate"))
     metric = options.get("metric")
     evaluator = _evaluator(options, metric)
     ckpts = open_inputs(inputs, options=request.read)
@@ -173,7 +154,7 @@ def sweep_to_file(
         ...     "wise.safetensors", grid="0:1:0.1", model="net.py:build",
         ...     evaluate="net.py:val_acc")  # doctest: +SKIP
     """
-    request = _request("sweep_to_file", options, (*_OWN, "grid"))
+    request = soup_request("sweep_to_file", options, (*_OWN, "grid"), ("model", "evaluate", "grid"))
     grid = options["grid"]
     alphas = parse_grid(grid) if isinstance(grid, str) else [float(a) for a in grid]
     if not alphas or any(not 0.0 <= a <= 1.0 for a in alphas):

@@ -23,14 +23,14 @@ import os
 from typing import Any
 
 import torch
+from typing_extensions import Unpack
 
 from wa_cli.engine.combine import WeightsFn
-from wa_cli.engine.options import ReduceOptions, WriteOptions
 from wa_cli.engine.plan import KeyPlan, Plan, build_plan
 from wa_cli.engine.run import RunReport
 from wa_cli.errors import ExitCode, WaError
-from wa_cli.io.reader import ReadOptions
 from wa_cli.methods.inputs import Inputs, open_inputs
+from wa_cli.methods.soup.request import SoupWriteArgs, soup_request
 from wa_cli.methods.trajectory import reduce_to_file
 
 
@@ -101,25 +101,25 @@ def model_stock_to_file(
     base: Inputs,
     finetunes: Inputs,
     output: str | os.PathLike[str],
-    *,
-    opts: ReduceOptions | None = None,
-    out: WriteOptions | None = None,
-    read: ReadOptions | None = None,
+    **options: Unpack[SoupWriteArgs],
 ) -> RunReport:
     """Model Stock of ``finetunes`` (N ≥ 2) around ``base`` into a safetensors file.
 
-    ``read`` (the reading options: pickle key, prefixes, include/exclude, ...) applies to the
-    base and the fine-tunes alike. The report's ``params["ratios"]`` holds each key's t;
-    ``input_weights`` the mean weight of each input over the keys (the base first).
+    ``options``: reading (``key``, ``strip_prefixes``, ``include``, ..., for the base and the
+    fine-tunes alike), combining (``dtype``, ``precision``, ...) and writing (``force``,
+    ``max_shard_size``, ...) as for ``wa.average_to_file``, or the option objects ``read=``,
+    ``reduce=``, ``write=`` (older names ``opts=``, ``out=``). The report's
+    ``params["ratios"]`` holds each key's t; ``input_weights`` the mean weight of each input
+    over the keys (the base first).
 
     Example:
         >>> model_stock_to_file("pre.safetensors", ["ft_a.safetensors", "ft_b.safetensors"],
         ...                     "stock.safetensors")  # doctest: +SKIP
     """
-    opts = opts or ReduceOptions.checked()
-    out = out or WriteOptions.checked()
-    base_ckpts = open_inputs(base, options=read)
-    tuned = open_inputs(finetunes, options=read)
+    request = soup_request("model_stock_to_file", options, own=())
+    opts, out = request.reduce, request.write
+    base_ckpts = open_inputs(base, options=request.read)
+    tuned = open_inputs(finetunes, options=request.read)
     if len(base_ckpts) != 1:
         raise WaError(f"model_stock needs one base, got {len(base_ckpts)}", params=("base",))
     if len(tuned) < 2:
