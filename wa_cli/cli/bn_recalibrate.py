@@ -125,12 +125,12 @@ def bn_recalibrate_command(
         model_kwargs=model_kwargs, data_kwargs=data_kwargs, batch_size=batch_size,
         input_key=input_key, drop_last=True if drop_last else None,
     )  # fmt: skip
+    write = wa.WriteOptions.checked(force=force, max_shard_size=max_shard_size)
     with progress_bar("re-estimating BN", quiet, unit="batches") as progress:
         report = wa.recalibrate_checkpoint(
-            checkpoint, output, model, data, specs=specs, read=read, device=device,
+            checkpoint, output, model, data, specs=specs, read=read, write=write, device=device,
             weighting=weighting, max_batches=batches, forward=forward,
-            include_instancenorm=include_instancenorm, force=force,
-            max_shard_size=max_shard_size, progress=progress, fit_prefix=fit_prefix,
+            include_instancenorm=include_instancenorm, progress=progress, fit_prefix=fit_prefix,
         )  # fmt: skip
     for message in report.warnings:
         warn(message)

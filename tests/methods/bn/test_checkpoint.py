@@ -258,3 +258,53 @@ def test_forward_passes_on_the_gpu(tmp_path) -> None:
         # cuDNN convolutions round differently from the CPU's: fp32 tolerance, not bit equality.
         torch.testing.assert_close(out[key], expected[key], rtol=1e-5, atol=1e-5, msg=key)
     assert torch.equal(out["0.weight"], state["0.weight"])
+
+
+def test_write_options_object_writes_what_the_keywords_write(tmp_path) -> None:
+    """write=WriteOptions travels whole: the same bytes as force=/max_shard_size= keywords."""
+    import wa_cli as wa
+
+    save_file(cnn_state(1), tmp_path / "in.safetensors")
+    args = (tmp_path / "in.safetensors", tiny_cnn(0), batches())
+    by_keywords = recalibrate_checkpoint(
+        args[0], tmp_path / "kw", *args[1:], max_shard_size=300, command="wa x"
+    )
+    write = wa.WriteOptions.checked(max_shard_size="300B", command="wa x")
+    by_object = recalibrate_checkpoint(args[0], tmp_path / "obj", *args[1:], write=write)
+    assert by_object.output == str(tmp_path / "obj") and by_object.replaced == by_keywords.replaced
+    names = sorted(p.name for p in (tmp_path / "kw").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "obj").iterdir()) and len(names) > 2
+    for name in names:
+        if name.endswith(".safetensors"):
+            a, b = load_file(tmp_path / "kw" / name), load_file(tmp_path / "obj" / name)
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # force in the object replaces the output, as force=True does
+    again = wa.WriteOptions.checked(force=True)
+    recalibrate_checkpoint(args[0], tmp_path / "one.safetensors", *args[1:])
+    recalibrate_checkpoint(args[0], tmp_path / "one.safetensors", *args[1:], write=again)
+    with pytest.raises(WaError, match="exists"):
+        recalibrate_checkpoint(args[0], tmp_path / "one.safetensors", *args[1:])
+
+
+def test_option_objects_and_unknown_keywords_are_refused_before_anything_runs(tmp_path) -> None:
+    import wa_cli as wa
+
+    save_file(cnn_state(1), tmp_path / "in.safetensors")
+    calls: list[int] = []
+
+    def build() -> nn.Module:
+        calls.append(1)
+        return tiny_cnn(0)
+
+    args = (tmp_path / "in.safetensors", tmp_path / "out.safetensors", build, batches())
+    with pytest.raises(WaError) as info:
+        recalibrate_checkpoint(*args, write=wa.WriteOptions(), force=True)
+    assert info.value.message == "give write= or force=, not both"
+    assert info.value.params == ("write", "force") and info.value.code == ExitCode.USAGE
+    with pytest.raises(TypeError, match="unexpected keyword argument 'dtype'"):
+        recalibrate_checkpoint(*args, dtype="bf16")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="shard_name"):
+        recalibrate_checkpoint(*args, write=wa.WriteOptions.checked(shard_name="model"))
+    with pytest.raises(TypeError, match="safetensors only"):
+        recalibrate_checkpoint(*args, write=wa.WriteOptions.checked(output_format="dcp"))
+    assert calls == [] and sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors"]

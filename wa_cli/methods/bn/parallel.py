@@ -17,6 +17,7 @@ kilobytes per layer); only rank 0 writes the checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,14 +29,11 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from wa_cli.engine import distributed
 from wa_cli.errors import ExitCode, WaError, describe_exception
-from wa_cli.methods.bn.recalibrate import (
-    BNLayerChange,
-    BNReport,
-    Weighting,
-    _relative_change,
-    norm_layers,
-    recalibrate_bn,
-)
+from wa_cli.methods.bn.layers import norm_layers, relative_change
+from wa_cli.methods.bn.options import BNOptions
+from wa_cli.methods.bn.passes import Forward
+from wa_cli.methods.bn.recalibrate import reestimate
+from wa_cli.methods.bn.report import BNLayerChange, BNReport
 
 _END = object()
 
@@ -72,28 +70,28 @@ def write_on_rank_0(write: Callable[[], list[Any]]) -> list[Any]:
 def recalibrate_bn_distributed(
     model: nn.Module,
     batches: Iterable[Any],
+    options: BNOptions,
     *,
     device: str | int | torch.device | None = None,
-    weighting: Weighting = "batch",
-    max_batches: int | None = None,
-    forward: Callable[[nn.Module, Any], Any] | None = None,
-    include_instancenorm: bool = False,
+    forward: Forward | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> BNReport:
     """:func:`recalibrate_bn` over this rank's share, then the statistics of all ranks combined."""
     group = distributed.active()
     assert group is not None
     start = time.perf_counter()
-    layers = norm_layers(model, include_instancenorm)
+    weighting = options.weighting
+    layers = norm_layers(model, options.include_instancenorm)
     before = {m: _stats(m) for m in layers}
 
     def local() -> dict[str, Any]:
-        share = _peek(lambda: rank_share(batches, max_batches), group.rank)
+        share = _peek(lambda: rank_share(batches, options.max_batches), group.rank)
         if share is None:  # fewer batches than ranks: this one adds nothing
             return {"batches": 0, "samples": 0, "sums": None}
-        report = recalibrate_bn(
-            model, share, device=device, weighting=weighting, forward=forward,
-            include_instancenorm=include_instancenorm,
+        # This rank's share is already cut to max_batches.
+        report = reestimate(
+            model, share, dataclasses.replace(options, max_batches=None), device=device,
+            forward=forward,
             progress=None if progress is None else lambda n: progress(n * group.world),
         )  # fmt: skip
         w = float(report.batches if weighting == "batch" else report.samples)
@@ -117,8 +115,8 @@ def recalibrate_bn_distributed(
                 BNLayerChange(
                     name=name,
                     kind=type(module).__name__,
-                    mean_change=_relative_change(before[module][0], after[0]),
-                    var_change=_relative_change(before[module][1], after[1]),
+                    mean_change=relative_change(before[module][0], after[0]),
+                    var_change=relative_change(before[module][1], after[1]),
                 )
             )
     samples = sum(p["samples"] for p in parts)
