@@ -2,9 +2,15 @@
 
 A notebook user passes ``non_float="lst"`` or ``dtype="bfloat16"``; the CLI passes the same
 values from its flags. Both go through these functions, so a bad value is one ``WaError`` whose
-message names the *parameter* (``non_float='lst' is not one of 'last', 'first', 'error'``) and
-lists the parameter in ``WaError.params``; the CLI turns those names into its flags
-(``wa_cli.cli.flags``). No torch at import: ``wa --help`` must stay fast.
+message names the *parameter* (``non_float='lst' is not one of 'last', 'first', 'error'``) in the
+library and the flag (``--non-float 'lst' is not one of ...``) on the command line.
+
+The rule for a parameter named at run time (``choice(param, ...)``): the caller passes the
+parameter's name, which is code (an identifier the caller wrote), never user content, and the
+message's template spells it as the field ``{param}`` (or ``{param=}`` before its value); see
+:func:`bad` and :meth:`wa_cli.errors.WaError.naming`. Messages about a fixed parameter write it
+in their own template (``WaError.naming("{decay} must be ...")``). No torch at import: ``wa
+--help`` must stay fast.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, get_args
 
-from wa_cli.errors import ExitCode, WaError
+from wa_cli.errors import ExitCode, Param, WaError
 
 if TYPE_CHECKING:
     import torch
@@ -22,14 +28,18 @@ DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64"}
 
 
-def bad(param: str, message: str, code: ExitCode = ExitCode.USAGE) -> WaError:
-    """A ``WaError`` about parameter ``param`` (named in ``message``), for the CLI to translate.
+def bad(param: str, template: str, code: ExitCode = ExitCode.USAGE, /, **values: Any) -> WaError:
+    """A ``WaError`` about parameter ``param``, which ``template`` names as ``{param}``.
+
+    ``param`` is the library's name for it (code, never user content); every other field of
+    ``template`` is one of ``values`` or a fixed parameter, as in :meth:`WaError.naming`.
 
     Example:
-        >>> bad("decay", "decay must be in [0, 1], got 1.5").params
-        ('decay',)
+        >>> e = bad("decay", "{param} must be in [0, 1], got {got}", got=1.5)
+        >>> e.message, e.params
+        ('decay must be in [0, 1], got 1.5', ('decay',))
     """
-    return WaError(message, code, params=(param,))
+    return WaError.naming(template, code, param=Param(param), **values)
 
 
 def quoted(values: Sequence[object]) -> str:
@@ -51,7 +61,7 @@ def choice(param: str, value: object, allowed: Any) -> Any:
     options: tuple[object, ...] = get_args(allowed) or tuple(allowed)  # a Literal or a sequence
     if isinstance(value, str) and value in options:
         return value
-    raise bad(param, f"{param}={value!r} is not one of {quoted(options)}")
+    raise bad(param, "{param=}{got!r} is not one of {allowed}", got=value, allowed=quoted(options))
 
 
 def dtype(param: str, value: object) -> torch.dtype | None:
@@ -74,7 +84,13 @@ def dtype(param: str, value: object) -> torch.dtype | None:
         name = _DTYPE_ALIASES.get(value.lower(), value.lower().removeprefix("torch."))
         if name in DTYPE_NAMES:
             return getattr(torch, name)  # type: ignore[no-any-return]  # torch.float32 etc.
-    raise bad(param, f"{param}={value!r} is not one of {quoted(DTYPE_NAMES)} (or a torch.dtype)")
+    allowed = quoted(DTYPE_NAMES)
+    raise bad(
+        param,
+        "{param=}{got!r} is not one of {allowed} (or a torch.dtype)",
+        got=value,
+        allowed=allowed,
+    )
 
 
 def size(param: str, value: object) -> int | None:
@@ -89,18 +105,21 @@ def size(param: str, value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise bad(param, f"{param}={value!r} is not a size (give bytes as an int, or e.g. '5GB')")
+        raise bad(
+            param, "{param=}{got!r} is not a size (give bytes as an int, or e.g. '5GB')", got=value
+        )
     if isinstance(value, int):
         if value < 1:
-            raise bad(param, f"{param}={value!r} must be at least 1 byte")
+            raise bad(param, "{param=}{got!r} must be at least 1 byte", got=value)
         return value
     try:
         return parse_size(value)
     except WaError:
         raise bad(
             param,
-            f"{param}={value!r} is not a size (expected a finite size of at least 1 byte, "
+            "{param=}{got!r} is not a size (expected a finite size of at least 1 byte, "
             "e.g. 5GB, 500MB, 2GiB)",
+            got=value,
         ) from None
 
 
@@ -109,24 +128,24 @@ def integer(param: str, value: object, *, minimum: int | None = None) -> int | N
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise bad(param, f"{param}={value!r} must be an integer")
+        raise bad(param, "{param=}{got!r} must be an integer", got=value)
     if minimum is not None and value < minimum:
-        raise bad(param, f"{param} must be >= {minimum}, got {value}")
+        raise bad(param, "{param} must be >= {minimum}, got {got}", minimum=minimum, got=value)
     return value
 
 
 def number(param: str, value: object, *, finite: bool = True) -> float:
     """A real number (not a bool), finite unless ``finite=False`` (the caller checks its range)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise bad(param, f"{param}={value!r} must be a number")
+        raise bad(param, "{param=}{got!r} must be a number", got=value)
     x = float(value)
     if finite and not math.isfinite(x):
-        raise bad(param, f"{param} must be a finite number, got {value!r}")
+        raise bad(param, "{param} must be a finite number, got {got!r}", got=value)
     return x
 
 
 def flag(param: str, value: Any) -> bool:
     """A real bool: ``force="false"`` would be truthy, so strings are refused."""
     if not isinstance(value, bool):
-        raise bad(param, f"{param}={value!r} must be True or False")
+        raise bad(param, "{param=}{got!r} must be True or False", got=value)
     return value

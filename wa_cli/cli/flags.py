@@ -1,15 +1,18 @@
 """Library parameter names → the ``wa`` command's flags: the one place the CLI translates them.
 
 The library speaks in parameters (``decay must be in [0, 1]``, ``non_float='lst' is not one of
-...``) and lists the parameters a message names in ``WaError.params``; on the command line the
-same message must name the flag the user typed (``--decay``, ``--non-float lst``). When a library
-parameter gains a CLI flag, add it here.
+...``); on the command line the same message must name the flag the user typed (``--decay``,
+``--non-float 'lst'``). A ``WaError`` built with ``WaError.naming`` keeps the parameters it names
+as fields, and the CLI spells them with :func:`spell`; :func:`as_flags` rewrites the text of
+the messages not built that way yet. When a library parameter gains a CLI flag, add it here.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+
+from wa_cli.errors import Param
 
 FLAGS: dict[str, str] = {
     # inputs and output
@@ -90,6 +93,21 @@ FLAGS: dict[str, str] = {
 def flag_of(param: str) -> str:
     """The flag for ``param`` (``non_float`` → ``--non-float``); unknown names stay as they are."""
     return FLAGS.get(param, param)
+
+
+def spell(param: Param) -> str:
+    """How the CLI writes a parameter a message names: its flag, or the library's name if none.
+
+    Example:
+        >>> spell(Param("non_float", assign=True)) + "'lst'"
+        "--non-float 'lst'"
+        >>> spell(Param("n", assign=True)) + "3"
+        'n=3'
+    """
+    flag = FLAGS.get(param.name)
+    if flag is None:  # a parameter the command has no flag for: named as the library names it
+        return param.library()
+    return f"{flag} " if param.assign else flag
 
 
 def as_flags(message: str, params: Iterable[str]) -> str:

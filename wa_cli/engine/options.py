@@ -22,6 +22,7 @@ from wa_cli import params as check
 from wa_cli.engine.device import resolve_device
 from wa_cli.engine.plan import KeysMode, NonFloatPolicy
 from wa_cli.engine.precision import Precision
+from wa_cli.errors import WaError
 from wa_cli.io.dtypes import dtype_name
 from wa_cli.io.guard import Reads
 from wa_cli.io.output_check import Layout
@@ -133,17 +134,17 @@ class WriteOptions:
     ) -> WriteOptions:
         """Validate user values (``max_shard_size`` may be ``"5GB"``)."""
         if progress is not None and not callable(progress):
-            raise check.bad("progress", f"progress={progress!r} is not callable")
+            raise WaError.naming("{progress=}{got!r} is not callable", got=progress)
         if command is not None and not isinstance(command, str):
-            raise check.bad("command", f"command={command!r} must be a string")
+            raise WaError.naming("{command=}{got!r} must be a string", got=command)
         if output_format not in OUTPUT_FORMATS:
-            raise check.bad(
-                "output_format", f"output_format={output_format!r} must be safetensors or dcp"
+            raise WaError.naming(
+                "{output_format=}{got!r} must be safetensors or dcp", got=output_format
             )
         if output_format == "dcp" and (max_shard_size is not None or copy_files):
-            raise check.bad(
-                "output_format",
-                "output_format=dcp writes one DCP folder: without max_shard_size or copy_files",
+            raise WaError.naming(
+                "{output_format=}dcp writes one DCP folder: "
+                "without {max_shard_size} or {copy_files}"
             )
         return cls(
             force=check.flag("force", force),

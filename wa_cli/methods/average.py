@@ -40,7 +40,6 @@ from wa_cli.methods.trajectory import (
     reduce_to_file,
     run_trajectory,
 )
-from wa_cli.params import bad
 
 __all__ = ["PathOrCheckpoint", "average", "average_to_file", "source_weights", "validate_weights"]
 
@@ -50,19 +49,23 @@ def validate_weights(weights: Sequence[float] | None, n: int) -> list[float]:
     if weights is None:
         return [1.0] * n
     if isinstance(weights, str | bytes) or not isinstance(weights, Sequence):
-        raise bad("weights", f"weights={weights!r} must be a sequence of numbers, one per input")
+        raise WaError.naming(
+            "{weights=}{got!r} must be a sequence of numbers, one per input", got=weights
+        )
     if any(isinstance(x, bool) or not isinstance(x, int | float) for x in weights):
-        raise bad("weights", f"weights={list(weights)!r} must hold numbers only")
+        raise WaError.naming("{weights=}{got!r} must hold numbers only", got=list(weights))
     w = [float(x) for x in weights]
     if len(w) != n:
-        raise bad(
-            "weights", f"weights has {len(w)} values for {n} inputs (give one per checkpoint)"
+        raise WaError.naming(
+            "{weights} has {n_w} values for {n} inputs (give one per checkpoint)", n_w=len(w), n=n
         )
     negative = [x for x in w if not math.isfinite(x) or x < 0]
     if negative:
-        raise bad("weights", f"weights must be finite and non-negative, got {negative[0]:g}")
+        raise WaError.naming(
+            "{weights} must be finite and non-negative, got {negative:g}", negative=negative[0]
+        )
     if not any(w):
-        raise bad("weights", "weights are all zero (at least one must be positive)")
+        raise WaError.naming("{weights} are all zero (at least one must be positive)")
     return w
 
 
@@ -72,10 +75,10 @@ def source_weights(weights: list[float]) -> WeightsFn:
     def for_entry(entry: KeyPlan) -> list[float]:
         w = [weights[i] for i in entry.sources]
         if not any(w):
-            raise WaError(
-                f"key {entry.key!r} is held only by inputs of weight 0 (drop those inputs or "
-                "use keys='intersection')",
-                params=("keys",),
+            raise WaError.naming(
+                "key {key!r} is held only by inputs of weight 0 (drop those inputs or use "
+                "{keys=}'intersection')",
+                key=entry.key,
             )
         return w
 

@@ -39,15 +39,18 @@ def as_input_list(
             if not isinstance(item, str | os.PathLike | Checkpoint):
                 raise bad(
                     param,
-                    f"{param} holds {type(item).__name__} {item!r}; expected paths, globs, "
-                    "folders or opened checkpoints",
+                    "{param} holds {kind} {item!r}; expected paths, globs, folders or opened "
+                    "checkpoints",
+                    kind=type(item).__name__,
+                    item=item,
                 )
             items.append(item)
         return items
     raise bad(
         param,
-        f"{param}={inputs!r} is not a path, a glob, a folder, an opened checkpoint or a list of "
-        "them",
+        "{param=}{inputs!r} is not a path, a glob, a folder, an opened checkpoint or a "
+        "list of them",
+        inputs=inputs,
     )
 
 
@@ -71,7 +74,7 @@ def open_inputs(
     if options is None:
         options = ReadOptions(key=key, strip_prefixes=strip_prefix)
     if not items:
-        raise bad(param, f"{param} is empty (give checkpoint paths, a folder or a glob)")
+        raise bad(param, "{param} is empty (give checkpoint paths, a folder or a glob)")
     out: list[Checkpoint] = []
     run: list[
         str | os.PathLike[str]

@@ -59,7 +59,7 @@ class Selection:
         for name in ("order", "metric", "mode"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
-                raise bad(name, f"{name}={value!r} must be a string")
+                raise bad(name, "{param=}{value!r} must be a string", value=value)
         flag("drop_duplicates", self.drop_duplicates)
 
     @property

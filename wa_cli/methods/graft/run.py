@@ -20,6 +20,7 @@ from wa_cli.engine.options import WriteOptions
 from wa_cli.engine.plan import build_plan
 from wa_cli.engine.reducers import linear_combination
 from wa_cli.engine.run import RunReport, assemble
+from wa_cli.errors import WaError
 from wa_cli.gc_pause import paused_gc
 from wa_cli.io.guard import refuse_file_link
 from wa_cli.methods.graft.alpha import Rule
@@ -33,7 +34,7 @@ from wa_cli.methods.graft.files import (
 from wa_cli.methods.inputs import Inputs, as_input_list
 from wa_cli.methods.request import ReadArgs, ReduceArgs, Request, SelectArgs, WriteArgs
 from wa_cli.methods.selection import select_checkpoints
-from wa_cli.params import bad, integer
+from wa_cli.params import integer
 from wa_cli.select.expand import require_one_per_folder
 
 
@@ -99,7 +100,9 @@ def graft(inputs: Inputs, **options: Unpack[GraftArgs]) -> Iterator[tuple[str, t
     if index is None or not -n <= index < n:
         for ck in plan.checkpoints:
             ck.close()
-        raise bad("receiver", f"receiver={receiver!r} is not an index of the {n} inputs")
+        raise WaError.naming(
+            "{receiver=}{got!r} is not an index of the {n} inputs", got=receiver, n=n
+        )
     index %= n
     # Two models write one graft, (0 <- 1); model 1's graft is the same model.
     which = 0 if len(plan.pairs) == 1 else index
@@ -139,7 +142,9 @@ def graft_to_file(
     if request.write.output_folder_options():
         raise TypeError("graft_to_file() takes no max_shard_size, shard_name or copy_config")
     if output is None and not request.dry_run:
-        raise bad("output", "output is required (a file, or a folder for 3+ inputs), or dry_run")
+        raise WaError.naming(
+            "{output} is required (a file, or a folder for 3+ inputs), or {dry_run}"
+        )
     if output is not None:
         refuse_file_link(output)  # a dangling -o link: refused before the entropies read all
     plan = _plan(inputs, request, options)
