@@ -19,26 +19,34 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     if isinstance(spec, torch.device):
         return spec
     if not isinstance(spec, str | None):
-        raise WaError(f"device={spec!r} is not one of {_CHOICES}", params=("device",))
+        raise WaError.naming(
+            "{device=}{spec!r} is not one of {choices}", spec=spec, choices=_CHOICES
+        )
     if spec is None or spec == "auto":
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise WaError(f"device={spec!r} is not one of {_CHOICES}", params=("device",)) from None
+        raise WaError.naming(
+            "{device=}{spec!r} is not one of {choices}", spec=spec, choices=_CHOICES
+        ) from None
     if device.type not in ("cpu", "cuda"):
-        raise WaError(f"device={spec!r} is not one of {_CHOICES}", params=("device",))
+        raise WaError.naming(
+            "{device=}{spec!r} is not one of {choices}", spec=spec, choices=_CHOICES
+        )
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise WaError(
-                f"device={spec!r} asks for a GPU, but CUDA is not available here "
-                "(use device='cpu' or 'auto')",
-                params=("device",),
+            raise WaError.naming(
+                "{device=}{spec!r} asks for a GPU, but CUDA is not available here (use "
+                "{device=}'cpu' or 'auto')",
+                spec=spec,
             )
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise WaError(
-                f"device={spec!r}: only {count} GPU(s) are visible (cuda:0..{count - 1})",
-                params=("device",),
+            raise WaError.naming(
+                "{device=}{spec!r}: only {count} GPU(s) are visible (cuda:0..{last})",
+                spec=spec,
+                count=count,
+                last=count - 1,
             )
     return device

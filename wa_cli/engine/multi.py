@@ -96,10 +96,9 @@ def linear_combinations(
         >>> chunks = linear_combinations(plan, [fn_a, fn_b], stats=[s_a, s_b])  # doctest: +SKIP
     """
     if device is not None and device.type != "cpu":
-        raise WaError(
-            "several outputs in one pass run on the CPU only: give device='cpu' (or one target)",
+        raise WaError.naming(
+            "several outputs in one pass run on the CPU only: give {device=}'cpu' (or one target)",
             ExitCode.USAGE,
-            params=("device",),
         )
     start = time.perf_counter()
     per_target = [schedule(plan, w, chunk_elements) for w in weights]
