@@ -114,10 +114,11 @@ def open_deepspeed(
             files that do not fit together (missing ranks, sizes that do not add up).
     """
     if weights not in WEIGHTS:
-        raise WaError(
-            f"deepspeed_weights={weights!r}: expected {' or '.join(WEIGHTS)}",
+        raise WaError.naming(
+            "{deepspeed_weights=}{weights!r}: expected {expected}",
             ExitCode.USAGE,
-            params=("deepspeed_weights",),
+            weights=weights,
+            expected=" or ".join(WEIGHTS),
         )
     tag = tag_folder(run.model)
     if tag is None:  # recognised a moment ago: changed since
@@ -152,12 +153,12 @@ def _open_module(tag: TagFolder, keys: KeyFilter | None) -> Checkpoint:
 
     model = tag.model_files[0]
     if len(tag.model_files) > 1 or model.name.startswith("zero_pp_rank_"):
-        raise WaError(
-            f"'{tag.folder}' is a ZeRO-3 checkpoint, whose model-states files hold only empty "
+        raise WaError.naming(
+            "'{folder}' is a ZeRO-3 checkpoint, whose model-states files hold only empty "
             "placeholders of the parameters: the weights live in the optimizer files "
-            "(deepspeed_weights='module' reads ZeRO-1/2 only; use 'master', the default)",
+            "({deepspeed_weights=}'module' reads ZeRO-1/2 only; use 'master', the default)",
             ExitCode.USAGE,
-            params=("deepspeed_weights",),
+            folder=tag.folder,
         )
     if keys is None:
         return PickleCheckpoint(model, "module")

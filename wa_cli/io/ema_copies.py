@@ -60,8 +60,8 @@ class Copies:
 def check_variant(variant: str | None) -> None:
     """Refuse a ``--variant`` other than ``raw`` or ``ema``."""
     if variant is not None and variant not in VARIANTS:
-        raise WaError(
-            f"variant must be raw or ema, got {variant!r}", ExitCode.USAGE, params=("variant",)
+        raise WaError.naming(
+            "{variant} must be raw or ema, got {got!r}", ExitCode.USAGE, got=variant
         )
 
 
@@ -79,7 +79,6 @@ def choose(copies: Copies, path: Path, variant: str | None) -> tuple[Copy, str]:
             f"({copies.ema.where}), saved by {copies.layout}; choose one with --variant raw or "
             "--variant ema",
             ExitCode.USAGE,
-            params=("variant",),
         )
     chosen = copies.ema if variant == "ema" else copies.raw
     if variant is None:
@@ -90,7 +89,6 @@ def choose(copies: Copies, path: Path, variant: str | None) -> tuple[Copy, str]:
             f"'{path}' holds no {'EMA copy' if variant == 'ema' else 'raw weights'} "
             f"(only the {have}, saved by {copies.layout}); drop --variant {variant}",
             ExitCode.USAGE,
-            params=("variant",),
         )
     if chosen.error is not None:
         raise chosen.error

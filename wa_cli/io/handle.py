@@ -88,5 +88,5 @@ def open_checkpoint_handle(
         ...     w = f.get_tensor("fc.weight")
     """
     if not isinstance(path, str | os.PathLike):
-        raise WaError(f"path={path!r} is not a path", params=("path",))
+        raise WaError.naming("{path=}{got!r} is not a path", got=path)
     return CheckpointHandle(open_checkpoint(path, key=key, strip_prefixes=strip_prefix))

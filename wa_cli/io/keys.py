@@ -106,18 +106,14 @@ def parse_strip(value: bool | str | Sequence[str] | None) -> tuple[str, ...] | s
     prefixes = tuple(value)
     if AUTO in prefixes:
         if len(prefixes) > 1:
-            raise WaError(
-                "strip_prefix=auto cannot be combined with named prefixes",
-                ExitCode.USAGE,
-                params=("strip_prefix",),
+            raise WaError.naming(
+                "{strip_prefix=}auto cannot be combined with named prefixes", ExitCode.USAGE
             )
         return AUTO
     for p in prefixes:
         if not p:
-            raise WaError(
-                "strip_prefix needs a non-empty prefix (or auto)",
-                ExitCode.USAGE,
-                params=("strip_prefix",),
+            raise WaError.naming(
+                "{strip_prefix} needs a non-empty prefix (or auto)", ExitCode.USAGE
             )
     return prefixes
 

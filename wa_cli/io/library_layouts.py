@@ -65,7 +65,6 @@ def identify(
                 f"'{path}': --key {key!r} names one dict, which holds no raw and EMA pair for "
                 "--variant to choose from; pass --key or --variant, not both",
                 ExitCode.USAGE,
-                params=("variant",),
             )
         return found
     copies = find_copies(obj)
@@ -87,7 +86,6 @@ def identify(
             "Composer, ema-pytorch, torch-ema/diffusers layouts); drop --variant ema, or name "
             "the dict with --key",
             ExitCode.USAGE,
-            params=("variant",),
         )
     return found
 

@@ -87,5 +87,4 @@ def _check_dcp_name(destination: Path) -> None:
             f"--format dcp writes a folder, and '{destination}' names a file (give a folder "
             "name, e.g. -o merged_dcp/)",
             ExitCode.USAGE,
-            params=("output_format",),
         )

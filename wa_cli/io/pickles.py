@@ -52,28 +52,28 @@ def resolve_global(name: str) -> type:
     """
     module_name, _, attr = name.rpartition(".")
     if not module_name or not attr:
-        raise WaError(
-            f"allow_global={name!r}: expected MODULE.NAME (e.g. omegaconf.dictconfig.DictConfig)",
+        raise WaError.naming(
+            "{allow_global=}{name!r}: expected MODULE.NAME (e.g. omegaconf.dictconfig.DictConfig)",
             ExitCode.USAGE,
-            params=("allow_global",),
+            name=name,
         )
     reason = never_admitted(name)  # before importing: importing a module can run its code
     if reason is None:
         try:
             obj: Any = import_global(name)
         except (ImportError, AttributeError) as e:
-            raise WaError(
-                f"allow_global={name!r}: cannot import it ({e})",
-                ExitCode.USAGE,
-                params=("allow_global",),
+            raise WaError.naming(
+                "{allow_global=}{name!r}: cannot import it ({e})", ExitCode.USAGE, name=name, e=e
             ) from e
         reason = never_admitted(name, obj)
     if reason is not None:
-        raise WaError(
-            f"allow_global={name!r} is refused: {reason}; wa never admits it, since the pickle "
-            "would call it with its own arguments (re-save the checkpoint's state_dict instead)",
+        raise WaError.naming(
+            "{allow_global=}{name!r} is refused: {reason}; wa never admits it, since the "
+            "pickle would call it with its own arguments (re-save the checkpoint's "
+            "state_dict instead)",
             ExitCode.USAGE,
-            params=("allow_global",),
+            name=name,
+            reason=reason,
         )
     return obj  # type: ignore[no-any-return]
 
@@ -87,10 +87,11 @@ def allowed_globals(
         if isinstance(n, type):
             reason = never_admitted(qualified_name(n), n)
             if reason is not None:
-                raise WaError(
-                    f"allow_globals: {qualified_name(n)} is refused: {reason}",
+                raise WaError.naming(
+                    "{allow_globals}: {name} is refused: {reason}",
                     ExitCode.USAGE,
-                    params=("allow_globals",),
+                    name=qualified_name(n),
+                    reason=reason,
                 )
             extra.append(n)
         else:

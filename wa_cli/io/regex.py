@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from wa_cli.errors import ExitCode, WaError
+from wa_cli.errors import ExitCode, Param, WaError
 
 try:  # the linear-time engine; see the module docstring for the fallback
     import re2 as _re2  # type: ignore[import-untyped,unused-ignore]
@@ -54,7 +54,13 @@ def checked_search(pattern: str, param: str) -> Callable[[str], bool]:
     try:
         return compile_search(pattern)
     except PatternError as e:
-        raise WaError(f"{param} pattern {pattern!r} {e}", ExitCode.USAGE, params=(param,)) from e
+        raise WaError.naming(
+            "{param} pattern {pattern!r} {e}",
+            ExitCode.USAGE,
+            param=Param(param),
+            pattern=pattern,
+            e=e,
+        ) from e
 
 
 def _compile_re2(pattern: str) -> Callable[[str], bool]:

@@ -39,11 +39,11 @@ _SHARD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 def check_shard_name(name: str) -> str:
     """A shard base name: letters, digits, ``_``, ``-``, ``.``, not a path, not hidden."""
     if not isinstance(name, str) or not _SHARD_NAME.match(name) or name.endswith(".safetensors"):
-        raise WaError(
-            f"shard_name must be a plain file name stem such as 'model' or "
-            f"'diffusion_pytorch_model', got {name!r}",
+        raise WaError.naming(
+            "{shard_name} must be a plain file name stem such as 'model' or "
+            "'diffusion_pytorch_model', got {name!r}",
             ExitCode.USAGE,
-            params=("shard_name",),
+            name=name,
         )
     return name
 
@@ -313,19 +313,18 @@ def write_state_dict(
         [PosixPath('w.safetensors')]
     """
     if not isinstance(state_dict, Mapping):
-        raise WaError(
-            f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__} "
-            "(the order is write_state_dict(state_dict, filename), as in save_file)",
-            params=("state_dict",),
+        raise WaError.naming(
+            "{state_dict} must be a mapping of names to tensors, got {kind} (the order is "
+            "write_state_dict(state_dict, filename), as in save_file)",
+            kind=type(state_dict).__name__,
         )
     bad = [k for k, v in state_dict.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
-        raise WaError(
-            f"state_dict entry {bad[0]!r} is not a string name with a tensor",
-            params=("state_dict",),
+        raise WaError.naming(
+            "{state_dict} entry {bad!r} is not a string name with a tensor", bad=bad[0]
         )
     if not isinstance(filename, str | os.PathLike):
-        raise WaError(f"filename={filename!r} is not a path", params=("filename",))
+        raise WaError.naming("{filename=}{got!r} is not a path", got=filename)
     specs = [OutputTensor(k, v.dtype, tuple(v.shape)) for k, v in state_dict.items()]
     pairs = ((k, v) for k, v in state_dict.items() if v.numel())
     settings = WriteSettings(force=force, max_shard_size=max_shard_size)
