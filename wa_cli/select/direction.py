@@ -69,9 +69,7 @@ def resolve_mode(metric: str | None, mode: str | None) -> Mode:
         'max'
     """
     if mode is not None and mode not in ("min", "max"):
-        raise WaError(
-            f"mode must be 'min' or 'max', got {mode!r}", ExitCode.USAGE, params=("mode",)
-        )
+        raise WaError.naming("{mode} must be 'min' or 'max', got {got!r}", ExitCode.USAGE, got=mode)
     named = mode_from_name(metric) if metric else None
     if mode is None:
         if named is None:

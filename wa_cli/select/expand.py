@@ -255,5 +255,4 @@ def require_one_per_folder(args: Sequence[object], command: str = "wa graft") ->
                 f"{found[-1].name}); {command} takes one checkpoint per run: name the file of "
                 f"each run you mean (e.g. '{found[-1]}')",
                 ExitCode.USAGE,
-                params=("inputs",),
             )

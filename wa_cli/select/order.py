@@ -233,10 +233,11 @@ def order_trajectory(
         [('ckpt_2.safetensors', 2, 'name'), ('ckpt_10.safetensors', 10, 'name')]
     """
     if order not in _ORDERS:
-        raise WaError(
-            f"order must be one of {', '.join(_ORDERS)}, got {order!r}",
+        raise WaError.naming(
+            "{order} must be one of {orders}, got {got!r}",
             ExitCode.USAGE,
-            params=("order",),
+            orders=", ".join(_ORDERS),
+            got=order,
         )
     if not items:
         return []

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol, TypedDict, cast
 
-from wa_cli.errors import ExitCode, WaError, listing
+from wa_cli.errors import ExitCode, Param, WaError, listing
 from wa_cli.select.direction import Mode, resolve_mode
 from wa_cli.select.metrics import parse_number
 from wa_cli.select.order import C, Entry, checkpoint_stem
@@ -27,8 +27,11 @@ def _positive(param: str, value: int | None) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise WaError(
-            f"{param} must be a positive integer, got {value!r}", ExitCode.USAGE, params=(param,)
+        raise WaError.naming(
+            "{param} must be a positive integer, got {value!r}",
+            ExitCode.USAGE,
+            param=Param(param),
+            value=value,
         )
 
 
@@ -175,22 +178,24 @@ def _check_selection(picks: Picks, metrics: Mapping[str, float] | None) -> None:
     """Refuse a bad N/K/k, mode or step range, and ``top_k`` without a metric."""
     mode, from_step, to_step = picks.mode, picks.from_step, picks.to_step
     if mode is not None and mode not in ("min", "max"):
-        raise WaError(
-            f"mode must be 'min' or 'max', got {mode!r}", ExitCode.USAGE, params=("mode",)
-        )
+        raise WaError.naming("{mode} must be 'min' or 'max', got {got!r}", ExitCode.USAGE, got=mode)
     _positive("last", picks.last)
     _positive("every", picks.every)
     _positive("top_k", picks.top_k)
     for param, value in (("from_step", from_step), ("to_step", to_step)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise WaError(
-                f"{param} must be an integer step, got {value!r}", ExitCode.USAGE, params=(param,)
+            raise WaError.naming(
+                "{param} must be an integer step, got {value!r}",
+                ExitCode.USAGE,
+                param=Param(param),
+                value=value,
             )
     if from_step is not None and to_step is not None and from_step > to_step:
-        raise WaError(
-            f"from_step={from_step} is after to_step={to_step} (swap them)",
+        raise WaError.naming(
+            "{from_step=}{start} is after {to_step=}{end} (swap them)",
             ExitCode.USAGE,
-            params=("from_step", "to_step"),
+            start=from_step,
+            end=to_step,
         )
     if picks.top_k is not None and picks.metric is None and metrics is None:
         raise WaError(
@@ -215,16 +220,17 @@ def _step_range(kept: list[Entry[C]], from_step: int | None, to_step: int | None
     steps = [e.step for e in kept]
     kept = [e for e in kept if lo <= e.step <= hi]  # type: ignore[operator]  # steps checked
     if not kept:
-        given = " ".join(
-            f"{param}={v}"
-            for param, v in (("from_step", from_step), ("to_step", to_step))
-            if v is not None
-        )
-        raise WaError(
-            f"{given} keeps no checkpoint: the {len(steps)} checkpoints have steps "
-            f"{min(steps)} to {max(steps)}",  # type: ignore[type-var]  # no None step here
+        bounds = {
+            p: v for p, v in (("from_step", from_step), ("to_step", to_step)) if v is not None
+        }
+        given = " ".join(f"{{{p}=}}{{{p}_value}}" for p in bounds)  # fixed names: code, no input
+        raise WaError.naming(
+            given + " keeps no checkpoint: the {n} checkpoints have steps {low} to {high}",
             ExitCode.USAGE,
-            params=("from_step", "to_step"),
+            **{f"{p}_value": v for p, v in bounds.items()},
+            n=len(steps),
+            low=min(steps),  # type: ignore[type-var]  # no None step here
+            high=max(steps),  # type: ignore[type-var]
         )
     return kept
 
