@@ -34,7 +34,6 @@ def plot_format(path: str | os.PathLike[str]) -> str:
             f"--plot '{path}': wa writes the format its suffix names, one of "
             f"{', '.join(PLOT_FORMATS)} (got {suffix or 'no suffix'})",
             ExitCode.USAGE,
-            params=("plot",),
         )
     return PLOT_FORMATS[suffix]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from wa_cli.errors import ExitCode, WaError
+from wa_cli.errors import ExitCode, Param, WaError
 from wa_cli.methods.selection import Selection
 from wa_cli.params import flag
 
@@ -130,8 +130,11 @@ class Request:
         for group, given in groups.items():
             if group in args and given:
                 first = next(iter(given))
-                raise WaError(
-                    f"give {group}= or {first}=, not both", ExitCode.USAGE, params=(group, first)
+                raise WaError.naming(
+                    "give {group=} or {first=}, not both",
+                    ExitCode.USAGE,
+                    group=Param(group),
+                    first=Param(first),
                 )
         return cls(
             read=args.get("read") or _read(groups["read"]),

@@ -57,11 +57,10 @@ Write = Callable[[Weighing, Path, "WriteOptions"], "RunReport"]
 def check_layout(write: WriteOptions) -> None:
     """``copy_config`` writes a folder ``from_pretrained`` reads: it needs ``max_shard_size``."""
     if write.copy_config and write.max_shard_size is None:
-        raise WaError(
-            "copy_config writes a folder that from_pretrained(DIR) reads: add "
-            "max_shard_size (e.g. 5GB)",
+        raise WaError.naming(
+            "{copy_config} writes a folder that from_pretrained(DIR) reads: add "
+            "{max_shard_size} (e.g. 5GB)",
             ExitCode.USAGE,
-            params=("copy_config", "max_shard_size"),
         )
 
 
@@ -122,10 +121,8 @@ def run_trajectory(
             close_opened(selected.items, inputs, keep=())
             return plan
         if out is None:
-            raise WaError(
-                "output is required (only dry_run runs without one)",
-                ExitCode.USAGE,
-                params=("output", "dry_run"),
+            raise WaError.naming(
+                "{output} is required (only {dry_run} runs without one)", ExitCode.USAGE
             )
     except BaseException:
         close_opened(selected.items, inputs, keep=())

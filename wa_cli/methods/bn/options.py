@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
-from wa_cli.errors import ExitCode, WaError
+from wa_cli.errors import ExitCode, Param, WaError
 from wa_cli.params import choice
 
 if TYPE_CHECKING:
@@ -58,10 +58,10 @@ class BNOptions:
         if max_batches is not None and (
             isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
         ):
-            raise WaError(
-                f"max_batches must be a positive integer, got {max_batches!r}",
+            raise WaError.naming(
+                "{max_batches} must be a positive integer, got {got!r}",
                 ExitCode.USAGE,
-                params=("max_batches",),
+                got=max_batches,
             )
         return cls(checked_weighting, max_batches, include_instancenorm)
 
@@ -155,7 +155,9 @@ def _write(args: Mapping[str, Any]) -> WriteOptions:
         return WriteOptions.checked(**given)
     if given:
         first = next(iter(given))
-        raise WaError(f"give write= or {first}=, not both", ExitCode.USAGE, params=("write", first))
+        raise WaError.naming(
+            "give {write=} or {first=}, not both", ExitCode.USAGE, first=Param(first)
+        )
     if write.progress is not None or write.shard_name is not None or write.copy_files:
         raise TypeError(
             "recalibrate_checkpoint() takes no shard_name, copy_files or byte progress in write= "

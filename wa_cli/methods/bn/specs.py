@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from wa_cli.errors import ExitCode, WaError
+from wa_cli.errors import ExitCode, Param, WaError
 from wa_cli.methods.bn.tensor_data import SUFFIXES, data_suffix, tensor_file_batches
 from wa_cli.methods.bn.usercode import call_factory, resolve_callable
 
@@ -92,17 +92,18 @@ def _json_kwargs(value: Mapping[str, Any] | str | None, param: str) -> dict[str,
     try:
         parsed = parse_json(value)
     except ValueError as e:
-        raise WaError(
-            f"cannot read {param}: {json_reason(e)} "
-            "(expected a JSON object, e.g. '{\"depth\": 18}')",
+        raise WaError.naming(
+            "cannot read {param}: {reason} (expected a JSON object, e.g. '{{\"depth\": 18}}')",
             ExitCode.USAGE,
-            params=(param,),
+            param=Param(param),
+            reason=json_reason(e),
         ) from e
     if not isinstance(parsed, dict):
-        raise WaError(
-            f"{param} must be a JSON object of keyword arguments, got {type(parsed).__name__}",
+        raise WaError.naming(
+            "{param} must be a JSON object of keyword arguments, got {kind}",
             ExitCode.USAGE,
-            params=(param,),
+            param=Param(param),
+            kind=type(parsed).__name__,
         )
     return parsed
 

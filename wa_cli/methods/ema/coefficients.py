@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from wa_cli.errors import WaError
+from wa_cli.errors import Param, WaError
 
 LOOKAHEAD_HELP = (
     "Lookahead slow weights from a saved trajectory: --every K --alpha A is an EMA of every "
@@ -23,14 +23,18 @@ LOOKAHEAD_HELP = (
 
 def _finite(flag: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise WaError(f"{flag} must be a finite number, got {value!r}", params=(flag,))
+        raise WaError.naming(
+            "{flag} must be a finite number, got {value!r}", flag=Param(flag), value=value
+        )
     return float(value)
 
 
 def _unit(flag: str, value: float) -> float:
     value = _finite(flag, value)
     if not 0.0 <= value <= 1.0:
-        raise WaError(f"{flag} must be in [0, 1], got {value!r}", params=(flag,))
+        raise WaError.naming(
+            "{flag} must be in [0, 1], got {value!r}", flag=Param(flag), value=value
+        )
     return value
 
 
@@ -49,8 +53,8 @@ def lookahead_decay(alpha: float) -> float:
     """
     alpha = _finite("alpha", alpha)
     if not 0.0 < alpha <= 1.0:
-        raise WaError(
-            f"alpha must be in (0, 1] (the slow-weight step), got {alpha!r}", params=("alpha",)
+        raise WaError.naming(
+            "{alpha} must be in (0, 1] (the slow-weight step), got {got!r}", got=alpha
         )
     return 1.0 - alpha
 
@@ -72,7 +76,7 @@ def ema_decays(
         [0.5, 0.25]
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise WaError(f"an EMA needs at least one checkpoint, got {n!r}", params=("n",))
+        raise WaError(f"an EMA needs at least one checkpoint, got {n!r}")
     given = [
         f
         for f, v in (
@@ -83,10 +87,9 @@ def ema_decays(
         if v is not None
     ]
     if len(given) != 1:
-        which = f"got {' and '.join(given)}" if given else "got none"
-        raise WaError(
-            f"give exactly one of decay, decay_per_step, half_life ({which})",
-            params=("decay", "decay_per_step", "half_life"),
+        which = " and ".join(f"{{{name}}}" for name in given) or "none"  # fixed names: code
+        raise WaError.naming(
+            "give exactly one of {decay}, {decay_per_step}, {half_life} (got " + which + ")"
         )
     if decay is not None:
         return [_unit("decay", decay)] * (n - 1)
@@ -94,31 +97,32 @@ def ema_decays(
     if half_life is not None:
         half_life = _finite("half_life", half_life)
         if half_life <= 0:
-            raise WaError(
-                f"half_life must be a positive number of steps, got {half_life!r}",
-                params=("half_life",),
+            raise WaError.naming(
+                "{half_life} must be a positive number of steps, got {got!r}", got=half_life
             )
     else:
         assert decay_per_step is not None  # exactly one of the three is given (checked above)
         per_step = _unit("decay_per_step", decay_per_step)
     flag = given[0]
     if steps is None or any(s is None for s in steps):
-        raise WaError(
-            f"{flag} weighs checkpoints by their step gaps, but the checkpoints have no step "
-            "numbers (add 'step' metadata or a number to the file names, or use decay)",
-            params=(flag, "decay"),
+        raise WaError.naming(
+            "{flag} weighs checkpoints by their step gaps, but the checkpoints have no step "
+            "numbers (add 'step' metadata or a number to the file names, or use {decay})",
+            flag=Param(flag),
         )
     if len(steps) != n:
-        raise WaError(f"got {len(steps)} steps for {n} checkpoints", params=("steps",))
+        raise WaError.naming("got {count} {steps} for {n} checkpoints", count=len(steps), n=n)
     decays: list[float] = []
     for prev, cur in zip(steps[:-1], steps[1:], strict=True):
         assert prev is not None and cur is not None  # no None step (checked above)
         gap = cur - prev
         if gap <= 0:
-            raise WaError(
-                f"{flag} needs strictly increasing steps, but step {cur} follows step {prev} "
-                "(check order, or use decay)",
-                params=(flag, "order", "decay"),
+            raise WaError.naming(
+                "{flag} needs strictly increasing steps, but step {cur} follows step {prev} "
+                "(check {order}, or use {decay})",
+                flag=Param(flag),
+                cur=cur,
+                prev=prev,
             )
         # 0.5 ** (gap / H) rounds once; (0.5 ** (1 / H)) ** gap would compound the error of d.
         decays.append(0.5 ** (gap / half_life) if half_life is not None else per_step**gap)

@@ -41,10 +41,10 @@ def output_name(sigma_rel: float) -> str:
 def _widths(options: Mapping[str, Any]) -> list[float]:
     widths = [float(s) for s in options["sigma_rel"]]
     if not widths or len({output_name(s) for s in widths}) != len(widths):
-        raise WaError(
-            f"sigma_rel={list(options['sigma_rel'])!r} must list distinct widths",
+        raise WaError.naming(
+            "{sigma_rel=}{widths!r} must list distinct widths",
             ExitCode.USAGE,
-            params=("sigma_rel",),
+            widths=list(options["sigma_rel"]),
         )
     return widths
 
@@ -52,22 +52,20 @@ def _widths(options: Mapping[str, Any]) -> list[float]:
 def check_device(options: Mapping[str, Any]) -> None:
     """Several widths run on the CPU (engine.multi): an explicit GPU device is refused."""
     if "cuda" in str(options.get("device") or ""):
-        raise WaError(
-            "several sigma_rel values in one pass run on the CPU only (give one width per run "
-            "for device='cuda')",
+        raise WaError.naming(
+            "several {sigma_rel} values in one pass run on the CPU only (give one width per "
+            "run for {device=}'cuda')",
             ExitCode.USAGE,
-            params=("device", "sigma_rel"),
         )
 
 
 def _check_single_files(request: Request) -> None:
     w = request.write
     if w.max_shard_size is not None or w.copy_config or w.output_format != "safetensors":
-        raise WaError(
-            "several sigma_rel values write one safetensors file each: max_shard_size, "
-            "copy_config and output_format='dcp' need one width per run",
+        raise WaError.naming(
+            "several {sigma_rel} values write one safetensors file each: {max_shard_size}, "
+            "{copy_config} and {output_format=}'dcp' need one width per run",
             ExitCode.USAGE,
-            params=("sigma_rel",),
         )
 
 
@@ -86,11 +84,11 @@ def posthoc_many(
         return [run_trajectory(inputs, p, request, *posthoc_run(ph, request))  # type: ignore[misc, arg-type]
                 for p, ph in zip(paths, posthocs)]  # fmt: skip
     if folder.suffix:
-        raise WaError(
-            f"several sigma_rel values write one file each into a folder: '{folder}' has a "
+        raise WaError.naming(
+            "several {sigma_rel} values write one file each into a folder: '{folder}' has a "
             "suffix (name a folder)",
             ExitCode.USAGE,
-            params=("output",),
+            folder=folder,
         )
     check_layout(request.write)
     _check_single_files(request)

@@ -28,7 +28,7 @@ from typing import Any, cast
 
 from wa_cli.engine.options import WriteOptions
 from wa_cli.engine.run import RunReport
-from wa_cli.errors import ExitCode, WaError
+from wa_cli.errors import ExitCode, Param, WaError
 from wa_cli.io.reader import Checkpoint
 from wa_cli.methods.ema.power import (
     Kernel,
@@ -80,10 +80,7 @@ class PosthocWeights:
 def target_gamma(sigma_rel: float | None, gamma: float | None) -> float:
     """γ from exactly one of ``sigma_rel`` and ``gamma``."""
     if (sigma_rel is None) == (gamma is None):
-        raise WaError(
-            "give exactly one of sigma_rel and gamma", ExitCode.USAGE,
-            params=("sigma_rel", "gamma"),
-        )  # fmt: skip
+        raise WaError.naming("give exactly one of {sigma_rel} and {gamma}", ExitCode.USAGE)
     if sigma_rel is not None:
         return gamma_of_sigma_rel(sigma_rel)
     assert gamma is not None
@@ -100,11 +97,11 @@ def snapshot_gammas(
         for c in ckpts:
             m = _EMA_PYTORCH_NAME.match(c.name)
             if m is None or int(m.group(1)) >= len(snapshot_sigma_rels):
-                raise WaError(
-                    f"'{c.name}' is not an ema-pytorch snapshot '{{index}}.{{step}}.pt' with an "
-                    f"index below {len(snapshot_sigma_rels)} (snapshot_sigma_rels gives one "
-                    "sigma_rel per index)",
-                    params=("snapshot_sigma_rels",),
+                raise WaError.naming(
+                    "'{snapshot}' is not an ema-pytorch snapshot '{{index}}.{{step}}.pt' with an "
+                    "index below {count} ({snapshot_sigma_rels} gives one sigma_rel per index)",
+                    snapshot=c.name,
+                    count=len(snapshot_sigma_rels),
                 )
             found.append(gamma_of_sigma_rel(snapshot_sigma_rels[int(m.group(1))]))
         return found
@@ -141,10 +138,8 @@ def posthoc_weights(
     """The weights of a post-hoc EMA over inputs at ``steps`` (snapshot exponents if any)."""
     target = max(steps) if at_step is None else at_step
     if target not in steps:
-        raise WaError(
-            f"at_step={target} is not a saved step (saved: {_span(steps)})", ExitCode.USAGE,
-            params=("at_step",),
-        )  # fmt: skip
+        raise WaError.naming("{at_step=}{target} is not a saved step (saved: {saved})",
+                             ExitCode.USAGE, target=target, saved=_span(steps))  # fmt: skip
     used = sorted((i for i, s in enumerate(steps) if s <= target), key=lambda i: steps[i])
     if snapshot is None:
         return _quadrature(steps, used, target, gamma, quadrature)
@@ -166,7 +161,7 @@ def _quadrature(
     saved = [steps[i] for i in used]
     if len(set(saved)) != len(saved):
         raise WaError("two checkpoints share a step; post-hoc EMA needs one per step",
-                      ExitCode.USAGE, params=("order",))  # fmt: skip
+                      ExitCode.USAGE)  # fmt: skip
     kernel = Kernel(float(target), gamma=gamma)
     weights = quadrature_weights(saved, kernel, rule)
     before = kernel.mass_before(saved[0])
@@ -193,7 +188,7 @@ def _steps(ckpts: Sequence[Checkpoint], *, snapshots: bool, named: bool) -> list
     if any(e.step is None for e in entries):
         raise WaError(
             "post-hoc EMA needs each input's training step (step metadata or a number in the "
-            "file name)", ExitCode.USAGE, params=("order",),
+            "file name)", ExitCode.USAGE,
         )  # fmt: skip
     by_input = {id(e.item): e.step for e in entries}
     return [int(by_input[id(c)]) for c in ckpts]  # type: ignore[arg-type]
@@ -215,19 +210,19 @@ class PosthocRequest:
         if sigma_rel is None and gamma is None:
             for name in ("at_step", "snapshot_sigma_rels"):
                 if options.get(name) is not None:
-                    raise WaError(f"{name} needs sigma_rel or gamma", ExitCode.USAGE,
-                                  params=(name, "sigma_rel"))  # fmt: skip
+                    raise WaError.naming("{name} needs {sigma_rel} or {gamma}", ExitCode.USAGE,
+                                         name=Param(name))  # fmt: skip
             return None
         decays = [n for n in ("decay", "decay_per_step", "half_life", "alpha") if options.get(n)]
         if decays:
-            raise WaError(
-                f"give sigma_rel/gamma (a power EMA) or {decays[0]} (an exponential one), not both",
-                ExitCode.USAGE, params=("sigma_rel", decays[0]),
+            raise WaError.naming(
+                "give {sigma_rel}/{gamma} (a power EMA) or {decay} (an exponential one), not both",
+                ExitCode.USAGE, decay=Param(decays[0]),
             )  # fmt: skip
         quadrature = options.get("quadrature") or "linear"
         if quadrature not in ("linear", "step"):
-            raise WaError(f"quadrature must be 'linear' or 'step', got {quadrature!r}",
-                          ExitCode.USAGE, params=("quadrature",))  # fmt: skip
+            raise WaError.naming("{quadrature} must be 'linear' or 'step', got {got!r}",
+                                 ExitCode.USAGE, got=quadrature)  # fmt: skip
         return cls(target_gamma(sigma_rel, gamma), options.get("at_step"),
                    cast(Quadrature, quadrature), options.get("snapshot_sigma_rels"))  # fmt: skip
 

@@ -56,12 +56,12 @@ def gamma_of_sigma_rel(sigma_rel: float) -> float:
         (16.97, 0.0)
     """
     if isinstance(sigma_rel, bool) or not isinstance(sigma_rel, (int, float)):
-        raise WaError(f"sigma_rel must be a number, got {sigma_rel!r}", params=("sigma_rel",))
+        raise WaError.naming("{sigma_rel} must be a number, got {got!r}", got=sigma_rel)
     if not 0.0 < sigma_rel <= SIGMA_REL_MAX * (1 + 1e-12):
-        raise WaError(
-            f"sigma_rel must be in (0, {SIGMA_REL_MAX:.4f}] (1/sqrt(12) is the uniform mean), "
-            f"got {sigma_rel!r}",
-            params=("sigma_rel",),
+        raise WaError.naming(
+            "{sigma_rel} must be in (0, {limit:.4f}] (1/sqrt(12) is the uniform mean), got {got!r}",
+            limit=SIGMA_REL_MAX,
+            got=sigma_rel,
         )
     if sigma_rel >= SIGMA_REL_MAX * (1 - 1e-12):  # 12 ** -0.5 itself may round below
         return 0.0
@@ -78,9 +78,9 @@ def gamma_of_sigma_rel(sigma_rel: float) -> float:
 
 def _gamma(gamma: float) -> float:
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0:
-        raise WaError(f"gamma must be a number >= 0, got {gamma!r}", params=("gamma",))
+        raise WaError.naming("{gamma} must be a number >= 0, got {got!r}", got=gamma)
     if not math.isfinite(gamma):
-        raise WaError(f"gamma must be finite, got {gamma!r}", params=("gamma",))
+        raise WaError.naming("{gamma} must be finite, got {got!r}", got=gamma)
     return float(gamma)
 
 
@@ -131,9 +131,9 @@ def reconstruct(snapshots: Sequence[Profile], target: Profile) -> Reconstruction
     import numpy as np
 
     if not snapshots:
-        raise WaError("post-hoc EMA needs at least one snapshot", params=("inputs",))
+        raise WaError("post-hoc EMA needs at least one snapshot")
     if min(s.t for s in [*snapshots, target]) <= 0:
-        raise WaError("post-hoc EMA needs snapshot steps > 0", params=("inputs",))
+        raise WaError("post-hoc EMA needs snapshot steps > 0")
     gram = np.array([[inner(a, b) for b in snapshots] for a in snapshots], dtype=np.float64)
     rhs = np.array([inner(a, target) for a in snapshots], dtype=np.float64)
     # lstsq (SVD) rather than solve: two snapshots of nearly equal σ_rel make the Gram matrix
@@ -141,7 +141,7 @@ def reconstruct(snapshots: Sequence[Profile], target: Profile) -> Reconstruction
     x, *_ = np.linalg.lstsq(gram, rhs, rcond=None)
     total = float(x.sum())
     if total == 0 or not math.isfinite(total):
-        raise WaError("the snapshots cannot represent the target profile", params=("sigma_rel",))
+        raise WaError("the snapshots cannot represent the target profile")
     x = x / total
     norm2 = inner(target, target)
     residual2 = norm2 - 2.0 * float(x @ rhs) + float(x @ gram @ x)
@@ -197,19 +197,16 @@ def quadrature_weights(steps: Sequence[float], kernel: Kernel, rule: Quadrature)
         [0.75, 0.25]
     """
     if rule not in ("linear", "step"):
-        raise WaError(
-            f"quadrature must be 'linear' or 'step', got {rule!r}", params=("quadrature",)
-        )
+        raise WaError.naming("{quadrature} must be 'linear' or 'step', got {rule!r}", rule=rule)
     n = len(steps)
     if n == 0:
-        raise WaError("an EMA needs at least one checkpoint", params=("inputs",))
+        raise WaError("an EMA needs at least one checkpoint")
     if any(b <= a for a, b in zip(steps[:-1], steps[1:])):
-        raise WaError("post-hoc EMA needs strictly increasing steps", params=("order",))
+        raise WaError("post-hoc EMA needs strictly increasing steps")
     if steps[0] < 0 or steps[-1] > kernel.t:
         raise WaError(
             f"the EMA ends at step {kernel.t:g}: the steps must lie in [0, {kernel.t:g}], "
-            f"got {steps[0]:g}..{steps[-1]:g}",
-            params=("at_step",),
+            f"got {steps[0]:g}..{steps[-1]:g}"
         )
     weights = [0.0] * n
     weights[0] = kernel.mass_before(steps[0])

@@ -47,10 +47,8 @@ def decay_options(
     """
     if alpha is not None:
         if decay is not None:
-            raise WaError(
-                "give alpha or decay, not both (alpha=A is decay=1-A)",
-                ExitCode.USAGE,
-                params=("alpha", "decay"),
+            raise WaError.naming(
+                "give {alpha} or {decay}, not both ({alpha=}A is {decay=}1-A)", ExitCode.USAGE
             )
         decay = lookahead_decay(alpha)
     return {"decay": decay, "decay_per_step": decay_per_step, "half_life": half_life}
@@ -117,20 +115,19 @@ def _given_steps(steps: object, selected: Selected) -> list[int | None] | None:
     if steps is None:
         return None
     if isinstance(steps, str) or not isinstance(steps, Sequence):
-        raise WaError(f"steps={steps!r} must be a sequence of ints", params=("steps",))
+        raise WaError.naming("{steps=}{got!r} must be a sequence of ints", got=steps)
     if selected.selection.filters or selected.selection.order is not None:
-        raise WaError(
-            "give steps= or a selection (order, last, every, ...), not both: a selection reads "
-            "the steps from the inputs",
+        raise WaError.naming(
+            "give {steps=} or a selection (order, last, every, ...), not both: a selection "
+            "reads the steps from the inputs",
             ExitCode.USAGE,
-            params=("steps",),
         )
     if len(steps) != len(selected.entries):
-        raise WaError(
-            f"got {len(steps)} steps for {len(selected.entries)} checkpoints (give one step per "
-            "checkpoint)",
+        raise WaError.naming(
+            "got {count} {steps} for {n} checkpoints (give one step per checkpoint)",
             ExitCode.USAGE,
-            params=("steps",),
+            count=len(steps),
+            n=len(selected.entries),
         )
     return list(steps)
 
@@ -181,11 +178,10 @@ def _linear_exponential(
     from wa_cli.methods.ema.power import Kernel, quadrature_weights
 
     if decays["decay"] is not None or steps is None or any(s is None for s in steps):
-        raise WaError(
-            "quadrature='linear' integrates over training steps: give half_life or "
-            "decay_per_step, and inputs with steps",
+        raise WaError.naming(
+            "{quadrature=}'linear' integrates over training steps: give {half_life} or "
+            "{decay_per_step}, and inputs with steps",
             ExitCode.USAGE,
-            params=("quadrature",),
         )
     if decays["half_life"] is not None:
         rate = math.log(2.0) / decays["half_life"]
@@ -193,10 +189,8 @@ def _linear_exponential(
         rate = -math.log(decays["decay_per_step"]) if decays["decay_per_step"] > 0 else math.inf
     saved = [int(s) for s in steps if s is not None]
     if not math.isfinite(rate) or rate <= 0:
-        raise WaError(
-            "quadrature='linear' needs a decay per step in (0, 1)", ExitCode.USAGE,
-            params=("quadrature", "decay_per_step"),
-        )  # fmt: skip
+        raise WaError.naming("{quadrature=}'linear' needs a decay per step in (0, 1)",
+                             ExitCode.USAGE)  # fmt: skip
     return quadrature_weights(saved, Kernel(float(saved[-1]), rate=rate), "linear")
 
 

@@ -66,16 +66,16 @@ def check_graft_params(a: float, c: float) -> None:
     """
     a, c = number("a", a, finite=False), number("c", c, finite=False)
     if not (0.0 <= a < 1.0):
-        raise WaError(
-            f"a must be in [0, 1), got {a!r} (the graft amplitude; paper: 0.4; 0 = plain mean)",
-            code=ExitCode.USAGE,
-            params=("a",),
+        raise WaError.naming(
+            "{a} must be in [0, 1), got {got!r} (the graft amplitude; paper: 0.4; 0 = plain mean)",
+            ExitCode.USAGE,
+            got=a,
         )
     if not (c > 0.0 and math.isfinite(c)):
-        raise WaError(
-            f"c must be a finite number > 0, got {c!r} (the graft steepness; paper: 500)",
-            code=ExitCode.USAGE,
-            params=("c",),
+        raise WaError.naming(
+            "{c} must be a finite number > 0, got {got!r} (the graft steepness; paper: 500)",
+            ExitCode.USAGE,
+            got=c,
         )
 
 

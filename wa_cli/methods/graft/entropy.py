@@ -50,10 +50,11 @@ def check_bins(bins: int) -> None:
     """Raise ``WaError`` unless ``bins`` is an integer from 2 (a histogram needs two bins) to
     ``MAX_BINS``."""
     if isinstance(bins, bool) or not isinstance(bins, int) or not 2 <= bins <= MAX_BINS:
-        raise WaError(
-            f"bins must be an integer from 2 to {MAX_BINS}, got {bins!r} (the paper uses 10)",
-            code=ExitCode.USAGE,
-            params=("bins",),
+        raise WaError.naming(
+            "{bins} must be an integer from 2 to {max_bins}, got {got!r} (the paper uses 10)",
+            ExitCode.USAGE,
+            max_bins=MAX_BINS,
+            got=bins,
         )
 
 
@@ -251,10 +252,10 @@ def check_base(base: float) -> None:
     """A logarithm base for entropies: positive, finite and not 1."""
     x = math.nan if isinstance(base, bool) or not isinstance(base, int | float) else base
     if not (x > 0 and x != 1 and math.isfinite(x)):
-        raise WaError(
-            f"entropy base must be positive and not 1, got {base!r} (use 2 for bits)",
-            code=ExitCode.USAGE,
-            params=("base",),
+        raise WaError.naming(
+            "entropy {base} must be positive and not 1, got {got!r} (use 2 for bits)",
+            ExitCode.USAGE,
+            got=base,
         )
 
 
@@ -266,11 +267,11 @@ def check_threshold(threshold: float) -> None:
         else threshold
     )
     if not (x >= 0 and math.isfinite(x)):
-        raise WaError(
-            f"l1_threshold must be a finite number >= 0, got {threshold!r} "
-            "(the paper uses 0.1 or 0.01)",
-            code=ExitCode.USAGE,
-            params=("l1_threshold",),
+        raise WaError.naming(
+            "{l1_threshold} must be a finite number >= 0, got {threshold!r} (the paper uses "
+            "0.1 or 0.01)",
+            ExitCode.USAGE,
+            threshold=threshold,
         )
 
 

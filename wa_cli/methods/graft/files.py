@@ -165,8 +165,7 @@ def plan_graft(
             ck.close()
         raise WaError(
             f"grafting needs at least two checkpoints, got {len(ckpts)} "
-            "(give a receiver and a donor: wa graft A.safetensors B.safetensors -o OUT)",
-            params=("inputs",),
+            "(give a receiver and a donor: wa graft A.safetensors B.safetensors -o OUT)"
         )
     try:
         # Receiver first: its non-float tensors are the ones kept.

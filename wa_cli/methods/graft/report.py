@@ -150,7 +150,7 @@ def compile_filter(pattern: str | None) -> Callable[[str], bool] | None:
         return None
     if not isinstance(pattern, str):
         kind = type(pattern).__name__
-        raise WaError(f"pattern must be a string, got {kind}", params=("pattern",))
+        raise WaError.naming("{pattern} must be a string, got {kind}", kind=kind)
     return checked_search(pattern, "pattern")
 
 

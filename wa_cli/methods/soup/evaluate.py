@@ -49,11 +49,11 @@ class Evaluator:
         if self.mode is None:
             self.mode = mode_from_name(self.metric or self.name)
         if self.mode not in ("max", "min"):
-            raise WaError(
-                f"say whether a higher or lower score of '{self.name}' is better: mode='max' or "
-                "mode='min' (the metric's name does not say)",
+            raise WaError.naming(
+                "say whether a higher or lower score of '{name}' is better: {mode=}'max' or "
+                "{mode=}'min' (the metric's name does not say)",
                 ExitCode.USAGE,
-                params=("mode",),
+                name=self.name,
             )
 
     def better_or_equal(self, a: float, b: float) -> bool:
@@ -99,18 +99,19 @@ class Evaluator:
         if self.metric is None:
             if len(scores) == 1:
                 return next(iter(scores.values()))
-            raise WaError(
-                f"evaluation function '{self.name}' returned {len(scores)} numbers "
-                f"({', '.join(map(str, scores))}): pick one with metric=NAME",
+            raise WaError.naming(
+                "evaluation function '{name}' returned {count} numbers ({scores}): pick one "
+                "with {metric=}NAME",
                 ExitCode.USAGE,
-                params=("metric",),
+                name=self.name,
+                count=len(scores),
+                scores=", ".join(map(str, scores)),
             )
         if self.metric not in scores:
             raise WaError(
                 f"evaluation function '{self.name}' returned no '{self.metric}' "
                 f"(it returned {', '.join(map(str, scores))})",
                 ExitCode.BAD_INPUT,
-                params=("metric",),
             )
         return scores[self.metric]
 

@@ -112,9 +112,9 @@ def greedy_soup(
     """
     n = len(ckpts)
     if n < 2:
-        raise WaError(f"a greedy soup needs at least 2 inputs, got {n}", params=("inputs",))
+        raise WaError(f"a greedy soup needs at least 2 inputs, got {n}")
     if stored_scores is not None and len(stored_scores) != n:
-        raise WaError("one stored score per input is needed", params=("metric",))
+        raise WaError("one stored score per input is needed")
     scores = list(stored_scores) if stored_scores is not None else []
     if not scores:
         scores = [_scored(model, _state(c), evaluate) for c in ckpts]
@@ -155,18 +155,16 @@ def parse_grid(spec: str) -> list[float]:
     try:
         start, stop, step = (float(p) for p in parts)
     except ValueError:
-        raise WaError(
-            f"sweep={spec!r} must be START:STOP:STEP (e.g. 0:1:0.1)", ExitCode.USAGE,
-            params=("sweep",),
-        ) from None  # fmt: skip
+        raise WaError.naming("{sweep=}{spec!r} must be START:STOP:STEP (e.g. 0:1:0.1)",
+                             ExitCode.USAGE, spec=spec) from None  # fmt: skip
     if not all(map(math.isfinite, (start, stop, step))) or step <= 0 or stop < start:
-        raise WaError(
-            f"sweep={spec!r} needs finite START <= STOP and STEP > 0", ExitCode.USAGE,
-            params=("sweep",),
-        )  # fmt: skip
+        raise WaError.naming("{sweep=}{spec!r} needs finite START <= STOP and STEP > 0",
+                             ExitCode.USAGE, spec=spec)  # fmt: skip
     count = math.floor((stop - start) / step + 1e-9) + 1
     if count > 10_000:
-        raise WaError(f"sweep={spec!r} has {count} points (at most 10000)", params=("sweep",))
+        raise WaError.naming(
+            "{sweep=}{spec!r} has {count} points (at most 10000)", spec=spec, count=count
+        )
     return [round(start + i * step, 12) for i in range(count)]
 
 
@@ -197,10 +195,7 @@ def wise_ft_sweep(
 ) -> Sweep:
     """Score ``interpolate(θ_0, θ_1, α)`` for each α; the best α (the smallest among ties)."""
     if len(ckpts) != 2:
-        raise WaError(
-            f"a sweep interpolates exactly 2 inputs (θ_0 and θ_1), got {len(ckpts)}",
-            params=("inputs",),
-        )
+        raise WaError(f"a sweep interpolates exactly 2 inputs (θ_0 and θ_1), got {len(ckpts)}")
     zero, one = _state(ckpts[0]), _state(ckpts[1])
     curve = [(a, _scored(model, interpolate(zero, one, a), evaluate)) for a in alphas]
     best_alpha, best_score = curve[0]

@@ -59,11 +59,10 @@ def _bn_prepare(bn_data: DataSpec) -> Callable[[nn.Module], None] | None:
     source = resolve_data(bn_data) if isinstance(bn_data, str) else bn_data
     batches = source() if callable(source) else source
     if iter(batches) is batches:  # a generator would be empty for the second candidate
-        raise WaError(
-            "bn_data must be re-iterable (a DataLoader, a list of batches or a tensor file), "
-            "since every candidate is re-estimated",
+        raise WaError.naming(
+            "{bn_data} must be re-iterable (a DataLoader, a list of batches or a tensor "
+            "file), since every candidate is re-estimated",
             ExitCode.USAGE,
-            params=("bn_data",),
         )
 
     def prepare(model: nn.Module) -> None:
@@ -158,7 +157,7 @@ def sweep_to_file(
     grid = options["grid"]
     alphas = parse_grid(grid) if isinstance(grid, str) else [float(a) for a in grid]
     if not alphas or any(not 0.0 <= a <= 1.0 for a in alphas):
-        raise WaError(f"sweep values must lie in [0, 1], got {alphas}", params=("sweep",))
+        raise WaError.naming("{sweep} values must lie in [0, 1], got {alphas}", alphas=alphas)
     evaluator = _evaluator(options, options.get("metric"))
     ckpts = open_inputs(inputs, options=request.read)
     sweep = wise_ft_sweep(ckpts, _model(options["model"]), evaluator, alphas, interpolated)

@@ -89,11 +89,11 @@ def stock_weights(plan: Plan) -> dict[str, list[float]]:
 
 def _all_hold(entry: KeyPlan, n: int) -> None:
     if len(entry.sources) != n:
-        raise WaError(
-            f"key {entry.key!r} is not held by the base and every fine-tune; Model Stock needs "
-            "them all (keys='intersection' leaves such keys out)",
+        raise WaError.naming(
+            "key {key!r} is not held by the base and every fine-tune; Model Stock needs them "
+            "all ({keys=}'intersection' leaves such keys out)",
             ExitCode.INCOMPATIBLE,
-            params=("keys",),
+            key=entry.key,
         )
 
 
@@ -121,12 +121,9 @@ def model_stock_to_file(
     base_ckpts = open_inputs(base, options=request.read)
     tuned = open_inputs(finetunes, options=request.read)
     if len(base_ckpts) != 1:
-        raise WaError(f"model_stock needs one base, got {len(base_ckpts)}", params=("base",))
+        raise WaError.naming("model_stock needs one {base}, got {count}", count=len(base_ckpts))
     if len(tuned) < 2:
-        raise WaError(
-            f"model_stock needs at least 2 fine-tunes of the base, got {len(tuned)}",
-            params=("inputs",),
-        )
+        raise WaError(f"model_stock needs at least 2 fine-tunes of the base, got {len(tuned)}")
     plan = build_plan([*base_ckpts, *tuned], keys=opts.keys, non_float=opts.non_float,
                       dtype=opts.dtype)  # fmt: skip
     per_key = stock_weights(plan)
