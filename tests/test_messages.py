@@ -3,17 +3,25 @@
 A ``WaError`` built by ``WaError.naming`` keeps the parameters its template names as fields, and
 each front end spells them (``wa_cli.cli.flags.spell`` for the CLI): no text is ever rewritten,
 so user content (paths, tensor names, values) shows verbatim, braces and flag-like words included.
+The scan below holds every message in ``wa_cli`` to that: no ``params=`` list, no parameter
+spelled inside the text, every parameter field a flag of ``FLAGS`` or a library-only name.
 """
 
 from __future__ import annotations
 
+import ast
+import re
+import string
+from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
-from tests.helpers import REPO
-from wa_cli.cli.flags import spell
-from wa_cli.errors import ExitCode, Param, WaError
+from tests.helpers import REPO, assert_one_line_error, run_wa
+from wa_cli.cli.flags import FLAGS, spell
+from wa_cli.errors import ExitCode, Param, WaError, parse_template, render
 from wa_cli.params import bad, choice
 
 PACKAGE = REPO / "wa_cli"
@@ -31,6 +39,7 @@ LIBRARY_ONLY = {
     "command",  # the provenance's command line, set by the CLI itself
     "receiver",  # graft_to_file(receiver=...): the CLI grafts its first input into the others
     "drop_duplicates",  # Selection(drop_duplicates=...): the CLI always drops them (a warning)
+    "write",  # write=WriteOptions(...): the CLI builds it from its flags
 }
 
 # Modules no command reaches, whose words may match a flag by chance: the training helpers'
@@ -114,6 +123,24 @@ def test_the_parts_travel_whole() -> None:
     assert again.render(spell) == "rank 1: --decay must be in [0, 1], got 2"
 
 
+def test_a_failure_shared_by_torchrun_ranks_keeps_its_parameters(monkeypatch) -> None:
+    """Rank 1 fails a step: every rank raises it with the rank prefix, and the CLI still shows
+    the flag (the gather itself is torch.distributed's; here it hands back what rank 1 sent)."""
+    from wa_cli.engine import distributed
+
+    monkeypatch.setattr(distributed, "_group", distributed.Group(1, 2, 1, 60.0))
+    monkeypatch.setattr(distributed, "_gather", lambda item, what: [None, item])
+
+    def fail() -> None:
+        raise WaError.naming("{decay=}{got!r} must be in [0, 1]", got="{decay}")
+
+    with pytest.raises(distributed.RankFailure) as e:
+        distributed.step("checking", fail)
+    assert e.value.rank == 1
+    assert e.value.message == "rank 1: decay='{decay}' must be in [0, 1]"
+    assert e.value.render(spell) == "rank 1: --decay '{decay}' must be in [0, 1]"
+
+
 @pytest.mark.parametrize(
     ("template", "values"),
     [
@@ -132,3 +159,178 @@ def test_the_parts_travel_whole() -> None:
 def test_a_malformed_template_is_a_bug(template: str, values: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         WaError.naming(template, **values)
+
+
+# --------------------------------------------------------------------- every message in wa_cli
+
+
+def _sources() -> list[tuple[Path, ast.Module]]:
+    return [(p, ast.parse(p.read_text())) for p in sorted(PACKAGE.rglob("*.py"))]
+
+
+def _called(node: ast.Call) -> str:
+    f = node.func
+    return f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+
+
+def _where(path: Path, node: ast.AST) -> str:
+    return f"{path.relative_to(REPO)}:{getattr(node, 'lineno', '?')}"
+
+
+def _literal_text(node: ast.expr) -> str | None:
+    """The literal text of a str or f-string (interpolations left out), else None."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "\0".join(str(v.value) for v in node.values if isinstance(v, ast.Constant))
+    return None
+
+
+class _Any:
+    """A stand-in value: formats with any conversion or spec."""
+
+    def __format__(self, spec: str) -> str:
+        return "<value>"
+
+    def __repr__(self) -> str:
+        return "<value>"
+
+
+def _templates() -> list[tuple[str, str, dict[str, Any]]]:
+    """Every literal template in wa_cli: (where, template, values with stand-ins)."""
+    found = []
+    for path, tree in _sources():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = _called(node)
+            values: dict[str, Any]
+            if name == "naming" and node.args:
+                template, values = node.args[0], {}
+            elif name == "bad" and len(node.args) >= 2:
+                template, values = node.args[1], {"param": Param("decay")}
+            else:
+                continue
+            if not (isinstance(template, ast.Constant) and isinstance(template.value, str)):
+                continue  # built from fixed names at run time (tested where it is raised)
+            for k in node.keywords:
+                if k.arg is not None and k.arg not in values:
+                    is_param = isinstance(k.value, ast.Call) and _called(k.value) == "Param"
+                    values[k.arg] = Param("decay") if is_param else _Any()
+            found.append((_where(path, node), template.value, values))
+    return found
+
+
+def test_no_message_lists_its_parameters_or_spells_them_in_its_text() -> None:
+    """``params=`` is gone; a plain message never writes a parameter as text (``name=value``,
+    or a bare ``max_shard_size``): that belongs in a template, where the CLI shows the flag.
+    (A bare word like ``keys`` or ``last`` is prose as often as a parameter: not checked.)"""
+    names = "|".join(map(re.escape, FLAGS))
+    snake = "|".join(re.escape(n) for n in FLAGS if "_" in n)
+    spelled = re.compile(rf"(?<![\w.-])(({names})=|({snake})(?![\w-]))")
+    wrong = []
+    for path, tree in _sources():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or _called(node) not in ("WaError", "RankFailure"):
+                continue
+            if any(k.arg == "params" for k in node.keywords):
+                wrong.append(f"{_where(path, node)}: params=")
+            text = _literal_text(node.args[0]) if node.args else None
+            where = str(path.relative_to(REPO))
+            if text is not None and spelled.search(text) and not where.startswith(NOT_IN_THE_CLI):
+                wrong.append(f"{_where(path, node)}: {text!r}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_there_are_templates_to_check() -> None:
+    assert len(_templates()) > 100
+
+
+def test_every_parameter_a_message_names_is_a_flag_or_library_only() -> None:
+    wrong = []
+    for where, template, values in _templates():
+        params = parse_template(template, values)
+        names = [p.name for p in params if isinstance(p, Param)]
+        if not names:
+            wrong.append(f"{where}: names no parameter (a plain WaError would do)")
+        wrong += [f"{where}: {n!r}" for n in names if n not in FLAGS and n not in LIBRARY_ONLY]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_parameter_named_at_run_time_is_a_flag_or_library_only() -> None:
+    """The names passed to ``wa_cli.params``' checks, to ``Param(...)`` and as ``param=``."""
+    checks = {"bad", "choice", "dtype", "size", "integer", "number", "flag", "Param"}
+    wrong = []
+    for path, tree in _sources():
+        imported = {
+            a.asname or a.name
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module in ("wa_cli.params", "wa_cli.errors")
+            for a in n.names
+        }
+        for node in ast.walk(tree):
+            names: list[ast.expr] = []
+            if isinstance(node, ast.Call) and node.args and _called(node) in checks:
+                attr = isinstance(node.func, ast.Attribute)
+                if attr or _called(node) in imported:
+                    names.append(node.args[0])
+            elif isinstance(node, ast.arguments):
+                positional = reversed([*node.posonlyargs, *node.args])
+                pairs: list[tuple[ast.arg, ast.expr | None]]
+                pairs = [*zip(positional, reversed(node.defaults), strict=False)]
+                pairs += zip(node.kwonlyargs, node.kw_defaults, strict=True)
+                names += [d for a, d in pairs if a.arg == "param" and d is not None]
+            for n in names:
+                if not (isinstance(n, ast.Constant) and isinstance(n.value, str)):
+                    continue  # a name chosen at run time: its callers are checked here
+                if n.value not in FLAGS and n.value not in LIBRARY_ONLY:
+                    wrong.append(f"{_where(path, n)}: {n.value!r}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_template_names_its_parameters_and_the_cli_its_flags() -> None:
+    for where, template, values in _templates():
+        parts = parse_template(template, values)
+        library, cli = render(parts), render(parts, spell)
+        for p in (p for p in parts if isinstance(p, Param)):
+            assert p.library() in library, (where, library)
+            assert spell(p) in cli, (where, cli)
+            if p.name in FLAGS:
+                assert FLAGS[p.name] in cli and f"{p.name}=" not in cli, (where, cli)
+
+
+def test_every_field_of_every_template_is_a_name() -> None:
+    for where, template, _ in _templates():
+        for _, field, _, _ in string.Formatter().parse(template):
+            assert field is None or field.removesuffix("=").isidentifier(), (where, field)
+
+
+# ------------------------------------------------------------------------------ the command
+
+
+def test_a_file_named_with_braces_and_a_flag_word_shows_verbatim(tmp_path, capsys) -> None:
+    """``'{variant} variant.pth.tar' holds both ...`` (the old rewrite made it ``{--variant}``)."""
+    state = {"w": torch.ones(2)}
+    path = tmp_path / "{variant} variant.pth.tar"
+    torch.save({"state_dict": state, "state_dict_ema": state, "epoch": 1}, path)
+    r = run_wa(["average", path, path, "-o", tmp_path / "out.safetensors"], capsys)
+    assert_one_line_error(r, 2, f"'{path}' holds both", "--variant raw or --variant ema")
+
+
+def test_a_key_named_with_braces_shows_verbatim_beside_the_flag(tmp_path, capsys) -> None:
+    """The message names ``--keys`` as a flag and the key ``{keys=} keys`` as it is."""
+    key = "{keys=} keys"
+    save_file({"w": torch.ones(2)}, tmp_path / "a.safetensors")
+    save_file({"w": torch.ones(2), key: torch.ones(1)}, tmp_path / "b.safetensors")
+    args = ["average", tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    r = run_wa([*args, "--weights", "1,0", "--keys", "union", "-o", tmp_path / "o"], capsys)
+    assert_one_line_error(
+        r, 2, f"key {key!r} is held only by inputs of weight 0", "use --keys 'intersection'"
+    )
+
+
+def test_a_value_with_flag_words_shows_verbatim(tmp_path, capsys) -> None:
+    save_file({"w": torch.ones(2)}, tmp_path / "a.safetensors")
+    a = tmp_path / "a.safetensors"
+    r = run_wa(["average", a, a, "--device", "cuda device=1", "-o", tmp_path / "o"], capsys)
+    assert_one_line_error(r, 2, "--device 'cuda device=1' is not one of")

@@ -9,7 +9,7 @@ spells them its own way and no text is ever rewritten (see :meth:`WaError.naming
 from __future__ import annotations
 
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -115,18 +115,11 @@ class WaError(Exception):
         params: the parameters the message names, in order (each once).
     """
 
-    def __init__(
-        self,
-        message: str | tuple[Part, ...],
-        code: ExitCode = ExitCode.USAGE,
-        *,
-        params: Sequence[str] = (),  # the former way, until every message is a template
-    ) -> None:
+    def __init__(self, message: str | tuple[Part, ...], code: ExitCode = ExitCode.USAGE) -> None:
         self.parts: tuple[Part, ...] = (message,) if isinstance(message, str) else tuple(message)
         self.message = render(self.parts)
         super().__init__(self.message)
         self.code = ExitCode(code)
-        self._listed = tuple(params)
 
     @staticmethod
     def naming(template: str, code: ExitCode = ExitCode.USAGE, /, **values: Any) -> WaError:
@@ -151,8 +144,7 @@ class WaError(Exception):
     @property
     def params(self) -> tuple[str, ...]:
         """The library parameters the message names, in order of appearance (each once)."""
-        named = [p.name for p in self.parts if isinstance(p, Param)]
-        return tuple(dict.fromkeys([*named, *self._listed]))
+        return tuple(dict.fromkeys(p.name for p in self.parts if isinstance(p, Param)))
 
     def render(self, spell: Callable[[Param], str]) -> str:
         """The message with each parameter spelled by ``spell`` (the CLI: its flags)."""

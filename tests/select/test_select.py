@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from wa_cli.cli.flags import as_flags
+from wa_cli.cli.flags import spell
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.methods.selection import Selection
 from wa_cli.select import (
@@ -331,9 +331,7 @@ def test_unknown_order_is_a_usage_error() -> None:
     with pytest.raises(WaError, match="^order must be one of") as e:
         order_trajectory(fakes(["a.pt"]), "time")  # type: ignore[arg-type]
     assert e.value.code == ExitCode.USAGE
-    assert as_flags(e.value.message, e.value.params) == (
-        "--order must be one of auto, step, name, given, got 'time'"
-    )
+    assert e.value.render(spell) == ("--order must be one of auto, step, name, given, got 'time'")
 
 
 # ---------------------------------------------------------------------------- selection
@@ -546,7 +544,7 @@ def test_selection_usage_errors(
     assert e.value.code == ExitCode.USAGE
     assert re.match(message, e.value.message)
     expected = cli_message or "--" + message.replace("_", "-")
-    assert re.match(expected, as_flags(e.value.message, e.value.params))
+    assert re.match(expected, e.value.render(spell))
 
 
 def test_empty_trajectory_is_a_usage_error() -> None:

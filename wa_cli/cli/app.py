@@ -20,7 +20,7 @@ import typer
 
 from wa_cli import __version__, session
 from wa_cli.cli import signals
-from wa_cli.cli.flags import as_flags, spell
+from wa_cli.cli.flags import spell
 from wa_cli.errors import ExitCode, WaError, printable
 from wa_cli.gc_pause import paused_gc
 
@@ -224,7 +224,7 @@ def _run(args: list[str], debug: bool) -> None:
     except WaError as e:
         if debug:
             raise
-        e.message = as_flags(e.render(spell), e.params)  # parameter names -> flags
+        e.message = e.render(spell)  # the parameters it names, as flags
         # Under torchrun a failure is shared with every rank and printed by rank 0 alone.
         message, exit_code = session.failure(e)
         _fail(message, exit_code)

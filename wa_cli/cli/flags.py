@@ -3,14 +3,11 @@
 The library speaks in parameters (``decay must be in [0, 1]``, ``non_float='lst' is not one of
 ...``); on the command line the same message must name the flag the user typed (``--decay``,
 ``--non-float 'lst'``). A ``WaError`` built with ``WaError.naming`` keeps the parameters it names
-as fields, and the CLI spells them with :func:`spell`; :func:`as_flags` rewrites the text of
-the messages not built that way yet. When a library parameter gains a CLI flag, add it here.
+as fields (``WaError.parts``), and the CLI renders them with :func:`spell`: no text is rewritten.
+When a library parameter gains a CLI flag, add it here.
 """
 
 from __future__ import annotations
-
-import re
-from collections.abc import Iterable
 
 from wa_cli.errors import Param
 
@@ -108,26 +105,3 @@ def spell(param: Param) -> str:
     if flag is None:  # a parameter the command has no flag for: named as the library names it
         return param.library()
     return f"{flag} " if param.assign else flag
-
-
-def as_flags(message: str, params: Iterable[str]) -> str:
-    """``message`` with each of ``params`` written as its flag.
-
-    ``name='value'`` and ``name=value`` become ``--flag value``; a bare name becomes ``--flag``.
-    Only whole words are replaced, and only the parameters the error lists, so prose that
-    happens to use the same word ("the last input") is left alone unless the error names it.
-
-    Example:
-        >>> as_flags("non_float='lst' is not one of 'last', 'first'", ["non_float"])
-        "--non-float 'lst' is not one of 'last', 'first'"
-        >>> as_flags("give alpha or decay, not both (alpha=A is decay=1-A)", ["alpha", "decay"])
-        'give --alpha or --decay, not both (--alpha A is --decay 1-A)'
-    """
-    for param in sorted(set(params), key=len, reverse=True):  # decay_per_step before decay
-        flag = FLAGS.get(param)
-        if flag is None:
-            continue
-        word = rf"(?<![\w.-]){re.escape(param)}(?![\w-])"
-        message = re.sub(word + r"=", flag.replace("\\", r"\\") + " ", message)
-        message = re.sub(word + r"(?!=)", flag.replace("\\", r"\\"), message)
-    return message

@@ -33,7 +33,7 @@ from wa_cli.engine.launch_env import (
     say_waiting,
     whole_number,
 )
-from wa_cli.errors import ExitCode, WaError
+from wa_cli.errors import ExitCode, Part, WaError, render
 
 T = TypeVar("T")
 
@@ -54,16 +54,19 @@ class Group:
 
 @dataclass(frozen=True)
 class _Failure:
-    message: str
+    parts: tuple[Part, ...]  # the message, with the parameters it names (the CLI's flags)
     code: int
-    params: tuple[str, ...] = ()  # the library parameters the message names (the CLI's flags)
+
+    @property
+    def message(self) -> str:
+        return render(self.parts)
 
 
 class RankFailure(WaError):
     """A failure every rank knows of (learned at the same step): only rank 0 prints it."""
 
-    def __init__(self, message: str, code: ExitCode, rank: int, params: Sequence[str] = ()) -> None:
-        super().__init__(message, code, params=params)
+    def __init__(self, message: str | tuple[Part, ...], code: ExitCode, rank: int) -> None:
+        super().__init__(message, code)
         self.rank = rank
 
 
@@ -218,13 +221,13 @@ def step(what: str, fn: Callable[[], T]) -> list[T]:
     except WaError as e:
         if isinstance(e, RankFailure):
             raise
-        mine = _Failure(_local_message(e.message, group), int(e.code), e.params)
+        mine = _Failure(_local_parts(e.parts, group), int(e.code))
     except OSError as e:
-        mine = _Failure(_local_message(f"{e.strerror or e}", group), int(ExitCode.OUTPUT))
+        mine = _Failure(_local_parts((f"{e.strerror or e}",), group), int(ExitCode.OUTPUT))
     gathered = _gather(mine, what)
     for rank, item in enumerate(gathered):
         if isinstance(item, _Failure):
-            raise RankFailure(item.message, ExitCode(item.code), rank, item.params)
+            raise RankFailure(item.parts, ExitCode(item.code), rank)
     return gathered
 
 
@@ -244,7 +247,7 @@ def share_failure(error: WaError) -> tuple[str | None, ExitCode]:
     if group.broken or group.closed:
         return message, error.code
     try:
-        gathered = _gather(_Failure(message, int(error.code)), "reporting an error")
+        gathered = _gather(_Failure((message,), int(error.code)), "reporting an error")
     except WaError as lost:
         return f"{message} (and {lost.message.split(': ', 1)[-1]})", error.code
     group.together = True
@@ -304,6 +307,12 @@ def _require() -> Group:
 def _local_message(message: str, group: Group) -> str:
     prefix = f"rank {group.rank}: "
     return message if message.startswith(prefix) else prefix + message
+
+
+def _local_parts(parts: tuple[Part, ...], group: Group) -> tuple[Part, ...]:
+    """``parts`` after the rank prefix: the parameters stay fields, for the CLI to spell."""
+    prefix = f"rank {group.rank}: "
+    return parts if render(parts).startswith(prefix) else (prefix, *parts)
 
 
 def first_line(e: BaseException) -> str:
