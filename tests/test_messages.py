@@ -21,8 +21,8 @@ from safetensors.torch import save_file
 
 from tests.helpers import REPO, assert_one_line_error, run_wa
 from wa_cli.cli.flags import FLAGS, spell
+from wa_cli.engine.params import bad, choice
 from wa_cli.errors import ExitCode, Param, WaError, parse_template, render
-from wa_cli.params import bad, choice
 
 PACKAGE = REPO / "wa_cli"
 
@@ -258,14 +258,15 @@ def test_every_parameter_a_message_names_is_a_flag_or_library_only() -> None:
 
 
 def test_every_parameter_named_at_run_time_is_a_flag_or_library_only() -> None:
-    """The names passed to ``wa_cli.params``' checks, to ``Param(...)`` and as ``param=``."""
+    """The names passed to ``wa_cli.engine.params``' checks, to ``Param(...)`` and as ``param=``."""
     checks = {"bad", "choice", "dtype", "size", "integer", "number", "flag", "Param"}
     wrong = []
     for path, tree in _sources():
         imported = {
             a.asname or a.name
             for n in ast.walk(tree)
-            if isinstance(n, ast.ImportFrom) and n.module in ("wa_cli.params", "wa_cli.errors")
+            if isinstance(n, ast.ImportFrom)
+            and n.module in ("wa_cli.engine.params", "wa_cli.errors")
             for a in n.names
         }
         for node in ast.walk(tree):

@@ -30,7 +30,7 @@ class Param:
 
     ``assign``: the name is followed by its value (``non_float='lst'``, ``--non-float 'lst'``).
     Passed as a template value (``param=Param(name)``), it makes ``{param}`` a parameter field
-    whose name the caller chose (see :func:`wa_cli.params.bad`).
+    whose name the caller chose (see :func:`wa_cli.engine.params.bad`).
     """
 
     name: str

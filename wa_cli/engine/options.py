@@ -18,7 +18,7 @@ from typing import Any, Literal, cast
 
 import torch
 
-from wa_cli import params as check
+from wa_cli.engine import params as check
 from wa_cli.engine.device import resolve_device
 from wa_cli.engine.plan import KeysMode, NonFloatPolicy
 from wa_cli.engine.precision import Precision

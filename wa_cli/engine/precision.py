@@ -27,9 +27,10 @@ USER_DTYPES: dict[str, torch.dtype] = {
 def parse_user_dtype(name: str | None) -> torch.dtype | None:
     """``--dtype`` values: float32, float16, bfloat16, float64 (and fp32, fp16, bf16, fp64).
 
-    The library's own check (:func:`wa_cli.params.dtype`), so the message is the same everywhere.
+    The library's own check (:func:`wa_cli.engine.params.dtype`), so the message is the same
+    everywhere.
     """
-    from wa_cli.params import dtype
+    from wa_cli.engine.params import dtype
 
     return dtype("dtype", name)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from wa_cli.engine.params import bad
 from wa_cli.io.handle import CheckpointHandle
 from wa_cli.io.reader import Checkpoint, ReadOptions, open_checkpoints
-from wa_cli.params import bad
 from wa_cli.select import expand_inputs
 
 PathOrCheckpoint = str | os.PathLike[str] | Checkpoint | CheckpointHandle

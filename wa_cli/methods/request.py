@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from wa_cli.engine.params import flag
 from wa_cli.errors import ExitCode, Param, WaError
 from wa_cli.methods.selection import Selection
-from wa_cli.params import flag
 
 if TYPE_CHECKING:
     import torch

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from wa_cli.params import bad, choice, flag, integer
+from wa_cli.engine.params import bad, choice, flag, integer
 
 if TYPE_CHECKING:  # the reader imports torch; `wa --help` builds a Selection without it
     from wa_cli.engine.report import RunReport

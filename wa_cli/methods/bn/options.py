@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
+from wa_cli.engine.params import choice
 from wa_cli.errors import ExitCode, Param, WaError
-from wa_cli.params import choice
 
 if TYPE_CHECKING:
     import torch

@@ -41,9 +41,9 @@ from typing import Literal
 
 import torch
 
+from wa_cli.engine.params import number
 from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.methods.graft.entropy import check_bins, tensor_entropy
-from wa_cli.params import number
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,8 @@ import torch
 from wa_cli.engine import distributed
 from wa_cli.engine.device import resolve_device
 from wa_cli.engine.options import ReduceOptions, WriteOptions
+from wa_cli.engine.params import choice
+from wa_cli.engine.params import dtype as check_dtype
 from wa_cli.engine.plan import ARCHITECTURE_HINT, KeyPlan, Plan, build_plan
 from wa_cli.engine.provenance import provenance
 from wa_cli.engine.run import (
@@ -56,8 +58,6 @@ from wa_cli.methods.graft.alpha import (
 from wa_cli.methods.graft.entropy import check_bins, checkpoint_measure
 from wa_cli.methods.graft.relatedness import unrelated_warnings
 from wa_cli.methods.inputs import Inputs, as_input_list, open_inputs
-from wa_cli.params import choice
-from wa_cli.params import dtype as check_dtype
 from wa_cli.select.expand import require_one_per_folder
 
 log = logging.getLogger(__name__)

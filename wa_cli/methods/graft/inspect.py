@@ -13,6 +13,7 @@ import os
 import torch
 from typing_extensions import Unpack
 
+from wa_cli.engine.params import choice
 from wa_cli.engine.plan import KeysMode, build_plan
 from wa_cli.engine.report import input_reads
 from wa_cli.gc_pause import paused_gc
@@ -34,7 +35,6 @@ from wa_cli.methods.inputs import Inputs
 from wa_cli.methods.plots import check_plot_available
 from wa_cli.methods.request import ReadArgs, Request, SelectArgs
 from wa_cli.methods.selection import close_opened, select_checkpoints
-from wa_cli.params import choice
 
 
 class EntropyArgs(ReadArgs, SelectArgs, total=False):

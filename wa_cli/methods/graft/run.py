@@ -17,6 +17,7 @@ from typing_extensions import Unpack
 
 from wa_cli.engine.combine import CombineStats
 from wa_cli.engine.options import WriteOptions
+from wa_cli.engine.params import integer
 from wa_cli.engine.plan import build_plan
 from wa_cli.engine.reducers import linear_combination
 from wa_cli.engine.run import RunReport, assemble
@@ -34,7 +35,6 @@ from wa_cli.methods.graft.files import (
 from wa_cli.methods.inputs import Inputs, as_input_list
 from wa_cli.methods.request import ReadArgs, ReduceArgs, Request, SelectArgs, WriteArgs
 from wa_cli.methods.selection import select_checkpoints
-from wa_cli.params import integer
 from wa_cli.select.expand import require_one_per_folder
 
 
