@@ -7,7 +7,7 @@ The steps (``wa_cli.engine.distributed.step``), the same on every rank:
 2. *Open.* Rank 0 checks the destination and opens one temporary sibling
    (``wa_cli.io.atomic.atomic_destination``): a folder for shards, or, for a single file, the
    file with its header written and its full length set (every tensor's offset is known from the
-   plan), so each rank can ``pwrite`` its tensors in place.
+   plan), so each rank can ``pwrite`` its tensors in place (``wa_cli.io.positional_write``).
 3. *Write.* The output files are decided from the plan alone (the shards ``write_safetensors``
    would make); shards go to ranks by the bytes each must read, largest first to the least loaded
    rank; the tensors of a single file are spread the same way, tensor by tensor (each rank then
@@ -26,7 +26,6 @@ The report is rank 0's, with the stats of every rank summed and a per-rank table
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import signal
@@ -54,11 +53,11 @@ from wa_cli.io import hooks
 from wa_cli.io.atomic import atomic_destination
 from wa_cli.io.dcp_write import save_staged, stage_path
 from wa_cli.io.output_check import Layout, check_output
+from wa_cli.io.positional_write import preallocate, tensor_offsets, write_at
 from wa_cli.io.safetensors_header import build_header
 from wa_cli.io.writer import (
     INDEX_NAME,
     OutputTensor,
-    chunk_bytes,
     shard_file_name,
     shard_layout,
     write_files,
@@ -162,12 +161,9 @@ class _Job:
         self.cost = {t.entry.key: t.read_bytes for t in tasks}
         ckpts = self.plan.checkpoints
         summary = plan_digest.input_summary([str(c.path) for c in ckpts], [c.files for c in ckpts])
-        headers = hashlib.sha256()
-        for group in self.layout:
-            headers.update(self._header(group)[0])
         summary.update(
             tensors=len(self.plan.keys),
-            headers=headers.hexdigest()[:16],
+            headers=plan_digest.bytes_digest(self._header(group)[0] for group in self.layout),
             weights=plan_digest.digest((t.entry.key, t.inputs, t.total) for t in tasks),
             output=f"{self.output} (max shard size {self.max_shard_size}, dcp {self.dcp})",
         )
@@ -199,10 +195,7 @@ class _Job:
             tmp.mkdir(exist_ok=True)  # atomic_destination creates it (locked)
         else:
             header, sizes = self._header(self.layout[0])
-            with open(tmp, "wb") as f:
-                f.write(header)
-                # Sparse until the ranks fill it; every byte is written before the commit.
-                f.truncate(len(header) + sum(sizes))
+            preallocate(tmp, header, sum(sizes))  # every rank writes its tensors in place
         return str(tmp)
 
     # Step 3
@@ -255,26 +248,9 @@ class _Job:
         }
 
     def _write_ranges(self, tmp: Path, chunks: Iterator[tuple[str, torch.Tensor]]) -> None:
-        """``pwrite`` each tensor's bytes at its offset in the preallocated single file."""
+        """Write this rank's tensors at their offsets in the preallocated single file."""
         header, sizes = self._header(self.layout[0])
-        offsets, at = {}, len(header)
-        for t, size in zip(self.layout[0], sizes):
-            offsets[t.key] = at
-            at += size
-        fd = os.open(tmp, os.O_WRONLY)
-        try:
-            current, pos = None, 0
-            for key, chunk in chunks:
-                if key != current:
-                    current, pos = key, offsets[key]
-                data = chunk_bytes(chunk)
-                while data:
-                    n = os.pwrite(fd, data, pos)
-                    pos += n
-                    data = data[n:]
-            os.fsync(fd)  # this node's writes reach the shared file before rank 0 renames it
-        finally:
-            os.close(fd)
+        write_at(tmp, tensor_offsets(header, [t.key for t in self.layout[0]], sizes), chunks)
 
     def _progress(
         self, progress: Callable[[int, int], None] | None, keys: list[str]

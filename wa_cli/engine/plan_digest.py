@@ -5,7 +5,8 @@ a missing shard, a glob that expands differently) would write a different part o
 output. The summary holds what decides the output's bytes: the inputs (paths and file sizes),
 the header of every output file (keys, dtypes, shapes, metadata with the provenance), the weights
 per key and the output path. Hashes keep it a few hundred bytes whatever the model's size; the
-input list is kept whole, so a mismatch can say which file differs.
+input list is kept whole, so a mismatch can say which file differs. The hashes are of this
+summary (built in memory from the plan), never of a file's bytes: those are read in ``io/``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ def digest(parts: Iterable[Any]) -> str:
     for part in parts:
         h.update(json.dumps(part, sort_keys=True, default=str).encode())
         h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def bytes_digest(blobs: Iterable[bytes]) -> str:
+    """A short hash of byte strings taken one after another (the output files' headers)."""
+    h = hashlib.sha256()
+    for blob in blobs:
+        h.update(blob)
     return h.hexdigest()[:16]
 
 

@@ -332,7 +332,8 @@ def write_state_dict(
 
 
 # The pieces of a write, for writers that split one output between processes
-# (wa_cli.engine.parallel_write): the same layout, names, header and index as write_safetensors.
+# (wa_cli.engine.parallel_write, wa_cli.io.positional_write): the same layout, names, header and
+# index as write_safetensors.
 
 
 def shard_layout(
