@@ -24,7 +24,6 @@ Of a duplicate pair the one whose name holds a step is kept (``checkpoint-9.pth.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -36,6 +35,8 @@ from wa_cli.io.fingerprint import (
     file_sample,
     file_size,
     files_equal,
+    tensor_sample,
+    tensors_equal,
 )
 from wa_cli.select.order import checkpoint_stem
 from wa_cli.select.steps import number_in_name, step_in_metadata
@@ -45,54 +46,9 @@ if TYPE_CHECKING:  # the reader imports torch; selection must not
 
 logger = logging.getLogger(__name__)
 
-_TENSOR_SAMPLE = 256
-_COMPARE_BLOCK = 4 << 20  # bytes compared at a time: memory stays bounded for any file size
-
 
 def _identity(ckpt: Checkpoint) -> frozenset[tuple[int, int]] | None:
     return file_identity(ckpt.files)
-
-
-def _tensor_sample(ckpt: Checkpoint) -> str:
-    """A hash of every key, shape, dtype and the first and last bytes of every tensor."""
-    import torch
-
-    digest = hashlib.sha256()
-    for key in sorted(ckpt.keys()):
-        info = ckpt.info(key)
-        digest.update(f"{key}|{tuple(info.shape)}|{info.dtype}|{info.nbytes};".encode())
-        n = min(info.nbytes, _TENSOR_SAMPLE)
-        if n == 0:
-            continue
-        buf = torch.empty(n, dtype=torch.uint8)
-        for offset in dict.fromkeys((0, info.nbytes - n)):
-            ckpt.read_into(key, buf, offset)
-            digest.update(buf.numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _tensors_equal(a: Checkpoint, b: Checkpoint) -> bool:
-    """Whether two checkpoints hold the same keys, shapes, dtypes and tensor bytes, in full."""
-    import torch
-
-    keys = sorted(a.keys())
-    if keys != sorted(b.keys()):
-        return False
-    infos = [(a.info(k), b.info(k)) for k in keys]
-    if any((tuple(x.shape), x.dtype, x.nbytes) != (tuple(y.shape), y.dtype, y.nbytes)
-           for x, y in infos):  # fmt: skip
-        return False
-    size = min(_COMPARE_BLOCK, max((x.nbytes for x, _ in infos), default=0))
-    bufs = torch.empty(size, dtype=torch.uint8), torch.empty(size, dtype=torch.uint8)
-    for key, (info, _) in zip(keys, infos, strict=True):
-        for offset in range(0, info.nbytes, _COMPARE_BLOCK):
-            n = min(_COMPARE_BLOCK, info.nbytes - offset)
-            x, y = bufs[0][:n], bufs[1][:n]
-            a.read_into(key, x, offset)
-            b.read_into(key, y, offset)
-            if not torch.equal(x, y):
-                return False
-    return True
 
 
 def _named_step(ckpt: Checkpoint) -> bool:
@@ -181,10 +137,10 @@ def _same_step_and_tensors(
             continue
         seen: dict[str, list[int]] = {}
         for i in group:
-            sample = _tensor_sample(ckpts[i])
+            sample = tensor_sample(ckpts[i])
             # The sample nominates; only tensors equal in full make a duplicate.
             twin = next(
-                (j for j in seen.get(sample, []) if _tensors_equal(ckpts[j], ckpts[i])), None
+                (j for j in seen.get(sample, []) if tensors_equal(ckpts[j], ckpts[i])), None
             )
             if twin is None:
                 seen.setdefault(sample, []).append(i)
