@@ -17,7 +17,8 @@ from typing import Any
 from torch import nn
 
 from wa_cli.errors import ExitCode, Param, WaError
-from wa_cli.methods.bn.tensor_data import SUFFIXES, data_suffix, tensor_file_batches
+from wa_cli.io.data_files import SUFFIXES, data_suffix
+from wa_cli.methods.bn.tensor_data import tensor_file_batches
 from wa_cli.methods.bn.usercode import call_factory, resolve_callable
 
 ModelSource = nn.Module | Callable[[], nn.Module]
