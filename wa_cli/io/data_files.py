@@ -102,10 +102,12 @@ def _pick(path: Path, keys: list[str], input_key: str | None) -> str:
         return named[0]
     if not keys:
         raise WaError(f"data file '{path}' holds no tensor", ExitCode.BAD_INPUT)
-    raise WaError(
-        f"data file '{path}' holds {len(keys)} tensors ({listing(keys)}): name the model's input "
-        "with --input-key",
+    raise WaError.naming(
+        "data file '{path}' holds {n} tensors ({keys}): name the model's input with {input_key}",
         ExitCode.USAGE,
+        path=str(path),
+        n=len(keys),
+        keys=listing(keys),
     )
 
 
@@ -154,9 +156,10 @@ def _open_npy(path: Path, input_key: str | None) -> _Opened:
     import numpy as np
 
     if input_key is not None:
-        raise WaError(
-            f"data file '{path}' is a .npy file, which holds one array: leave out --input-key",
+        raise WaError.naming(
+            "data file '{path}' is a .npy file, which holds one array: leave out {input_key}",
             ExitCode.USAGE,
+            path=str(path),
         )
     array = np.load(path, mmap_mode="r", allow_pickle=False)
     return "(array)", tuple(array.shape), lambda: _numpy_slicer(array)

@@ -211,10 +211,10 @@ def test_resolve_data_routes_files_and_loaders(tmp_path) -> None:
     lazy = resolve_data(f"{tmp_path}/loaders.py:make", kwargs={"n": 5})
     assert callable(lazy) and not (tmp_path / "called").exists()  # resolved now, not yet called
     assert lazy() == [5] and (tmp_path / "called").exists()
-    with pytest.raises(WaError, match="--data-kwargs") as info:
+    with pytest.raises(WaError, match="with data_kwargs") as info:
         resolve_data(f"{tmp_path}/loaders.py:make", batch_size=8)
     assert info.value.code == ExitCode.USAGE
-    with pytest.raises(WaError, match="takes no --data-kwargs"):
+    with pytest.raises(WaError, match="takes no data_kwargs"):
         resolve_data(str(tmp_path / "calib.safetensors"), kwargs={"n": 1})
 
 
@@ -232,7 +232,7 @@ def test_tensor_file_batches_take_the_models_dtype(tmp_path) -> None:
     out = load_file(tmp_path / "out.safetensors")
     for key in BN_KEYS:
         torch.testing.assert_close(out[key], expected[key], rtol=1e-6, atol=1e-6)
-    with pytest.raises(WaError, match="--batch-size, --input-key and --drop-last apply"):
+    with pytest.raises(WaError, match="batch_size, input_key and drop_last apply"):
         resolve_data(f"{tmp_path}/loaders.py:make", drop_last=True)
 
 

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
+from wa_cli.cli.flags import spell
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.methods.bn.recalibrate import recalibrate_bn
 from wa_cli.methods.bn.tensor_data import tensor_file_batches
@@ -52,8 +53,9 @@ def test_ambiguous_and_missing_keys(tmp_path) -> None:
     with pytest.raises(WaError) as info:
         tensor_file_batches(path, batch_size=2)
     assert info.value.message == (
-        f"data file '{path}' holds 2 tensors ('a', 'b'): name the model's input with --input-key"
+        f"data file '{path}' holds 2 tensors ('a', 'b'): name the model's input with input_key"
     )
+    assert info.value.render(spell).endswith("with --input-key")  # the CLI's spelling
     with pytest.raises(WaError, match=r"has no tensor 'c' \(available: 'a', 'b'\)"):
         tensor_file_batches(path, batch_size=2, input_key="c")
 
@@ -90,7 +92,7 @@ def test_numpy_with_dtype_cast(tmp_path) -> None:
     batches = tensor_file_batches(path, batch_size=4, dtype=torch.float32)
     assert {b.dtype for b in batches} == {torch.float32}
     check_batches(batches, ROWS, 4)
-    with pytest.raises(WaError, match="holds one array: leave out --input-key"):
+    with pytest.raises(WaError, match="holds one array: leave out input_key"):
         tensor_file_batches(path, batch_size=4, input_key="x")
 
 

@@ -168,10 +168,11 @@ def resolve_data(
     is_file = data_suffix(Path(spec)) in SUFFIXES or not sep or not source
     if is_file:
         if kwargs:
-            raise WaError(
-                f"--data '{spec}' is a tensor file, which takes no --data-kwargs "
-                "(use --batch-size and --input-key)",
+            raise WaError.naming(
+                "{data} '{spec}' is a tensor file, which takes no {data_kwargs} "
+                "(use {batch_size} and {input_key})",
                 ExitCode.USAGE,
+                spec=spec,
             )
         return tensor_file_batches(
             spec,
@@ -180,10 +181,11 @@ def resolve_data(
             drop_last=drop_last,
         )
     if batch_size is not None or input_key is not None or drop_last is not None:
-        raise WaError(
-            f"--batch-size, --input-key and --drop-last apply to a tensor file, but --data "
-            f"'{spec}' names a loader (pass its arguments with --data-kwargs)",
+        raise WaError.naming(
+            "{batch_size}, {input_key} and {drop_last} apply to a tensor file, but {data} "
+            "'{spec}' names a loader (pass its arguments with {data_kwargs})",
             ExitCode.USAGE,
+            spec=spec,
         )
     loader = resolve_callable(spec, what="data loader")
     return lambda: call_factory(loader, kwargs, what="data loader")
