@@ -187,7 +187,7 @@ def test_variant_is_checked_and_key_still_wins(tmp_path):
     ckpt = open_checkpoint(path, options=ReadOptions(variant="ema"))
     assert torch.equal(ckpt.tensor("0.weight"), model_ema.state_dict()["0.weight"])
     assert any("state_dict_ema" in n for n in ckpt.notes)
-    with pytest.raises(WaError, match="pass --key or --variant, not both"):
+    with pytest.raises(WaError, match="pass key or variant, not both"):
         open_checkpoint(path, options=ReadOptions(key="state_dict", variant="ema"))
 
 

@@ -155,7 +155,7 @@ def test_mixed_refusal_sorts_known_never_and_unknown(tmp_path):
     with pytest.raises(WaError) as info:
         open_checkpoint(tmp_path / "a.pt")
     message = str(info.value)
-    assert "admit them with --allow-global builtins.dict;" in message
+    assert "admit them with allow_globals builtins.dict;" in message
     assert "wa never admits 'posix.system'" in message
     assert f"'{__name__}.Sneaky' are not classes wa knows" in message
     assert "\n" not in message

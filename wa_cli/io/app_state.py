@@ -123,12 +123,18 @@ def select_model(
     if names == {MODEL_TREE} or (names & TRAINING_STATE and MODEL_TREE in names):
         unknown = sorted({top_name(k) for k in inner} - TRAINING_STATE - {MODEL_TREE})
         if unknown:
-            choices = ", ".join(f"--key {wrapper}{n}" for n in [MODEL_TREE, *unknown][:4])
-            raise WaError(
-                f"DCP folder '{where}' holds tensor sub-trees wa cannot classify beside "
-                f"'{MODEL_TREE}' and the training state: {listing(unknown, 4)}; name the one "
-                f"that holds the weights ({choices})",
+            # The sub-tree names come from the folder: values, never template text.
+            trees = [wrapper + n for n in [MODEL_TREE, *unknown][:4]]
+            choices = ", ".join(f"{{key}} {{t{i}}}" for i in range(len(trees)))
+            raise WaError.naming(
+                "DCP folder '{where}' holds tensor sub-trees wa cannot classify beside "
+                "'{model}' and the training state: {unknown}; name the one that holds the "
+                "weights (" + choices + ")",
                 ExitCode.BAD_INPUT,
+                where=str(where),
+                model=MODEL_TREE,
+                unknown=listing(unknown, 4),
+                **{f"t{i}": t for i, t in enumerate(trees)},
             )
         keep = [k for k in weights if k.startswith(tree)]
         how = f"the '{tree[:-1]}' sub-tree"
@@ -154,10 +160,13 @@ def _by_key(
     keep = [k for k in weights if k.startswith(prefix)]
     if not keep:
         trees = sorted({top_name(k) for k in weights})
-        raise WaError(
-            f"DCP folder '{where}' has no tensors under --key {key!r} (its sub-trees and "
-            f"top-level keys: {listing(trees, 8)})",
+        raise WaError.naming(
+            "DCP folder '{where}' has no tensors under {key} {name!r} (its sub-trees and "
+            "top-level keys: {trees})",
             ExitCode.BAD_INPUT,
+            where=str(where),
+            name=key,
+            trees=listing(trees, 8),
         )
     return _selection(keep, prefix, f"the {key!r} sub-tree", tensors, objects)
 

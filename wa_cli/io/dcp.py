@@ -83,11 +83,13 @@ class DcpCheckpoint(Checkpoint):
 
     def _check(self, key: str, info: TensorInfo) -> None:
         if info.dtype not in SAFETENSORS_NAMES:
-            raise WaError(
-                f"tensor {key!r} of '{self._folder}' has dtype "
-                f"{str(info.dtype).removeprefix('torch.')}, which wa cannot average or write; "
-                "leave it out with --exclude",
+            raise WaError.naming(
+                "tensor {key!r} of '{folder}' has dtype {dtype}, which wa cannot average or "
+                "write; leave it out with {exclude}",
                 ExitCode.BAD_INPUT,
+                key=key,
+                folder=str(self._folder),
+                dtype=str(info.dtype).removeprefix("torch."),
             )
 
     def _record(self, layout: DcpLayout) -> dict[str, str]:

@@ -246,10 +246,13 @@ class _Checker:
             raise _bad(self.path, f"tensor {key!r} has no dtype")
         layout = vars(props).get("layout", torch.strided)
         if layout != torch.strided:
-            raise WaError(
-                f"tensor {key!r} of '{self.folder}' has layout {layout}; wa reads dense tensors "
-                "only (leave it out with --exclude)",
+            raise WaError.naming(
+                "tensor {key!r} of '{folder}' has layout {layout}; wa reads dense tensors "
+                "only (leave it out with {exclude})",
                 ExitCode.BAD_INPUT,
+                key=key,
+                folder=str(self.folder),
+                layout=layout,
             )
         shape = self._ints(fields.get("size"), f"the size of {key!r}")
         raw_chunks = fields.get("chunks")

@@ -65,7 +65,9 @@ def write_dcp(
     destination = Path(destination)
     check_output_name(destination, "dcp")
     if not torch.distributed.is_available():
-        raise WaError("--format dcp needs a torch build with torch.distributed", ExitCode.USAGE)
+        raise WaError.naming(
+            "{output_format} dcp needs a torch build with torch.distributed", ExitCode.USAGE
+        )
     try:
         with atomic_destination(destination, force, folder=True, reads=reads) as tmp:
             tmp.mkdir(exist_ok=True)  # atomic_destination creates it (locked)

@@ -74,21 +74,28 @@ def choose(copies: Copies, path: Path, variant: str | None) -> tuple[Copy, str]:
     both = copies.raw is not None and copies.ema is not None
     if variant is None and both:
         assert copies.raw is not None and copies.ema is not None
-        raise WaError(
-            f"'{path}' holds both the raw weights ({copies.raw.where}) and their EMA "
-            f"({copies.ema.where}), saved by {copies.layout}; choose one with --variant raw or "
-            "--variant ema",
+        raise WaError.naming(
+            "'{path}' holds both the raw weights ({raw}) and their EMA ({ema}), saved by "
+            "{layout}; choose one with {variant} raw or {variant} ema",
             ExitCode.USAGE,
+            path=str(path),
+            raw=copies.raw.where,
+            ema=copies.ema.where,
+            layout=copies.layout,
         )
     chosen = copies.ema if variant == "ema" else copies.raw
     if variant is None:
         chosen = copies.raw or copies.ema
     if chosen is None:
         have = "raw weights" if copies.raw is not None else "EMA copy"
-        raise WaError(
-            f"'{path}' holds no {'EMA copy' if variant == 'ema' else 'raw weights'} "
-            f"(only the {have}, saved by {copies.layout}); drop --variant {variant}",
+        raise WaError.naming(
+            "'{path}' holds no {asked} (only the {have}, saved by {layout}); drop {variant} {got}",
             ExitCode.USAGE,
+            path=str(path),
+            asked="EMA copy" if variant == "ema" else "raw weights",
+            have=have,
+            layout=copies.layout,
+            got=variant,
         )
     if chosen.error is not None:
         raise chosen.error
@@ -192,10 +199,11 @@ def _composer(obj: Mapping[Any, Any]) -> Copies | None:
             other.update(entries)
     unknown = [str(k) for k in other if k not in model]
     if unknown or not other:
-        raise WaError(
-            f"Composer's EMA state names {listing(unknown) or 'no tensor'} that 'state.model' "
-            "does not hold; read 'state.model' as saved with --key state.model",
+        raise WaError.naming(
+            "Composer's EMA state names {unknown} that 'state.model' "
+            "does not hold; read 'state.model' as saved with {key} state.model",
             ExitCode.BAD_INPUT,
+            unknown=listing(unknown) or "no tensor",
         )
     # The stored dicts hold only trainable parameters and buffers: the rest is the same in both.
     overlaid = Copy("'state.model' with the EMA algorithm's stored tensors", {**model, **other})
@@ -215,20 +223,23 @@ def _shadow_params(obj: Mapping[Any, Any]) -> Copies | None:
     if not holders:
         return None
     if len(holders) > 1:
-        raise WaError(
-            f"several EMA states with 'shadow_params' ({listing(list(map(str, holders)))}); "
-            "pick the model's state dict with --key",
+        raise WaError.naming(
+            "several EMA states with 'shadow_params' ({holders}); "
+            "pick the model's state dict with {key}",
             ExitCode.USAGE,
+            holders=listing(list(map(str, holders))),
         )
     models = [k for k, v in obj.items() if k not in holders and _is_state_dict(v)]
     label = str(holders[0])
     if len(models) != 1:
         what = "no" if not models else f"several ({listing(list(map(str, models)))})"
-        raise WaError(
-            f"'{label}' holds torch-ema/diffusers 'shadow_params', a list without names, and the "
-            f"checkpoint holds {what} model state dict to take the names from; save "
-            "ema.copy_to(model) then model.state_dict() (or pick the raw weights with --key)",
+        raise WaError.naming(
+            "'{label}' holds torch-ema/diffusers 'shadow_params', a list without names, and the "
+            "checkpoint holds {what} model state dict to take the names from; save "
+            "ema.copy_to(model) then model.state_dict() (or pick the raw weights with {key})",
             ExitCode.BAD_INPUT,
+            label=label,
+            what=what,
         )
     model = obj[models[0]]
     shadow = list(obj[holders[0]]["shadow_params"])
@@ -272,12 +283,17 @@ def match_shadow_params(
             ),
             "",
         )
-        raise WaError(
-            f"{what} holds {len(shadow)} tensors, which do not match the {len(params)} "
-            f"parameters of {where} in order{f' ({first} there)' if first else ''}: it was not "
-            "made from model.parameters() of this model; save ema.copy_to(model) then "
-            "model.state_dict(), or read the raw weights with --variant raw",
+        raise WaError.naming(
+            "{what} holds {n} tensors, which do not match the {m} parameters of {where} in "
+            "order{first}: it was not made from model.parameters() of this model; save "
+            "ema.copy_to(model) then model.state_dict(), or read the raw weights with "
+            "{variant} raw",
             ExitCode.BAD_INPUT,
+            what=what,
+            n=len(shadow),
+            m=len(params),
+            where=where,
+            first=f" ({first} there)" if first else "",
         )
     out = dict(model)
     out.update(zip(params, shadow, strict=True))

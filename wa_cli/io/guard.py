@@ -191,10 +191,12 @@ def _refuse_link(dest: Path) -> None:
         target = f" to '{os.readlink(dest)}'"
     except OSError:
         target = ""
-    raise WaError(
-        f"output '{dest}' is a symbolic link{target}; wa never writes through or over a link, "
-        "even with --force (name a file that is not a link, or remove the link)",
+    raise WaError.naming(
+        "output '{dest}' is a symbolic link{target}; wa never writes through or over a link, "
+        "even with {force} (name a file that is not a link, or remove the link)",
         ExitCode.OUTPUT,
+        dest=str(dest),
+        target=target,
     )
 
 
@@ -203,10 +205,11 @@ def _check_existing(
 ) -> None:
     if stat.S_ISDIR(st.st_mode):
         if not folder:
-            raise WaError(
-                f"output '{dest}' is a folder, and wa writes a file there (give a file name; "
-                "wa never replaces a folder with a file, even with --force)",
+            raise WaError.naming(
+                "output '{dest}' is a folder, and wa writes a file there (give a file name; "
+                "wa never replaces a folder with a file, even with {force})",
                 ExitCode.OUTPUT,
+                dest=str(dest),
             )
         if not force:
             _exists(dest)
@@ -215,18 +218,23 @@ def _check_existing(
         found = file_kind(dest) if st.st_size else kind  # an empty file holds nothing to lose
         if found != kind:
             what = f"is {_KIND_NAMES[found]}" if found else "holds something else"
-            raise WaError(
-                f"output '{dest}' exists and {what}, not {_KIND_NAMES[kind]}; wa replaces only "
-                f"{_KIND_NAMES[kind]} there, even with --force (choose another name)",
+            raise WaError.naming(
+                "output '{dest}' exists and {what}, not {kind}; wa replaces only "
+                "{kind} there, even with {force} (choose another name)",
                 ExitCode.OUTPUT,
+                dest=str(dest),
+                what=what,
+                kind=_KIND_NAMES[kind],
             )
         if not force:
             _exists(dest)
     else:
-        raise WaError(
-            f"output '{dest}' is a {_kind(st.st_mode)}, not a regular file; wa writes only "
-            "regular files and its own shard folders, even with --force",
+        raise WaError.naming(
+            "output '{dest}' is a {kind}, not a regular file; wa writes only "
+            "regular files and its own shard folders, even with {force}",
             ExitCode.OUTPUT,
+            dest=str(dest),
+            kind=_kind(st.st_mode),
         )
 
 
@@ -257,7 +265,11 @@ def file_kind(path: Path) -> str | None:
 
 
 def _exists(dest: Path) -> None:
-    raise WaError(f"output '{dest}' already exists (pass --force to replace it)", ExitCode.OUTPUT)
+    raise WaError.naming(
+        "output '{dest}' already exists (pass {force} to replace it)",
+        ExitCode.OUTPUT,
+        dest=str(dest),
+    )
 
 
 def _kind(mode: int) -> str:
@@ -292,19 +304,23 @@ def _check_wa_folder(dest: Path) -> None:
         or not (c.name.endswith((SHARD_SUFFIX, INDEX_SUFFIX)) or c.name in companions)
     )
     if others:
-        raise WaError(
-            f"output folder '{dest}' holds other files than shards ({listing(others)}); wa "
+        raise WaError.naming(
+            "output folder '{dest}' holds other files than shards ({others}); wa "
             "replaces a folder only if it holds just the *.safetensors and *.index.json files "
-            "wa wrote (and the config files it copied), even with --force (pick a new or empty "
+            "wa wrote (and the config files it copied), even with {force} (pick a new or empty "
             "folder)",
             ExitCode.OUTPUT,
+            dest=str(dest),
+            others=listing(others),
         )
     if children and not wa_indexes:
-        raise WaError(
-            f"output folder '{dest}' holds shards that wa did not write (its index has no "
-            f"'{WA_MARK}'); wa replaces only its own shard folders, even with --force "
+        raise WaError.naming(
+            "output folder '{dest}' holds shards that wa did not write (its index has no "
+            "'{mark}'); wa replaces only its own shard folders, even with {force} "
             "(pick a new or empty folder)",
             ExitCode.OUTPUT,
+            dest=str(dest),
+            mark=WA_MARK,
         )
 
 

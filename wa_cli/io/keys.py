@@ -72,10 +72,14 @@ def walk_key(obj: Mapping[Any, Any], path: str, where: str) -> object:
     walked: list[str] = []
     while rest:
         if not isinstance(current, Mapping):
-            raise WaError(
-                f"'{where}': entry {'.'.join(walked)!r} is a {type(current).__name__}, not a "
-                f"dict, so --key {path!r} cannot go further",
+            raise WaError.naming(
+                "'{where}': entry {walked!r} is a {kind}, not a dict, so {key} {path!r} cannot "
+                "go further",
                 ExitCode.BAD_INPUT,
+                where=str(where),
+                walked=".".join(walked),
+                kind=type(current).__name__,
+                path=path,
             )
         parts = rest.split(".")
         for n in range(len(parts), 0, -1):

@@ -61,10 +61,12 @@ def identify(
         state, skipped = pick(obj, path, key)
         found = _prefixed(Identified(state, skipped, metadata), path, variant)
         if variant is not None and not found.notes:  # never a choice silently ignored
-            raise WaError(
-                f"'{path}': --key {key!r} names one dict, which holds no raw and EMA pair for "
-                "--variant to choose from; pass --key or --variant, not both",
+            raise WaError.naming(
+                "'{path}': {key} {name!r} names one dict, which holds no raw and EMA pair for "
+                "{variant} to choose from; pass {key} or {variant}, not both",
                 ExitCode.USAGE,
+                path=str(path),
+                name=key,
             )
         return found
     copies = find_copies(obj)
@@ -81,11 +83,12 @@ def identify(
     found.metadata = {**metadata, **found.metadata}
     found = _prefixed(found, path, variant)
     if variant == "ema" and not any(n.startswith("read the EMA") for n in found.notes):
-        raise WaError(
-            f"'{path}' holds no EMA copy of the weights that wa knows (timm, Lightning, fairseq, "
-            "Composer, ema-pytorch, torch-ema/diffusers layouts); drop --variant ema, or name "
-            "the dict with --key",
+        raise WaError.naming(
+            "'{path}' holds no EMA copy of the weights that wa knows (timm, Lightning, fairseq, "
+            "Composer, ema-pytorch, torch-ema/diffusers layouts); drop {variant} ema, or name "
+            "the dict with {key}",
             ExitCode.USAGE,
+            path=str(path),
         )
     return found
 
@@ -161,10 +164,12 @@ def _opennmt(obj: Mapping[Any, Any], path: Path) -> Identified | None:
     state: dict[object, object] = dict(model)
     clash = [f"generator.{k}" for k in generator if f"generator.{k}" in state]
     if clash:
-        raise WaError(
-            f"'{path}': 'model' already holds {listing(clash)}, so 'generator' cannot be kept "
-            "beside it; pick one with --key model or --key generator",
+        raise WaError.naming(
+            "'{path}': 'model' already holds {clash}, so 'generator' cannot be kept "
+            "beside it; pick one with {key} model or {key} generator",
             ExitCode.BAD_INPUT,
+            path=str(path),
+            clash=listing(clash),
         )
     state.update({f"generator.{k}": v for k, v in generator.items()})
     rest = [str(k) for k in obj if k not in ("model", "generator")]

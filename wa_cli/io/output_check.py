@@ -62,10 +62,11 @@ def check_output_name(destination: Path, layout: Layout = "file") -> None:
     if layout != "file":
         return
     if destination.is_dir() and not destination.is_symlink():
-        raise WaError(
-            f"output '{destination}' is a folder (give a file name, or --max-shard-size to "
+        raise WaError.naming(
+            "output '{destination}' is a folder (give a file name, or {max_shard_size} to "
             "write shards into a folder)",
             ExitCode.OUTPUT,
+            destination=str(destination),
         )
     # Loaders read these names with torch.load: safetensors bytes under one of them make a file
     # that torch.load, and wa itself, refuse.
@@ -83,8 +84,9 @@ def _check_dcp_name(destination: Path) -> None:
     if destination.name.endswith(".safetensors") or (
         destination.exists() and not destination.is_dir()
     ):
-        raise WaError(
-            f"--format dcp writes a folder, and '{destination}' names a file (give a folder "
+        raise WaError.naming(
+            "{output_format} dcp writes a folder, and '{destination}' names a file (give a folder "
             "name, e.g. -o merged_dcp/)",
             ExitCode.USAGE,
+            destination=str(destination),
         )

@@ -206,18 +206,21 @@ def _pick_state_dict(
         if len(candidates) == 1:
             chosen = obj[candidates[0]]
         elif candidates:
-            raise WaError(
-                f"'{path}' holds several state dicts ({listing(candidates)}); pick one with --key",
+            raise WaError.naming(
+                "'{path}' holds several state dicts ({candidates}); pick one with {key}",
                 ExitCode.USAGE,
+                path=str(path),
+                candidates=listing(candidates),
             )
         elif _is_state_dict(obj):
             chosen = obj
         else:
-            raise WaError(
-                f"'{path}' holds no dict of tensors (top-level keys: "
-                f"{listing(sorted(map(str, obj)))}); name the nested state dict with --key "
-                "(a.b.c walks nested dicts)",
+            raise WaError.naming(
+                "'{path}' holds no dict of tensors (top-level keys: {keys}); name the nested "
+                "state dict with {key} (a.b.c walks nested dicts)",
                 ExitCode.BAD_INPUT,
+                path=str(path),
+                keys=listing(sorted(map(str, obj))),
             )
     assert isinstance(chosen, Mapping)
     skipped = [str(k) for k, v in chosen.items() if not isinstance(v, torch.Tensor)]
@@ -238,15 +241,21 @@ def _checked_tensors(
         check_key(name, path)
         check_tensor(name, value, path, on_meta=on_meta)
         if value.dtype not in SAFETENSORS_NAMES:
-            raise WaError(
-                f"tensor {name!r} of '{path}' has dtype {str(value.dtype).removeprefix('torch.')}, "
-                "which wa cannot average or write (safetensors holds real floats, integers and "
-                f"booleans); leave it out with --exclude '^{_escape(name)}$'",
+            raise WaError.naming(
+                "tensor {name!r} of '{path}' has dtype {dtype}, which wa cannot average or write "
+                "(safetensors holds real floats, integers and booleans); leave it out with "
+                "{exclude} '^{pattern}$'",
                 ExitCode.BAD_INPUT,
+                name=name,
+                path=str(path),
+                dtype=str(value.dtype).removeprefix("torch."),
+                pattern=_escape(name),
             )
         state[name] = value
     if not state:
-        raise WaError(f"'{path}' keeps no tensor after --include/--exclude", ExitCode.BAD_INPUT)
+        raise WaError.naming(
+            "'{path}' keeps no tensor after {include}/{exclude}", ExitCode.BAD_INPUT, path=str(path)
+        )
     return state
 
 

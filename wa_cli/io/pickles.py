@@ -140,7 +140,7 @@ def load_pickle(
                 return torch.load(path, map_location=map_location, weights_only=True)
             except pickle.UnpicklingError as e:
                 admitted = {n if isinstance(n, str) else qualified_name(n) for n in allow_globals}
-                raise WaError(_refusal(path, e, admitted, source), ExitCode.BAD_INPUT) from e
+                raise _refusal(path, e, admitted, source) from e
     except WaError:
         raise
     except (RuntimeError, EOFError, OSError, ValueError, TypeError, KeyError) as e:
@@ -152,7 +152,7 @@ def load_pickle(
 
 def _refusal(
     path: Path, error: Exception, admitted: set[str], source: Callable[[], IO[bytes]] | None = None
-) -> str:
+) -> WaError:
     """One line naming every global the file needs beyond the allow-list, sorted by what wa
     will do with it: the one ``--allow-global`` command for the known data-only classes, which
     globals wa never admits, and which classes it does not know (called inside the context)."""
@@ -168,27 +168,33 @@ def _refusal(
         found = re.search(r"GLOBAL ([\w.]+)", str(error))
         names = [found.group(1)] if found else []
     if not names:
-        return (
+        return WaError(
             f"'{path}' needs objects that are not tensors to load, and wa loads pickles only "
-            "with weights_only=True (re-save its state_dict, or convert it to safetensors)"
+            "with weights_only=True (re-save its state_dict, or convert it to safetensors)",
+            ExitCode.BAD_INPUT,
         )
     known = [n for n in names if n in KNOWN_DATA]
     never = [n for n in names if n not in KNOWN_DATA and never_admitted(n) is not None]
     unknown = [n for n in names if n not in known and n not in never]
+    # The class names come from the file: they enter only as values, never as template text.
+    values = {"path": str(path), "names": _quoted(names)}
     parts = [
-        f"'{path}' needs the global(s) {_quoted(names)} to load, which weights_only=True refuses "
+        "'{path}' needs the global(s) {names} to load, which weights_only=True refuses "
         "(wa never runs code from a pickle)"
     ]
     if known:
-        flags = " ".join(f"--allow-global {n}" for n in known)
-        parts.append(f"{_quoted(known)} only hold data: admit them with {flags}")
+        values |= {f"g{i}": n for i, n in enumerate(known)} | {"known": _quoted(known)}
+        flags = " ".join(f"{{allow_globals}} {{g{i}}}" for i in range(len(known)))
+        parts.append("{known} only hold data: admit them with " + flags)
     if never:
-        parts.append(f"wa never admits {_quoted(never)} (code or system access)")
+        values["never"] = _quoted(never)
+        parts.append("wa never admits {never} (code or system access)")
     if unknown:
-        parts.append(f"{_quoted(unknown)} are not classes wa knows to hold only data")
+        values["unknown"] = _quoted(unknown)
+        parts.append("{unknown} are not classes wa knows to hold only data")
     if never or unknown:
         parts.append("re-save the checkpoint's state_dict, or convert it to safetensors")
-    return "; ".join(parts)
+    return WaError.naming("; ".join(parts), ExitCode.BAD_INPUT, **values)
 
 
 def _quoted(names: Sequence[str]) -> str:
@@ -208,10 +214,11 @@ def check_key(key: object, path: Path) -> str:
             ExitCode.BAD_INPUT,
         )
     if key == "__metadata__":
-        raise WaError(
-            f"'{path}' has a tensor named '__metadata__', a name the safetensors format reserves "
-            "(exclude it with --exclude '^__metadata__$' or rename it)",
+        raise WaError.naming(
+            "'{path}' has a tensor named '__metadata__', a name the safetensors format reserves "
+            "(exclude it with {exclude} '^__metadata__$' or rename it)",
             ExitCode.BAD_INPUT,
+            path=str(path),
         )
     return key
 
@@ -223,19 +230,24 @@ def check_tensor(key: str, t: torch.Tensor, path: Path, *, on_meta: bool = False
     when its storage has no offset in the file.
     """
     if t.layout != torch.strided:
-        raise WaError(
-            f"tensor {key!r} of '{path}' is a {str(t.layout).removeprefix('torch.')} tensor; wa "
-            "reads dense tensors only (save it with .to_dense(), or leave it out with --exclude)",
+        raise WaError.naming(
+            "tensor {key!r} of '{path}' is a {layout} tensor; wa reads dense tensors only "
+            "(save it with .to_dense(), or leave it out with {exclude})",
             ExitCode.BAD_INPUT,
+            key=key,
+            path=str(path),
+            layout=str(t.layout).removeprefix("torch."),
         )
     is_meta = (
         getattr(t.untyped_storage(), "_checkpoint_offset", None) is None if on_meta else t.is_meta
     )
     if is_meta and t.numel() > 0:
-        raise WaError(
-            f"tensor {key!r} of '{path}' is a meta tensor, which holds no values "
-            "(save the materialized model, or leave it out with --exclude)",
+        raise WaError.naming(
+            "tensor {key!r} of '{path}' is a meta tensor, which holds no values "
+            "(save the materialized model, or leave it out with {exclude})",
             ExitCode.BAD_INPUT,
+            key=key,
+            path=str(path),
         )
     if t.numel() > 1 and overlaps(t.shape, t.stride()):
         raise WaError(

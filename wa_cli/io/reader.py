@@ -251,8 +251,10 @@ def _filter_keys(ckpt: Checkpoint, keys: KeyFilter) -> None:
         return
     kept = {k for k in ckpt.keys() if keys.keep(k)}
     if not kept:
-        raise WaError(
-            f"'{ckpt.path}' keeps no tensor after --include/--exclude", ExitCode.BAD_INPUT
+        raise WaError.naming(
+            "'{path}' keeps no tensor after {include}/{exclude}",
+            ExitCode.BAD_INPUT,
+            path=str(ckpt.path),
         )
     ckpt.keep_keys(kept)
 

@@ -156,8 +156,8 @@ def write_safetensors(
     check_output_name(destination, "file" if max_shard_size is None else "shards")
     check_shard_name(shard_name)
     if copy_files and max_shard_size is None:
-        raise WaError(
-            "copying config files needs a folder output: add --max-shard-size (e.g. 5GB)",
+        raise WaError.naming(
+            "copying config files needs a folder output: add {max_shard_size} (e.g. 5GB)",
             ExitCode.USAGE,
         )
     groups = _shard_groups(tensors, max_shard_size) if max_shard_size else [tensors]
