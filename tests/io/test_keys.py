@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.helpers import assert_one_line_error, cnn_state, run_wa
 from wa_cli.errors import WaError
-from wa_cli.io.keys import shared_prefix, walk_key, wrapper_hint
+from wa_cli.io.keys import shared_prefix, walk_key, wrapper_prefix
 from wa_cli.io.reader import ReadOptions, open_checkpoint, open_checkpoints
 
 SWA_KEY = "callbacks.StochasticWeightAveraging.average_model_state"
@@ -98,7 +98,7 @@ def test_auto_strips_only_what_every_input_shares(tmp_path):
     assert set(a.keys()) == set(state)
     # Mixed inputs share no prefix: auto leaves both alone, and the error names the prefix.
     assert shared_prefix([list(state), [f"module.{k}" for k in state]]) == ""
-    assert wrapper_hint(set(state), {f"module.{k}" for k in state}) == "--strip-prefix module."
+    assert wrapper_prefix(set(state), {f"module.{k}" for k in state}) == "module."
 
 
 def test_prefix_mismatch_error_says_strip_prefix(tmp_path, capsys):

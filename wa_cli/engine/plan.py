@@ -18,7 +18,7 @@ import torch
 from wa_cli.engine.precision import is_interpolable
 from wa_cli.errors import ExitCode, WaError, listing
 from wa_cli.io.dtypes import dtype_name
-from wa_cli.io.keys import wrapper_hint
+from wa_cli.io.keys import wrapper_prefix
 from wa_cli.io.reader import Checkpoint
 from wa_cli.io.safetensors_header import TensorInfo
 from wa_cli.io.writer import OutputTensor
@@ -26,7 +26,8 @@ from wa_cli.io.writer import OutputTensor
 KeysMode = Literal["strict", "intersection", "union"]
 NonFloatPolicy = Literal["last", "first", "error"]
 BN_STATISTICS = (".running_mean", ".running_var")
-KEYS_HINT = "use --keys intersection or --keys union to combine them anyway"
+# Hints are templates (WaError.naming): {keys} reads keys in the library and --keys in the CLI.
+KEYS_HINT = "use {keys} intersection or {keys} union to combine them anyway"
 ARCHITECTURE_HINT = "all inputs must share one architecture"
 
 
@@ -94,7 +95,8 @@ def build_plan(
             ``union`` (each key over the inputs that hold it).
         non_float: which input a non-float tensor is copied from; ``error`` fails when they differ.
         dtype: output dtype of floating tensors (default: each tensor's own).
-        key_mismatch_hint: what a strict key-set error tells the user to do.
+        key_mismatch_hint: what a strict key-set error tells the user to do (a template:
+            ``{keys}`` names the parameter, see ``WaError.naming``).
 
     Example:
         >>> plan = build_plan([open_checkpoint(p) for p in paths])  # doctest: +SKIP
@@ -212,10 +214,10 @@ def _raise_mismatches(shape_problems: list[str], dtype_problems: list[str]) -> N
             ExitCode.INCOMPATIBLE,
         )
     if dtype_problems:
-        raise WaError(
-            _problem_message("dtype mismatch", dtype_problems)
-            + " (pass --dtype to combine floating tensors of different dtypes)",
+        raise WaError.naming(
+            "{problems} (pass {dtype} to combine floating tensors of different dtypes)",
             ExitCode.INCOMPATIBLE,
+            problems=_problem_message("dtype mismatch", dtype_problems),
         )
 
 
@@ -303,22 +305,27 @@ def _key_order(ckpts: list[Checkpoint], mode: KeysMode, names: list[str], hint: 
                     parts.append(f"{names[i]} has {listing(extra)} (absent from {names[0]})")
                 # Inputs that differ only by a wrapper (DDP's module., Lightning's model.) need
                 # the prefix stripped, not keys dropped: --keys intersection would keep none.
-                wrapper = wrapper_hint(key_sets[0], ks)
-                why = f"the keys differ only by a prefix: pass {wrapper}" if wrapper else hint
-                raise WaError(
-                    "key sets differ: " + "; ".join(parts) + f" ({why})", ExitCode.INCOMPATIBLE
+                wrapper = wrapper_prefix(key_sets[0], ks)
+                why = "the keys differ only by a prefix: pass {strip_prefixes} {wrapper}"
+                raise WaError.naming(
+                    "key sets differ: {parts} (" + (why if wrapper else hint) + ")",
+                    ExitCode.INCOMPATIBLE,
+                    parts="; ".join(parts),
+                    **({"wrapper": wrapper} if wrapper else {}),
                 )
         chosen = key_sets[0]
     elif mode == "intersection":
         chosen = set.intersection(*key_sets)
         if not chosen:
-            raise WaError(
-                "the inputs share no key (--keys intersection is empty)", ExitCode.INCOMPATIBLE
+            raise WaError.naming(
+                "the inputs share no key ({keys} intersection is empty)", ExitCode.INCOMPATIBLE
             )
     elif mode == "union":
         chosen = set.union(*key_sets)
     else:
-        raise WaError(f"unknown --keys mode {mode!r} (expected strict, intersection or union)")
+        raise WaError.naming(
+            "unknown {keys} mode {mode!r} (expected strict, intersection or union)", mode=mode
+        )
     if all(c.key_order_known for c in ckpts):
         ordered = list(dict.fromkeys(k for c in ckpts for k in c.keys() if k in chosen))
         return ordered
@@ -332,10 +339,13 @@ def _require_equal_non_float(plan: Plan, names: list[str]) -> None:
         first = plan.checkpoints[entry.sources[0]].tensor(entry.key)
         for i in entry.sources[1:]:
             if not torch.equal(plan.checkpoints[i].tensor(entry.key), first):
-                raise WaError(
-                    f"non-float tensor {entry.key!r} differs between {names[entry.sources[0]]} "
-                    f"and {names[i]} (--non-float last or first copies one of them)",
+                raise WaError.naming(
+                    "non-float tensor {key!r} differs between {a} and {b} ({non_float} last or "
+                    "first copies one of them)",
                     ExitCode.INCOMPATIBLE,
+                    key=entry.key,
+                    a=names[entry.sources[0]],
+                    b=names[i],
                 )
 
 

@@ -63,8 +63,8 @@ def combine_to_file(
         from wa_cli.engine.parallel_write import combine_to_file_distributed
 
         if (out.shard_name or "model") != "model" or out.copy_files:
-            raise WaError(
-                "--shard-name and --copy-config are not supported under torchrun yet "
+            raise WaError.naming(
+                "{shard_name} and {copy_files} are not supported under torchrun yet "
                 "(run without torchrun)",
                 ExitCode.USAGE,
             )

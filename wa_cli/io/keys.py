@@ -171,13 +171,14 @@ def shared_prefix(key_sets: Sequence[Iterable[str]]) -> str:
     return "".join(p + "." for p in parts or [])
 
 
-def wrapper_hint(reference: set[str], other: set[str]) -> str | None:
-    """``--strip-prefix P`` when two key sets differ only by a prefix ``P`` on one side."""
+def wrapper_prefix(reference: set[str], other: set[str]) -> str | None:
+    """The prefix ``P`` (for ``strip_prefixes``) when two key sets differ only by ``P`` on one
+    side, else None."""
     for a, b in ((reference, other), (other, reference)):
         pa, pb = shared_prefix([a]), shared_prefix([b])
         for p in _prefix_tails(pa):
             if p and not pb.startswith(p) and {k[len(p) :] for k in a} == b:
-                return f"--strip-prefix {p}"
+                return p
     return None
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from wa_cli.cli.flags import spell
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.methods.bn.usercode import call_factory, load_state_dict_strict, resolve_callable
 
@@ -203,6 +204,8 @@ def test_strict_load_caps_lists_and_spots_a_prefix() -> None:
     )
     assert "unexpected keys 'module.0.weight'," in message
     assert message.endswith(
-        "(the checkpoint's keys start with 'module.': pass --strip-prefix module. "
-        "or --strip-prefix auto)"
+        "(the checkpoint's keys start with 'module.': pass strip_prefixes module. "
+        "or strip_prefixes auto)"
     )
+    cli = info.value.render(spell)
+    assert cli.endswith("pass --strip-prefix module. or --strip-prefix auto)")

@@ -51,13 +51,12 @@ def _fit_prefix(ckpt: Checkpoint, net: nn.Module) -> None:
     every key starts with the same child (``net.``) keeps it, while Lightning's ``model.`` or
     DDP's ``module.`` in front of the model's keys is removed (and said so in the notes).
     """
-    from wa_cli.io.keys import wrapper_hint
+    from wa_cli.io.keys import wrapper_prefix
 
     expected, present = set(net.state_dict()), set(ckpt.keys())
     if expected == present:
         return
-    hint = wrapper_hint(present, expected)
-    prefix = hint.removeprefix("--strip-prefix ") if hint else None
+    prefix = wrapper_prefix(present, expected)
     if prefix and all(k.startswith(prefix) for k in present):
         ckpt.strip_prefixes((prefix,))
         ckpt.notes[-1] = f"removed the prefix '{prefix}' from every key to fit the model"

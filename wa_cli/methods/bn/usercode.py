@@ -150,10 +150,12 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
         more = f" and {len(mismatched) - 5} more" if len(mismatched) > 5 else ""
         problems.append(f"shape mismatch {shown}{more}")
     if problems:
-        raise WaError(
-            f"checkpoint does not fit the model: {'; '.join(problems)} "
-            f"({_prefix_hint(unexpected, missing)})",
+        hint, prefix = _prefix_hint(unexpected, missing)
+        raise WaError.naming(
+            "checkpoint does not fit the model: {problems} (" + hint + ")",
             ExitCode.INCOMPATIBLE,
+            problems="; ".join(problems),
+            **({"prefix": prefix} if prefix is not None else {}),
         )
     try:
         model.load_state_dict(dict(state_dict), strict=True)
@@ -164,14 +166,18 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
         ) from e
 
 
-def _prefix_hint(unexpected: list[str], missing: list[str]) -> str:
-    from wa_cli.io.keys import wrapper_hint
+def _prefix_hint(unexpected: list[str], missing: list[str]) -> tuple[str, str | None]:
+    """A template (naming ``strip_prefixes``) for what to do, and the prefix it names."""
+    from wa_cli.io.keys import wrapper_prefix
 
-    hint = wrapper_hint(set(missing), set(unexpected)) if unexpected and missing else None
-    if hint is not None:
-        prefix = hint.removeprefix("--strip-prefix ")
-        return f"the checkpoint's keys start with '{prefix}': pass {hint} or --strip-prefix auto"
-    return "the model factory must build the architecture the checkpoint was saved from"
+    prefix = wrapper_prefix(set(missing), set(unexpected)) if unexpected and missing else None
+    if prefix is not None:
+        return (
+            "the checkpoint's keys start with '{prefix}': pass {strip_prefixes} {prefix} or "
+            "{strip_prefixes} auto",
+            prefix,
+        )
+    return "the model factory must build the architecture the checkpoint was saved from", None
 
 
 def _is_path(source: str) -> bool:
