@@ -253,7 +253,8 @@ def test_auto_partial_metadata_and_duplicate_name_steps_says_why() -> None:
     with pytest.raises(WaError, match="only 1 of 2 checkpoints record a step inside") as e:
         order_trajectory(items)
     assert e.value.code == ExitCode.USAGE
-    assert "--order name" in e.value.message
+    assert "order name" in e.value.message and "--order" not in e.value.message
+    assert "--order name" in e.value.render(spell)
 
 
 def test_auto_without_numbers_falls_back_to_natural_name_order() -> None:
@@ -271,7 +272,8 @@ def test_auto_duplicate_metadata_steps_name_the_files() -> None:
     msg = e.value.message
     assert "'x.pt', 'y.pt' share step 100" in msg
     assert "from 'step' recorded inside the files" in msg
-    assert "--order name" in msg and "--order given" in msg
+    assert "pass order name" in msg and "order given" in msg
+    assert "pass --order name" in e.value.render(spell)
 
 
 def test_step_order_requires_metadata_everywhere() -> None:
@@ -517,7 +519,7 @@ def unchecked(**given: object) -> SimpleNamespace:
         ({"last": True}, "last must be a positive integer", None),
         ({"mode": "best"}, "mode must be 'min' or 'max', got 'best'", None),
         ({"from_step": 1.5}, "from_step must be an integer step, got 1.5", None),
-        ({"top_k": 2}, "--top-k needs a metric", "--top-k needs a metric"),
+        ({"top_k": 2}, "top_k needs a metric: pass metric NAME", "--top-k needs a metric"),
         (
             {"from_step": 500, "to_step": 100},
             "from_step=500 is after to_step=100",
@@ -610,7 +612,7 @@ def test_csv_with_several_metrics_picks_one(tmp_path: Path) -> None:
     assert load_metrics_file(p, "val_acc") == {"a.pt": 0.9, "b.pt": 0.8}
     # An empty cell is "no value", not an error: only a checkpoint that needs it fails later.
     assert load_metrics_file(p, "val_loss") == {"a.pt": 0.5}
-    with pytest.raises(WaError, match="several value columns .*pick one with --metric"):
+    with pytest.raises(WaError, match="several value columns .*pick one with metric NAME"):
         load_metrics_file(p)
     with pytest.raises(WaError, match="no column 'loss'"):
         load_metrics_file(p, "loss")

@@ -127,7 +127,7 @@ def test_top_k_of_an_accuracy_keeps_the_highest_without_mode() -> None:
 
 def test_an_ambiguous_metric_name_needs_mode() -> None:
     items = [Fake(Path(f"ckpt_{i}.pt"), {"metric": str(i)}) for i in range(3)]
-    with pytest.raises(WaError, match="--top-k needs --mode min or --mode max") as e:
+    with pytest.raises(WaError, match="top_k needs mode min or mode max") as e:
         select_trajectory(order_trajectory(items), Selection(top_k=2, metric="metric"))
     assert e.value.code == ExitCode.USAGE
     kept = select_trajectory(

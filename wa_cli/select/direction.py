@@ -73,10 +73,12 @@ def resolve_mode(metric: str | None, mode: str | None) -> Mode:
     named = mode_from_name(metric) if metric else None
     if mode is None:
         if named is None:
-            what = f"the name '{metric}' does not say" if metric else "no --metric name says"
-            raise WaError(
-                f"--top-k needs --mode min or --mode max: {what} whether lower or higher is better",
+            what = "the name '{name}' does not say" if metric else "no {metric} name says"
+            raise WaError.naming(
+                "{top_k} needs {mode} min or {mode} max: " + what + " whether lower or higher is "
+                "better",
                 ExitCode.USAGE,
+                **({"name": metric} if metric else {}),
             )
         return named
     if named is not None and named != mode:

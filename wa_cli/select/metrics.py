@@ -82,10 +82,12 @@ def _load_csv(path: Path, text: str, metric: str | None) -> dict[str, float]:
         col = 1
     else:
         wanted = f"no column '{metric}'" if metric is not None else "several value columns"
-        raise WaError(
-            f"metrics file '{path}' has {wanted} (columns: {listing(columns)}); "
-            "pick one with --metric NAME",
+        raise WaError.naming(
+            "metrics file '{path}' has {wanted} (columns: {columns}); pick one with {metric} NAME",
             ExitCode.BAD_INPUT,
+            path=str(path),
+            wanted=wanted,
+            columns=listing(columns),
         )
     out: dict[str, float] = {}
     for line, row in enumerate(rows[1:], start=2):
@@ -117,10 +119,11 @@ def _load_json(path: Path, text: str, metric: str | None) -> dict[str, float]:
     if nested and metric is None:
         keys = sorted({k for v in nested for k in v})
         if len(keys) != 1:
-            raise WaError(
-                f"metrics file '{path}' holds several metrics ({listing(keys)}); "
-                "pick one with --metric NAME",
+            raise WaError.naming(
+                "metrics file '{path}' holds several metrics ({keys}); pick one with {metric} NAME",
                 ExitCode.BAD_INPUT,
+                path=str(path),
+                keys=listing(keys),
             )
         metric = keys[0]
     out: dict[str, float] = {}

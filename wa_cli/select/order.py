@@ -34,7 +34,8 @@ STEP_KEY = "step"
 
 Order = Literal["auto", "step", "name", "given"]
 _ORDERS: tuple[str, ...] = ("auto", "step", "name", "given")
-_ORDER_HINT = "pass --order name to sort by file name or --order given to keep the input order"
+# A template part (WaError.naming): {order} reads order in the library and --order in the CLI.
+_ORDER_HINT = "pass {order} name to sort by file name or {order} given to keep the input order"
 
 
 class CheckpointLike(Protocol):
@@ -126,9 +127,12 @@ def _check_unique(entries: list[Entry[C]], why: str) -> None:
     if shared:
         parts = "; ".join(f"{listing(names)} share step {s}" for s, names in shared[:3])
         more = f" (and {len(shared) - 3} more steps)" if len(shared) > 3 else ""
-        raise WaError(
-            f"cannot order the checkpoints by step: {parts}{more} ({why}); {_ORDER_HINT}",
+        raise WaError.naming(
+            "cannot order the checkpoints by step: {parts}{more} ({why}); " + _ORDER_HINT,
             ExitCode.USAGE,
+            parts=parts,
+            more=more,
+            why=why,
         )
 
 
@@ -245,10 +249,11 @@ def order_trajectory(
         meta = [step_in_metadata(it.metadata, it.name) for it in items]
         missing = [it.name for it, s in zip(items, meta, strict=True) if s is None]
         if missing:
-            raise WaError(
-                f"--order step needs a step ('step' or 'global_step') recorded in every "
-                f"checkpoint; {listing(missing)} have none (use --order auto or --order name)",
+            raise WaError.naming(
+                "{order} step needs a step ('step' or 'global_step') recorded in every "
+                "checkpoint; {missing} have none (use {order} auto or {order} name)",
                 ExitCode.USAGE,
+                missing=listing(missing),
             )
     if order == "name":
         names = [step_in_name(checkpoint_stem(it), Path(it.path), it.name) for it in items]

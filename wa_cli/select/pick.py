@@ -79,10 +79,12 @@ def _read_values(
             else:
                 values.append(parse_number(raw, f"checkpoint '{e.name}': metadata '{label}'"))
         if missing:
-            raise WaError(
-                f"metric '{label}' is missing from the metadata of {listing(missing)} "
-                "(pass --metrics FILE with one value per checkpoint)",
+            raise WaError.naming(
+                "metric '{label}' is missing from the metadata of {missing} "
+                "(pass {metrics} FILE with one value per checkpoint)",
                 ExitCode.BAD_INPUT,
+                label=label,
+                missing=listing(missing),
             )
     return [replace(e, value=v) for e, v in zip(entries, values, strict=True)]
 
@@ -198,9 +200,9 @@ def _check_selection(picks: Picks, metrics: Mapping[str, float] | None) -> None:
             end=to_step,
         )
     if picks.top_k is not None and picks.metric is None and metrics is None:
-        raise WaError(
-            "--top-k needs a metric: pass --metric NAME (read from each checkpoint's metadata) "
-            "or --metrics FILE (and --mode min|max when its name does not say which is better)",
+        raise WaError.naming(
+            "{top_k} needs a metric: pass {metric} NAME (read from each checkpoint's metadata) "
+            "or {metrics} FILE (and {mode} min|max when its name does not say which is better)",
             ExitCode.USAGE,
         )
 
@@ -209,11 +211,12 @@ def _step_range(kept: list[Entry[C]], from_step: int | None, to_step: int | None
     """The entries with steps in ``[from_step, to_step]``; every entry must have a step."""
     stepless = [e.name for e in kept if e.step is None]
     if stepless:
-        raise WaError(
-            f"--from-step/--to-step need step numbers, but {listing(stepless)} have none "
+        raise WaError.naming(
+            "{from_step}/{to_step} need step numbers, but {stepless} have none "
             "(no step recorded inside and no number in the file or folder name); "
-            "select with --last or --every instead",
+            "select with {last} or {every} instead",
             ExitCode.USAGE,
+            stepless=listing(stepless),
         )
     lo = from_step if from_step is not None else -math.inf
     hi = to_step if to_step is not None else math.inf

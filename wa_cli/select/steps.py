@@ -157,11 +157,14 @@ def step_in_metadata(metadata: Mapping[str, str], label: str) -> Step | None:
             continue
         value = _integer(raw)
         if value is None:
-            raise WaError(
-                f"checkpoint '{label}': metadata '{key}' is {raw!r}, expected an integer "
-                "(fix the metadata, or pass --order name to sort by file name or --order given "
+            raise WaError.naming(
+                "checkpoint '{label}': metadata '{key}' is {raw!r}, expected an integer "
+                "(fix the metadata, or pass {order} name to sort by file name or {order} given "
                 "to keep the input order)",
                 ExitCode.BAD_INPUT,
+                label=label,
+                key=key,
+                raw=raw,
             )
         return Step(_checked(value, f"metadata '{key}' of '{label}'"), "metadata", "step", key)
     return None
