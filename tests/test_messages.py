@@ -242,6 +242,71 @@ def test_no_message_lists_its_parameters_or_spells_them_in_its_text() -> None:
     assert not wrong, "\n".join(wrong)
 
 
+# Messages outside wa_cli/cli/ that may still write one of wa's flags as text, each with why.
+# (Empty: every library message names its flags as template parameters.)
+FLAG_TEXT_ALLOWED: set[tuple[str, str]] = set()
+
+
+def _message_texts(tree: ast.Module) -> list[tuple[ast.AST, str]]:
+    """The literal text of every message: the first argument of ``WaError``, ``RankFailure``,
+    ``WaError.naming`` and ``bad`` (every literal piece of it), and module-level ``*_HINT``
+    strings that messages are built from."""
+    found: list[tuple[ast.AST, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args:
+            name = _called(node)
+            arg = node.args[1] if name == "bad" and len(node.args) >= 2 else node.args[0]
+            if name in ("WaError", "RankFailure", "naming", "bad"):
+                found += [
+                    (c, c.value)
+                    for c in ast.walk(arg)
+                    if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                ]
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and isinstance(stmt.value, (ast.Constant, ast.JoinedStr)):
+            names = [t.id for t in stmt.targets if isinstance(t, ast.Name)]
+            text = _literal_text(stmt.value)
+            if text is not None and any(n.endswith("HINT") for n in names):
+                found.append((stmt, text))
+    return found
+
+
+def test_no_library_message_writes_a_flag_as_text() -> None:
+    """``pass --force to replace it`` in a library message read ``--force`` in Python too: a
+    message outside wa_cli/cli/ names a flag as a parameter field (``{force}``), which reads
+    ``force`` in the library and ``--force`` on the command line (issue 19 item 4)."""
+    flags = {f for v in FLAGS.values() for f in v.split("/") if f.startswith("--")}
+    written = re.compile(rf"(?<![\w-])({'|'.join(map(re.escape, flags))})(?![\w-])")
+    wrong = []
+    for path, tree in _sources():
+        where = str(path.relative_to(REPO))
+        if where.startswith("wa_cli/cli/"):
+            continue
+        for node, text in _message_texts(tree):
+            for flag in written.findall(text):
+                if (where, flag) not in FLAG_TEXT_ALLOWED:
+                    wrong.append(f"{_where(path, node)}: {flag} in {text!r}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_flag_scan_sees_flags_in_messages() -> None:
+    tree = ast.parse(
+        'raise WaError(f"output {x!r} exists (pass --force)")\n'
+        'raise WaError.naming("{a} " + "use --keys union", a=1)\n'
+        'HINT = "pass --order name"\n'
+        'raise WaError("rerun with torchrun --rdzv-endpoint")\n'
+    )
+    flags = {f for v in FLAGS.values() for f in v.split("/") if f.startswith("--")}
+    texts = " ".join(text for _, text in _message_texts(tree))
+    assert [f for f in ("--force", "--keys", "--order", "--rdzv-endpoint") if f in texts] == [
+        "--force",
+        "--keys",
+        "--order",
+        "--rdzv-endpoint",
+    ]
+    assert "--rdzv-endpoint" not in flags and {"--force", "--keys", "--order"} <= flags
+
+
 def test_there_are_templates_to_check() -> None:
     assert len(_templates()) > 100
 

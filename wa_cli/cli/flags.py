@@ -72,6 +72,7 @@ FLAGS: dict[str, str] = {
     "base": "--base",
     "l1_threshold": "--l1-threshold",
     "pattern": "--filter",
+    "plot": "--plot",
     # bn-recalibrate
     "model": "--model",
     "data": "--data",

@@ -30,10 +30,12 @@ def plot_format(path: str | os.PathLike[str]) -> str:
     """
     suffix = Path(path).suffix.lower()
     if suffix not in PLOT_FORMATS:
-        raise WaError(
-            f"--plot '{path}': wa writes the format its suffix names, one of "
-            f"{', '.join(PLOT_FORMATS)} (got {suffix or 'no suffix'})",
+        raise WaError.naming(
+            "{plot} '{path}': wa writes the format its suffix names, one of {formats} (got {got})",
             ExitCode.USAGE,
+            path=str(path),
+            formats=", ".join(PLOT_FORMATS),
+            got=suffix or "no suffix",
         )
     return PLOT_FORMATS[suffix]
 
@@ -46,8 +48,8 @@ def check_plot_available(path: str | os.PathLike[str] | None = None) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise WaError(
-            "--plot needs matplotlib, which is not installed "
+        raise WaError.naming(
+            "{plot} needs matplotlib, which is not installed "
             "(pip install matplotlib, or pip install -e '.[plot]' in a checkout of wa)",
             ExitCode.USAGE,
         ) from None

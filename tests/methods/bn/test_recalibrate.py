@@ -14,6 +14,7 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from tests.oracles import bn_mlp, fresh_cnn_6x6
+from wa_cli.cli.flags import spell
 from wa_cli.errors import ExitCode, WaError
 from wa_cli.methods.bn.recalibrate import (
     NO_BN_NOTE,
@@ -137,7 +138,8 @@ def test_bad_batch_message_names_batch_model_error_and_forward() -> None:
     message = info.value.message
     assert "batch 0 (Tensor (4, 7) float32)" in message
     assert "mat1 and mat2 shapes cannot be multiplied" in message
-    assert "--forward module:fn" in message
+    assert "(forward module:fn, called as fn(model, batch))" in message
+    assert "(--forward module:fn, called as" in info.value.render(spell)
     assert "\n" not in message
 
 

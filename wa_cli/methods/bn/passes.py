@@ -30,10 +30,11 @@ _ONE_SAMPLE_HINT = (
     "BatchNorm cannot normalize a batch of one sample in training mode: use batches of at least "
     "two samples (a DataLoader can drop a short last batch with drop_last=True)"
 )
+# Template parts (WaError.naming): {forward} reads forward in the library, --forward in the CLI.
 _FORWARD_HINT = (
     "a batch must be a tensor, or a list/tuple whose first element is the model's input; "
     "for dict batches and multi-input models give a forward function "
-    "(--forward module:fn, called as fn(model, batch))"
+    "({forward} module:fn, called as fn(model, batch))"
 )
 
 
@@ -142,10 +143,14 @@ def _forward(
         if forward is None:
             # torch's own words for a one-sample batch in a BatchNorm layer in training mode
             one_sample = leading_size(payload) == 1 and "value per channel" in str(e)
-            raise WaError(
-                f"the model cannot take batch {index} ({describe_batch(batch)}): "
-                f"{describe_exception(e)} ({_ONE_SAMPLE_HINT if one_sample else _FORWARD_HINT})",
+            raise WaError.naming(
+                "the model cannot take batch {index} ({batch}): {error} ("
+                + (_ONE_SAMPLE_HINT if one_sample else _FORWARD_HINT)
+                + ")",
                 ExitCode.BAD_INPUT,
+                index=index,
+                batch=describe_batch(batch),
+                error=describe_exception(e),
             ) from e
         name = getattr(forward, "__qualname__", None) or repr(forward)
         raise WaError(
