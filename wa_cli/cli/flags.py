@@ -88,11 +88,6 @@ FLAGS: dict[str, str] = {
 }
 
 
-def flag_of(param: str) -> str:
-    """The flag for ``param`` (``non_float`` → ``--non-float``); unknown names stay as they are."""
-    return FLAGS.get(param, param)
-
-
 def spell(param: Param) -> str:
     """How the CLI writes a parameter a message names: its flag, or the library's name if none.
 

@@ -12,27 +12,6 @@ from typing import Literal
 import torch
 
 Precision = Literal["auto", "float32", "float64"]
-USER_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float64": torch.float64,
-    "fp64": torch.float64,
-}
-
-
-def parse_user_dtype(name: str | None) -> torch.dtype | None:
-    """``--dtype`` values: float32, float16, bfloat16, float64 (and fp32, fp16, bf16, fp64).
-
-    The library's own check (:func:`wa_cli.engine.params.dtype`), so the message is the same
-    everywhere.
-    """
-    from wa_cli.engine.params import dtype
-
-    return dtype("dtype", name)
 
 
 def is_interpolable(dtype: torch.dtype) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from wa_cli.errors import ExitCode, WaError
@@ -123,9 +123,3 @@ def _signal_in_user_code(signalnum: int, handler: Any) -> Any:
     previous = _state["asked"].get(signalnum, signal.getsignal(signalnum))
     _state["asked"][signalnum] = handler
     return previous
-
-
-def call_user(fn: Callable[..., Any], *args: Any, describe: str, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` under :func:`user_code` (exceptions pass through unchanged)."""
-    with user_code(describe):
-        return fn(*args, **kwargs)
