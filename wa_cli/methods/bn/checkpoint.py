@@ -25,10 +25,11 @@ from typing_extensions import Unpack
 
 from wa_cli.engine import distributed
 from wa_cli.engine.device import resolve_device
+from wa_cli.engine.report import input_reads
 from wa_cli.io.reader import Checkpoint, open_checkpoint
 from wa_cli.methods.bn.load import LoadedModel, load_model
 from wa_cli.methods.bn.options import BNCheckpointArgs, BNRequest
-from wa_cli.methods.bn.output import check_output, write_output
+from wa_cli.methods.bn.output import write_output
 from wa_cli.methods.bn.passes import Forward
 from wa_cli.methods.bn.recalibrate import reestimate
 from wa_cli.methods.bn.report import NO_BN_NOTE, BNReport
@@ -109,7 +110,8 @@ def recalibrate_checkpoint(
         ckpt = open_checkpoint(checkpoint, options=request.read)
     output = Path(output)
     try:
-        check_output(output, ckpt, request.write)
+        # The output guard, before the model is built: a refused output costs no forward pass.
+        request.write.check_output(output, input_reads([ckpt]))
         target = resolve_device(request.device)
         bn = request.bn
         loaded = load_model(

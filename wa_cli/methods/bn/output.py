@@ -1,4 +1,4 @@
-"""The re-estimated checkpoint on disk: its guards, its tensors, its metadata, one atomic write.
+"""The re-estimated checkpoint on disk: its tensors, its metadata, one atomic write.
 
 Only the re-estimated buffers (``running_mean``, ``running_var``, ``num_batches_tracked``) are
 new, cast to their own dtype in the input; every other tensor is copied from the input file's
@@ -22,18 +22,11 @@ from torch.nn.modules.batchnorm import _NormBase
 from wa_cli.engine import distributed
 from wa_cli.engine.options import WriteOptions
 from wa_cli.engine.provenance import provenance
-from wa_cli.engine.report import input_reads
 from wa_cli.io.reader import Checkpoint
 from wa_cli.io.writer import OutputTensor, write_safetensors
 from wa_cli.methods.bn.layers import STATISTICS
 from wa_cli.methods.bn.load import LoadedModel
 from wa_cli.methods.bn.report import METHOD, BNCheckpointReport
-
-
-def check_output(output: Path, ckpt: Checkpoint, write: WriteOptions) -> None:
-    """The output guard, before the model is built: the name, not the input, what is there
-    (a refused output costs no forward pass)."""
-    write.check_output(output, input_reads([ckpt]))
 
 
 def write_output(
